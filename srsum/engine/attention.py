@@ -1,0 +1,259 @@
+"""The SRformer cross-attention layer: the parallel (teacher-forced) path and the decoding state.
+
+``SRformerCrossAttention`` is host-agnostic: it owns W, λ, θ and calls the pure functions of
+``ops.py``. The thin host adapters in ``models.py`` give it the host's q/k/v/o projections (under the
+host's own parameter names, so pretrained weights load unchanged) and the host's forward signature.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import SrsumError
+from . import ops
+from .settings import SRformerSettings
+
+STATE_ATTRIBUTE = "srformer_states"  # where decoding states live on a transformers cache object
+
+
+# --------------------------------------------------------------------------- decoding state
+class DecodeState:
+    """What one layer keeps between decode steps (SPEC section 8).
+
+    Built once from the encoder output (the only work that grows with n); afterwards a step reads one
+    segment (s x d) and one d x d matrix per head. Held once per *example*: the ``rows_per_example``
+    query rows of an example (its beams) share it, since R never depends on generated tokens.
+    """
+
+    def __init__(self, layer: "SRformerCrossAttention", keys, values, key_valid, rows_per_example: int):
+        settings = layer.settings
+        self.settings = settings
+        self.rows_per_example = rows_per_example
+        self.position = 0  # next decoder position t
+        if settings.attention == "full":
+            self.keys, self.values = keys, values  # (B, H, n, d)
+            self.key_valid = (torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
+                              if key_valid is None else key_valid)[:, None, None, :]
+            if bool((~self.key_valid).all(-1).any()):
+                raise ValueError("encoder input is empty after masking (n = 0)")
+            return
+        self.seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
+        self.n_segments = self.seg.n_segments.tolist()  # host copy: the schedule is computed on the host
+        self.segment = [-1] * len(self.n_segments)  # σ of the last position entered
+        self.segment_index = None  # the same as a (B, 1) device tensor
+        self.globals = ops.global_tokens(self.seg) if settings.attention == "global" else None
+        if settings.has_recurrent:
+            self.kv_total = ops.kv_product(self.seg.keys, self.seg.values)  # P: (B, H, d, d)
+            self.norm = None if settings.attention == "no_norm" else ops.key_norm(self.seg.keys)  # ν: (B, H, d)
+            self.membrane = torch.zeros_like(self.kv_total)  # U
+            self.recurrent = torch.zeros_like(self.kv_total)  # R of the current segment
+
+    def skip_to(self, layer: "SRformerCrossAttention", position: int) -> None:
+        """Advance to ``position`` without attending (after a teacher-forced prefill of the positions before)."""
+        if self.settings.attention != "full":
+            for t in range(self.position, position):  # host loop; the RAF steps only where σ changes
+                self.enter(layer, t)
+        self.position = position
+
+    def enter(self, layer: "SRformerCrossAttention", position: int) -> None:
+        """Make position t current: move each example to σ(t), stepping the RAF where σ changed."""
+        schedule = self.settings.schedule_length
+        new = [min(m - 1, position * m // schedule) for m in self.n_segments]
+        changed = [a != b for a, b in zip(new, self.segment)]
+        if not any(changed):
+            return
+        device = self.seg.keys.device
+        self.segment = new
+        self.segment_index = torch.tensor(new, device=device)[:, None]  # (B, 1)
+        if self.settings.has_recurrent:
+            self._step_recurrent(layer, torch.tensor(changed, device=device))
+
+    def _step_recurrent(self, layer: "SRformerCrossAttention", changed: torch.Tensor) -> None:
+        seg = self.seg
+        part = None
+        if self.settings.attention != "full_product":
+            keys = ops.gather_segments(seg.segment_view(seg.keys), self.segment_index)  # (B, H, 1, S', d)
+            values = ops.gather_segments(seg.segment_view(seg.values), self.segment_index)
+            part = ops.kv_product(keys, values)[:, :, 0]  # P_σ: (B, H, d, d)
+        x = ops.raf_input(ops.complement(self.kv_total, part, self.settings.clamp), layer.recurrent_w.weight)
+        if self.settings.has_raf:
+            membrane, fired = ops.raf_step(self.membrane, x, layer.raf_leak.float(), layer.raf_threshold.float())
+        else:
+            membrane, fired = self.membrane, x
+        keep = changed[:, None, None, None]
+        self.membrane = torch.where(keep, membrane, self.membrane)
+        self.recurrent = torch.where(keep, fired, self.recurrent)
+
+    def attend(self, layer: "SRformerCrossAttention", query: torch.Tensor) -> torch.Tensor:
+        """One decoder position: query (B, H, k, d) scaled, k = rows per example -> (B, H, k, d) float32."""
+        self.position += 1
+        if self.settings.attention == "full":
+            return ops.softmax_attention(query, self.keys, self.values, self.key_valid).float()
+        self.enter(layer, self.position - 1)
+        out = 0.0
+        if self.settings.has_local:
+            keys, values, valid = ops.segment_context(self.seg, self.settings.attention, self.segment_index,
+                                                      self.globals)  # (B, H, 1, k', d)
+            out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0]).float()
+        if self.settings.has_recurrent:
+            norm = None if self.norm is None else self.norm[:, :, None, :]
+            out = out + ops.recurrent_output(query, self.recurrent, norm)
+        return out
+
+
+# --------------------------------------------------------------------------- the layer
+def parallel_attention(query, keys, values, key_valid, settings: SRformerSettings, layer, dropout=0.0,
+                       training=False) -> torch.Tensor:
+    """Teacher-forced cross-attention for decoder positions 0..T-1, vectorised (SPEC section 8).
+
+    query (B, H, T, d) scaled; keys/values (B, H, n, d); key_valid (B, n) bool or None -> (B, H, T, d) f32.
+    """
+    if settings.attention == "full":
+        valid = torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None else key_valid
+        if bool((~valid).all(-1).any()):
+            raise ValueError("encoder input is empty after masking (n = 0)")
+        return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training).float()
+    seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
+    positions = torch.arange(query.shape[2], device=query.device)
+    groups = ops.group_steps(ops.segment_of_step(positions, seg.n_segments, settings.schedule_length))
+    grouped_query = ops.to_groups(query, groups)  # (B, H, L, S, d)
+    out = 0.0
+    if settings.has_local:
+        keys_g, values_g, valid_g = ops.segment_context(seg, settings.attention, groups.segment_of_group)
+        out = ops.softmax_attention(grouped_query, keys_g, values_g, valid_g, dropout, training).float()
+    if settings.has_recurrent:
+        recurrent = recurrent_sequence(seg, groups.segment_of_group, settings, layer)  # (B, H, L, d, d)
+        norm = None if settings.attention == "no_norm" else ops.key_norm(seg.keys)[:, :, None, None, :]
+        out = out + ops.recurrent_output(grouped_query, recurrent, norm)
+    return ops.from_groups(out, groups)
+
+
+def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRformerSettings, layer):
+    """R for every group (RAF step) of the batch: (B, L) segment indices -> (B, H, L, d, d)."""
+    total = ops.kv_product(seg.keys, seg.values)  # P: (B, H, d, d)
+    if settings.attention == "full_product":
+        part = None
+        n_groups = segment_of_group.shape[1]
+    else:
+        keys = ops.gather_segments(seg.segment_view(seg.keys), segment_of_group)  # (B, H, L, S', d)
+        values = ops.gather_segments(seg.segment_view(seg.values), segment_of_group)
+        part = ops.kv_product(keys, values)  # P_σ per group: (B, H, L, d, d)
+    x = ops.raf_input(ops.complement(total, part, settings.clamp), layer.recurrent_w.weight)
+    if part is None:
+        x = x[:, :, None].expand(-1, -1, n_groups, -1, -1)
+    if not settings.has_raf:
+        return x
+    return ops.raf_scan(x, layer.raf_leak.float(), layer.raf_threshold.float())
+
+
+class SRformerCrossAttention(nn.Module):
+    """Decoder cross-attention with SRformer's variants. Subclasses bind the host's projections.
+
+    Subclasses set the projections as attributes under the host's names and implement
+    ``query_proj``, ``key_proj``, ``value_proj``, ``output_proj`` and the host's ``forward``.
+    """
+
+    family: str = ""
+
+    def __init__(self, settings: SRformerSettings, n_heads: int, head_dim: int, scale: float, dropout: float,
+                 layer_idx: int | None, init_std: float):
+        super().__init__()
+        self.settings = settings
+        self.n_heads, self.head_dim, self.scale = n_heads, head_dim, scale
+        self.dropout = dropout
+        self.layer_idx = layer_idx
+        self.init_std = init_std
+        if settings.has_recurrent:
+            self.recurrent_w = nn.Linear(head_dim, head_dim, bias=False)  # W, shared by all heads
+        if settings.has_raf:
+            self.raf_leak = nn.Parameter(torch.tensor(float(settings.leak_init)))  # λ
+            self.raf_threshold = nn.Parameter(torch.tensor(float(settings.threshold_init)))  # θ
+        self.reset_srformer_parameters()
+
+    def reset_srformer_parameters(self, initializer=None) -> None:
+        """W ~ N(0, init_std) (the host's linear init), λ and θ to their initial values."""
+        init = initializer or torch.nn.init
+        with torch.no_grad():
+            if self.settings.has_recurrent and self.recurrent_w.weight.device.type != "meta":
+                init.normal_(self.recurrent_w.weight, mean=0.0, std=self.init_std)
+            if self.settings.has_raf and self.raf_leak.device.type != "meta":
+                init.constant_(self.raf_leak, float(self.settings.leak_init))
+                init.constant_(self.raf_threshold, float(self.settings.threshold_init))
+
+    def extra_repr(self) -> str:
+        s = self.settings
+        return f"attention={s.attention}, seg_size={s.seg_size}, schedule_length={s.schedule_length}"
+
+    # ---- the host binds these
+    def query_proj(self, x):
+        raise NotImplementedError
+
+    def key_proj(self, x):
+        raise NotImplementedError
+
+    def value_proj(self, x):
+        raise NotImplementedError
+
+    def output_proj(self, x):
+        raise NotImplementedError
+
+    # ---- shared forward
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H*d) -> (B, H, T, d)."""
+        return x.view(*x.shape[:2], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def attend(self, hidden_states: torch.Tensor, encoder_states: torch.Tensor, mask, cache) -> torch.Tensor:
+        """hidden_states (Bq, T, D) decoder side; encoder_states (B, n, D) -> (Bq, T, D)."""
+        if self.family == "t5" and hidden_states.dtype == torch.float16:
+            raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
+        query = self._heads(self.query_proj(hidden_states)) * self.scale  # (Bq, H, T, d)
+        states = None if (cache is None or self.training) else cache.__dict__.setdefault(STATE_ATTRIBUTE, {})
+        state = None if states is None else states.get(self.layer_idx)
+        if state is None:
+            keys = self._heads(self.key_proj(encoder_states))
+            values = self._heads(self.value_proj(encoder_states))
+            key_valid = key_padding_mask(mask, encoder_states.shape[0], encoder_states.shape[1])
+            rows_per_example = hidden_states.shape[0] // encoder_states.shape[0]
+            try:
+                if states is not None:
+                    state = states[self.layer_idx] = DecodeState(self, keys, values, key_valid, rows_per_example)
+                if state is None or (query.shape[2] > 1 and rows_per_example == 1):
+                    # teacher forcing (or the prefill of a decode): all positions at once
+                    out = parallel_attention(query, keys, values, key_valid, self.settings, self,
+                                             self.dropout, self.training)
+                    if state is not None:
+                        state.skip_to(self, query.shape[2])
+                    return self.output_proj(self._merge(out, hidden_states.dtype))
+            except ValueError as error:
+                raise SrsumError(str(error)) from None
+        out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(query.shape[2])], dim=2)
+        return self.output_proj(self._merge(out, hidden_states.dtype))
+
+    def _decode_one(self, state: DecodeState, query: torch.Tensor) -> torch.Tensor:
+        """query (Bq, H, d) for one position -> (Bq, H, d); beams of an example share the state."""
+        rows, heads, dim = query.shape
+        k = state.rows_per_example
+        grouped = query.view(rows // k, k, heads, dim).transpose(1, 2)  # (B, H, k, d)
+        out = state.attend(self, grouped)
+        return out.transpose(1, 2).reshape(rows, heads, dim)
+
+    def _merge(self, out: torch.Tensor, dtype) -> torch.Tensor:
+        """(B, H, T, d) -> (B, T, H*d) in the model's dtype."""
+        return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1).to(dtype)
+
+
+def key_padding_mask(mask, batch: int, n_keys: int) -> torch.Tensor | None:
+    """(B, n) bool 'is a real key' from the host's cross-attention mask (None: every key is real).
+
+    transformers gives either a boolean mask (True = attend) or an additive float mask (0 = attend),
+    4-D (B or 1, 1, T or 1, n) or 2-D (B, n).
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise SrsumError("attention: SRformer needs the 'eager' or 'sdpa' attention implementation")
+    if mask.dim() == 4:
+        mask = mask[:, 0, -1, :]
+    valid = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return valid.expand(batch, n_keys)

@@ -1,0 +1,250 @@
+"""Hooking SRformer cross-attention into Hugging Face T5 and BART, and saving/loading such models.
+
+The only differences between the families live in ``FAMILIES``: where the cross-attention modules
+sit, what the projections are called, the query scaling and the initialisation of W.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForSeq2SeqLM, BartConfig, BartForConditionalGeneration, T5Config,
+                          T5ForConditionalGeneration)
+from transformers import initialization as hf_init
+
+from ..errors import SrsumError
+from .attention import SRformerCrossAttention
+from .settings import SRformerSettings, make_settings, settings_from_config
+
+
+# --------------------------------------------------------------------------- host adapters
+class T5CrossAttention(SRformerCrossAttention):
+    """T5: projections q/k/v/o, no query scaling, cross-attention without position bias."""
+
+    family = "t5"
+
+    def __init__(self, original: nn.Module, settings: SRformerSettings, config):
+        head_dim = config.d_kv
+        super().__init__(settings, config.num_heads, head_dim, scale=1.0, dropout=config.dropout_rate,
+                         layer_idx=original.layer_idx, init_std=config.initializer_factor * head_dim ** -0.5)
+        self.q, self.k, self.v, self.o = original.q, original.k, original.v, original.o
+
+    def query_proj(self, x):
+        return self.q(x)
+
+    def key_proj(self, x):
+        return self.k(x)
+
+    def value_proj(self, x):
+        return self.v(x)
+
+    def output_proj(self, x):
+        return self.o(x)
+
+    def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kwargs):
+        # T5LayerCrossAttention expects (output, position_bias, attention weights)
+        return self.attend(hidden_states, key_value_states, mask, cache), None, None
+
+
+class BartCrossAttention(SRformerCrossAttention):
+    """BART: projections q_proj/k_proj/v_proj/out_proj, query scaled by 1/sqrt(d)."""
+
+    family = "bart"
+
+    def __init__(self, original: nn.Module, settings: SRformerSettings, config):
+        head_dim = original.head_dim
+        super().__init__(settings, original.num_heads, head_dim, scale=head_dim ** -0.5,
+                         dropout=original.dropout, layer_idx=original.layer_idx, init_std=config.init_std)
+        self.q_proj, self.k_proj = original.q_proj, original.k_proj
+        self.v_proj, self.out_proj = original.v_proj, original.out_proj
+
+    def query_proj(self, x):
+        return self.q_proj(x)
+
+    def key_proj(self, x):
+        return self.k_proj(x)
+
+    def value_proj(self, x):
+        return self.v_proj(x)
+
+    def output_proj(self, x):
+        return self.out_proj(x)
+
+    def forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None, **kwargs):
+        return self.attend(hidden_states, key_value_states, attention_mask, cache), None
+
+
+# --------------------------------------------------------------------------- saved model types
+class SRformerT5Config(T5Config):
+    model_type = "srformer_t5"
+
+
+class SRformerBartConfig(BartConfig):
+    model_type = "srformer_bart"
+
+
+class _SRformerMixin:
+    """Builds the SRformer cross-attention in ``__init__`` so from_pretrained restores it."""
+
+    def _install_srformer(self):
+        install_cross_attention(self, family_of(self.config))
+
+    def _init_weights(self, module):
+        if isinstance(module, SRformerCrossAttention):
+            module.reset_srformer_parameters(hf_init)
+        super()._init_weights(module)
+
+
+class SRformerT5ForConditionalGeneration(_SRformerMixin, T5ForConditionalGeneration):
+    config_class = SRformerT5Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_srformer()
+
+
+class SRformerBartForConditionalGeneration(_SRformerMixin, BartForConditionalGeneration):
+    config_class = SRformerBartConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._install_srformer()
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    base_types: tuple  # model_type values of plain checkpoints
+    config_class: type
+    model_class: type
+    adapter: type
+
+    def cross_attention_slots(self, model):
+        """(parent module, attribute name) of every decoder cross-attention."""
+        if self.name == "t5":
+            return [(block.layer[1], "EncDecAttention") for block in model.decoder.block]
+        return [(layer, "encoder_attn") for layer in model.model.decoder.layers]
+
+
+FAMILIES = {
+    "t5": Family("t5", ("t5",), SRformerT5Config, SRformerT5ForConditionalGeneration, T5CrossAttention),
+    "bart": Family("bart", ("bart",), SRformerBartConfig, SRformerBartForConditionalGeneration, BartCrossAttention),
+}
+
+
+def family_of(config) -> Family:
+    """The family of a config; SrsumError for anything that is not T5/BART-like."""
+    model_type = getattr(config, "model_type", None)
+    for family in FAMILIES.values():
+        if model_type in family.base_types or model_type == family.config_class.model_type:
+            return family
+    allowed = ", ".join(t for f in FAMILIES.values() for t in f.base_types)
+    raise SrsumError(f"model_type: {model_type!r} is not supported; srsum converts T5/BART-like "
+                     f"encoder-decoder models ({allowed})")
+
+
+def install_cross_attention(model, family: Family) -> None:
+    """Replace each decoder cross-attention with the family's SRformer adapter (weights are kept)."""
+    settings = settings_from_config(model.config, family.name)
+    reference = next(model.parameters())
+    for parent, name in family.cross_attention_slots(model):
+        layer = family.adapter(getattr(parent, name), settings, model.config).train(parent.training)
+        setattr(parent, name, layer.to(device=reference.device, dtype=reference.dtype))
+
+
+# --------------------------------------------------------------------------- public API
+def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_length: int = 128,
+            clamp="default", leak_init=None, threshold_init=None):
+    """Turn a loaded T5/BART model (or a hub name / path) into an SRformer model of the given variant.
+
+    Every pretrained weight is kept; srformer-family variants add W (d x d), λ and θ per decoder layer.
+    The model is changed in place and returned.
+    """
+    if isinstance(model, (str, Path)):
+        model = _load_plain(str(model))
+    family = family_of(model.config)
+    settings = make_settings(family.name, attention, seg_size, schedule_length, clamp, leak_init,
+                             threshold_init)
+    fields = model.config.to_dict()
+    fields.pop("model_type", None)
+    fields.update(settings.to_config_dict())
+    config = family.config_class.from_dict(fields)
+    config._attn_implementation = model.config._attn_implementation
+    model.__class__ = family.model_class
+    model.config = config
+    install_cross_attention(model, family)
+    return model
+
+
+def load_model(path_or_name: str, attention: str | None = None, seg_size: int | None = None,
+               dtype: torch.dtype | None = None, device: str | torch.device | None = None, **settings):
+    """Load an srsum checkpoint (as saved) or a plain T5/BART (converted to ``attention``, default full)."""
+    config = _load_config(str(path_or_name))
+    family = family_of(config)
+    _check_dtype(family, dtype)
+    if config.model_type == family.config_class.model_type:
+        saved = settings_from_config(config, family.name)
+        if attention is not None and make_settings(family.name, attention).attention != saved.attention:
+            raise SrsumError(f"attention: checkpoint {path_or_name} was trained with {saved.attention!r}, "
+                             f"not {attention!r}")
+        if seg_size is not None and seg_size != saved.seg_size:
+            raise SrsumError(f"seg_size: checkpoint {path_or_name} was trained with seg_size={saved.seg_size}, "
+                             f"not {seg_size}")
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(path_or_name), dtype=dtype)
+    else:
+        model = convert(_load_plain(str(path_or_name), dtype), attention or "full",
+                        64 if seg_size is None else seg_size, **settings)
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def _check_dtype(family: Family, dtype) -> None:
+    if family.name == "t5" and dtype == torch.float16:
+        raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
+
+
+def _load_config(path_or_name: str):
+    local = Path(path_or_name)
+    if local.exists() and not (local / "config.json").is_file():
+        raise SrsumError(f"model: {path_or_name} is neither an srsum checkpoint nor a T5/BART model "
+                         f"(no config.json)")
+    try:
+        return AutoConfig.from_pretrained(path_or_name)
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SrsumError(f"model: cannot load {path_or_name!r} as an srsum checkpoint or a T5/BART model "
+                         f"({reason})") from None
+
+
+def _load_plain(path_or_name: str, dtype=None):
+    config = _load_config(path_or_name)
+    family = family_of(config)
+    _check_dtype(family, dtype)
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(path_or_name, dtype=dtype)
+    except OSError as error:
+        raise SrsumError(f"model: cannot load weights of {path_or_name!r} ({str(error).splitlines()[0]})") from None
+
+
+def register_auto_classes() -> None:
+    """Let AutoConfig / AutoModelForSeq2SeqLM load srsum checkpoints (no trust_remote_code needed)."""
+    for family in FAMILIES.values():
+        try:
+            AutoConfig.register(family.config_class.model_type, family.config_class)
+        except ValueError:
+            pass  # already registered
+        try:
+            AutoModelForSeq2SeqLM.register(family.config_class, family.model_class)
+        except ValueError:
+            pass
+
+
+def count_srformer_parameters(model) -> int:
+    """Parameters SRformer added (W, λ, θ over all layers)."""
+    return sum(p.numel() for m in model.modules() if isinstance(m, SRformerCrossAttention)
+               for name, p in m.named_parameters(recurse=True) if name.startswith(("recurrent_w", "raf_")))
