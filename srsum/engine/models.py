@@ -56,9 +56,10 @@ class BartCrossAttention(SRformerCrossAttention):
     family = "bart"
 
     def __init__(self, original: nn.Module, settings: SRformerSettings, config):
-        head_dim = original.head_dim
-        super().__init__(settings, original.num_heads, head_dim, scale=head_dim ** -0.5,
-                         dropout=original.dropout, layer_idx=original.layer_idx, init_std=config.init_std)
+        n_heads = config.decoder_attention_heads
+        head_dim = config.d_model // n_heads
+        super().__init__(settings, n_heads, head_dim, scale=head_dim ** -0.5, dropout=config.attention_dropout,
+                         layer_idx=original.layer_idx, init_std=config.init_std)
         self.q_proj, self.k_proj = original.q_proj, original.k_proj
         self.v_proj, self.out_proj = original.v_proj, original.out_proj
 
