@@ -1,0 +1,248 @@
+"""``srsum profile``: cross-attention cost of full, segmented and srformer, side by side.
+
+The numbers come from :mod:`srsum.profiling`; this module parses options, renders the rich table and
+writes files. ``srsum/cli.py`` registers :func:`profile_command` as the ``profile`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from srsum import profiling
+from srsum.errors import SrsumError
+
+DEFAULT_SWEEP_DIR = "srsum-profile"
+
+
+# --------------------------------------------------------------------------------------------------
+# Number formatting
+# --------------------------------------------------------------------------------------------------
+
+
+def format_count(value: float) -> str:
+    """8,388,608 below ten million, else 3-4 significant digits with K/M/G/T/P."""
+    if abs(value) < 1e7:
+        return f"{value:,.0f}"
+    for suffix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if abs(value) >= scale:
+            return f"{value / scale:,.4g} {suffix}"
+    return f"{value:,.0f}"
+
+
+def format_bytes(value: float) -> str:
+    for suffix, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= scale:
+            return f"{value / scale:,.2f} {suffix}"
+    return f"{value:,.0f} B"
+
+
+def format_seconds(value: float) -> str:
+    if abs(value) >= 1:
+        return f"{value:,.3f} s"
+    if abs(value) >= 1e-3:
+        return f"{value * 1e3:,.3f} ms"
+    return f"{value * 1e6:,.2f} µs"
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "bytes":
+        return format_bytes(value)
+    if unit == "s":
+        return format_seconds(value)
+    return format_count(value)
+
+
+def format_reduction(fraction: float | None) -> str:
+    """43.75% less -> '43.75%'; an increase shows as a negative reduction."""
+    return "—" if fraction is None else f"{fraction * 100:,.2f}%"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------
+
+
+def report_title(report: profiling.ProfileReport) -> str:
+    shape = report.shape
+    return (f"cross-attention cost: n = {shape.n}, m = {shape.m}, s = {shape.seg_size} (M = {shape.segments} "
+            f"segment{'s' if shape.segments != 1 else ''}), d = {shape.head_dim}, {shape.heads} heads x "
+            f"{shape.layers} layers, batch {shape.batch}, beams {shape.beams}")
+
+
+def report_caption(report: profiling.ProfileReport) -> str:
+    lines = [
+        f"model: {report.model}; device {report.device}, {report.dtype}; G = {report.schedule_length}; "
+        f"bandwidth {report.bandwidth_gbps:,.1f} GB/s ({report.bandwidth_source})",
+        "head-layer: one head of one decoder layer, one example; decoder: x heads x layers x batch "
+        "(decode steps also x beams). MAC: multiply-accumulates (the paper's units); FLOP = 2 per MAC "
+        "for products; 'other ops': elementwise, softmax, reductions (RAF, ν, masking).",
+        "reduction = 1 - variant / full (negative: dearer than full).",
+    ]
+    lines.extend(f"note: {note}" for note in report.notes)
+    return "\n".join(lines)
+
+
+def profile_table(report: profiling.ProfileReport) -> Table:
+    variants = list(report.variants)
+    table = Table(title=report_title(report), caption=report_caption(report), caption_justify="left")
+    table.add_column("quantity", overflow="fold")
+    for variant in variants:
+        table.add_column(variant, justify="right")
+    compared = [v for v in variants if v != "full"]
+    for variant in compared:
+        table.add_column(f"{variant} vs full", justify="right")
+    section = None
+    for row in report.rows():
+        if row.section != section:
+            section = row.section
+            table.add_row(f"[bold]{section}[/bold]", *([""] * (len(variants) + len(compared))))
+        cells = [format_value(row.values.get(v), row.unit) for v in variants]
+        cells += [format_reduction(row.reduction(v)) for v in compared]
+        table.add_row(f"  {row.label} [dim]({row.unit})[/dim]", *cells)
+    return table
+
+
+def sweep_table(report: profiling.SweepReport) -> Table:
+    series = report.series()
+    variants = list(report.points[0].variants)
+    table = Table(title=f"scaling over {report.over}" + (" (n = 8 m)" if report.over == "m" else ""),
+                  caption="computation per decoder in MAC (SPEC §10); counted: teacher-forced matrix-product "
+                          "FLOPs; measured: time per decode step inside cross-attention",
+                  caption_justify="left")
+    for name in ("n", "m", "M"):
+        table.add_column(name, justify="right")
+    columns = (
+        ("computation", "computation", "count"),
+        ("+ left out", "computation_with_left_out", "count"),
+        ("memory", "memory_bytes", "bytes"),
+        ("counted", "counted_product_flops", "count"),
+        ("floor/step", "bandwidth_floor_s", "s"),
+        ("measured/step", "measured_cross_attention_step_s", "s"),
+    )
+    for title, _, _ in columns:
+        for variant in variants:
+            table.add_column(f"{title} {variant}", justify="right")
+    for index, point in enumerate(report.points):
+        cells = [str(point.shape.n), str(point.shape.m), str(point.shape.segments)]
+        for _, key, kind in columns:
+            for variant in variants:
+                value = series[key][variant][index]
+                cells.append(_sweep_cell(value, kind, series[key].get("full", [None] * len(report.points))[index],
+                                         variant))
+        table.add_row(*cells)
+    return table
+
+
+def _sweep_cell(value: float | None, kind: str, full_value: float | None, variant: str) -> str:
+    text = format_value(value, "bytes" if kind == "bytes" else "s" if kind == "s" else "count")
+    if variant != "full" and value is not None:
+        text += f" ({format_reduction(profiling.reduction(value, full_value))})"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def profile_command(
+    seg_size: str = typer.Option("64", "--seg-size", help="Segment size s (a positive integer; s > n is one segment)."),
+    n: str = typer.Option("1024", "--n", help="Encoder length n (real tokens)."),
+    m: str = typer.Option("128", "--m", help="Decoder length m (summary tokens)."),
+    batch: str = typer.Option("1", "--batch", help="Examples per batch."),
+    beams: str = typer.Option("1", "--beams", help="Beams per example (decode steps)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A config.json, a checkpoint folder or a hub name "
+                                        "(config only, random weights). Default: t5-small shapes."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    bandwidth: Optional[str] = typer.Option(None, "--bandwidth", help="Memory bandwidth for the decode-step floor: "
+                                            "GB/s, or a card (h100, h200, a100-80gb, ...). Default: the GPU's data "
+                                            "sheet, or a measured copy on the CPU."),
+    schedule_length: Optional[str] = typer.Option(None, "--schedule-length", help="Schedule length G (default m)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Sweep over lengths: scaling table, sweep.json, sweep.png."),
+    sweep_over: str = typer.Option("n", "--sweep-over", help="n (m fixed) or m (n = 8 m, the paper's Fig. 5)."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="Comma-separated lengths to sweep "
+                                          "(default n: 256..4096, m: 64..1024)."),
+    count: bool = typer.Option(True, "--count/--no-count", help="Count FLOPs by running the modules."),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure time and peak memory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Write profile.json (and the sweep's "
+                                              f"sweep.json / sweep.png; default for a sweep: ./{DEFAULT_SWEEP_DIR})."),
+) -> None:
+    """Cross-attention FLOPs, memory and time of full, segmented and srformer attention, side by side."""
+    try:
+        options = _validated(seg_size, n, m, batch, beams, dtype, schedule_length, sweep_over, lengths)
+        if sweep:
+            _run_sweep(options, model, device, bandwidth, count, measure, as_json, output_dir)
+        else:
+            _run_profile(options, model, device, bandwidth, count, measure, as_json, output_dir)
+    except SrsumError as error:
+        _fail(str(error))
+
+
+def _validated(seg_size, n, m, batch, beams, dtype, schedule_length, sweep_over, lengths) -> dict[str, Any]:
+    """Every option checked before any model is built (one-line SrsumError on bad input)."""
+    options = profiling.validate_lengths(n, m, seg_size, batch, beams)
+    options["dtype"] = profiling.resolve_dtype_name(dtype)
+    options["schedule_length"] = (profiling.require_positive_int(schedule_length, "--schedule-length")
+                                  if schedule_length is not None else None)
+    if sweep_over not in ("n", "m"):
+        raise SrsumError(f"--sweep-over must be n or m, got {sweep_over!r}")
+    options["sweep_over"] = sweep_over
+    options["lengths"] = [part for part in lengths.split(",") if part.strip()] if lengths else None
+    if options["lengths"] is not None:
+        options["lengths"] = [profiling.require_positive_int(part, "--lengths") for part in options["lengths"]]
+    return options
+
+
+def _console() -> Console:
+    return Console(width=max(160, Console().width))
+
+
+def _run_profile(options, model, device, bandwidth, count, measure, as_json, output_dir) -> None:
+    status = Console(stderr=True)
+    with status.status("profiling cross-attention (building, counting, measuring)..."):
+        report = profiling.profile(
+            model=model, n=options["n"], m=options["m"], seg_size=options["seg_size"], batch=options["batch"],
+            beams=options["beams"], device=device, dtype=options["dtype"], bandwidth=bandwidth,
+            schedule_length=options["schedule_length"], count=count, measure=measure)
+    if output_dir is not None:
+        path = profiling.write_profile_json(report, Path(output_dir) / "profile.json")
+        status.print(f"wrote {path}")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _console().print(profile_table(report))
+
+
+def _run_sweep(options, model, device, bandwidth, count, measure, as_json, output_dir) -> None:
+    status = Console(stderr=True)
+    with status.status("sweeping...") as spinner:
+        def progress(index: int, total: int) -> None:
+            spinner.update(f"sweep point {index + 1} of {total}...")
+
+        report = profiling.sweep(
+            over=options["sweep_over"], lengths=options["lengths"], model=model, n=options["n"], m=options["m"],
+            seg_size=options["seg_size"], batch=options["batch"], beams=options["beams"], device=device,
+            dtype=options["dtype"], bandwidth=bandwidth, count=count, measure=measure, progress=progress)
+    folder = Path(output_dir) if output_dir is not None else Path(DEFAULT_SWEEP_DIR)
+    json_path, png_path = profiling.write_sweep_outputs(report, folder)
+    status.print(f"wrote {json_path} and {png_path}")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _console().print(sweep_table(report))
