@@ -1,20 +1,254 @@
-"""Summary generation for srsum (the CLI and Python callers use ``generate``).
+"""srsum's own decoder: greedy and beam search over SRformer models with shared, fixed-size state.
 
-TEMPORARY: delegates to ``model.generate``; the fixed-shape fast decoder of issue 5 replaces the body
-with the same signature.
+Why not ``model.generate``: Hugging Face expands the encoder output and the cross-attention cache to
+one copy per beam. Here every cross-attention layer holds one ``DecodeState`` per *example* (keys and
+values for the local segments, P, ν, the RAF membrane and R: SPEC section 8), shared by the example's
+beams, and built once before the first step. A step then reads one segment and one d x d matrix per
+head and layer, whatever n is. The search itself follows ``generate``'s rules (logits processors,
+beam bookkeeping, length penalty, early stopping) so the tokens are the same.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from transformers import DynamicCache, EncoderDecoderCache
+
+from .engine.attention import STATE_ATTRIBUTE, SRformerCrossAttention
+from .errors import SrsumError
+
+NEG_INF = float("-inf")
+DEAD = -1.0e9  # the score HF gives to beams that must not be chosen
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to decode. Lengths count generated tokens (the decoder start token is not counted)."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    early_stopping: bool | str = False  # True, False or "never", as in generate
+
+    def validate(self) -> "GenerationSettings":
+        if not isinstance(self.num_beams, int) or self.num_beams < 1:
+            raise SrsumError(f"num_beams: must be an integer >= 1, got {self.num_beams!r}")
+        if self.max_new_tokens < 1:
+            raise SrsumError(f"max_length: must be >= 1, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise SrsumError(f"min_length: must be >= 0, got {self.min_new_tokens}")
+        if self.max_new_tokens < self.min_new_tokens:
+            raise SrsumError(f"max_length ({self.max_new_tokens}) is below min_length ({self.min_new_tokens})")
+        if self.no_repeat_ngram_size < 0:
+            raise SrsumError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
+        return self
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    start: int
+    eos: tuple[int, ...]
+    pad: int
+    forced_bos: int | None
+    forced_eos: int | None
+
+    @classmethod
+    def of(cls, model) -> "SpecialTokens":
+        gen, config = model.generation_config, model.config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else config.eos_token_id
+        eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        pad = gen.pad_token_id if gen.pad_token_id is not None else config.pad_token_id
+        start = gen.decoder_start_token_id
+        start = config.decoder_start_token_id if start is None else start
+        return cls(int(start), eos, int(pad if pad is not None else (eos[0] if eos else 0)),
+                   getattr(gen, "forced_bos_token_id", None), getattr(gen, "forced_eos_token_id", None))
+
+
+# --------------------------------------------------------------------------- one decoder step
+class SharedStateDecoder:
+    """Runs the decoder one token at a time over ``rows_per_example`` query rows per example."""
+
+    def __init__(self, model, input_ids, attention_mask, rows_per_example: int):
+        self.model = model
+        encoder = model.get_encoder()
+        self.encoder_states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        self.cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        key_valid = None if attention_mask is None else attention_mask.bool()
+        states = {}
+        for layer in model.modules():
+            if isinstance(layer, SRformerCrossAttention):
+                states[layer.layer_idx] = layer.start_decoding(self.encoder_states, key_valid, rows_per_example)
+        setattr(self.cache, STATE_ATTRIBUTE, states)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (rows, 1) -> next-token logits (rows, V) in float32."""
+        out = self.model(encoder_outputs=(self.encoder_states,), decoder_input_ids=tokens, cache=self.cache,
+                         use_cache=True, return_dict=True)
+        return out.logits[:, -1, :].float()
+
+    def reorder(self, row_index: torch.Tensor) -> None:
+        """Beams moved: reorder the decoder self-attention cache (SRformer states are per example)."""
+        self.cache.self_attention_cache.reorder_cache(row_index)
+
+
+# --------------------------------------------------------------------------- logits processors
+def process_scores(scores: torch.Tensor, sequences: torch.Tensor, settings: GenerationSettings,
+                   special: SpecialTokens) -> torch.Tensor:
+    """Ban/force tokens like generate's processors. scores (rows, V); sequences (rows, length) with start."""
+    length = sequences.shape[1]
+    generated = length - 1
+    if settings.no_repeat_ngram_size and length + 1 >= settings.no_repeat_ngram_size:
+        scores = ban_repeated_ngrams(scores, sequences, settings.no_repeat_ngram_size)
+    if generated < settings.min_new_tokens and special.eos:
+        scores[:, list(special.eos)] = NEG_INF
+    if special.forced_bos is not None and length == 1:
+        scores = _force(scores, special.forced_bos)
+    if special.forced_eos is not None and length == settings.max_new_tokens:  # the last step
+        scores = _force(scores, special.forced_eos)
+    return scores
+
+
+def _force(scores: torch.Tensor, token: int) -> torch.Tensor:
+    forced = torch.full_like(scores, NEG_INF)
+    forced[:, token] = 0
+    return forced
+
+
+def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, size: int) -> torch.Tensor:
+    """Forbid any token that would repeat an n-gram already in the row (n = size)."""
+    rows = sequences.tolist()
+    for row, tokens in enumerate(rows):
+        prefix = tuple(tokens[len(tokens) - size + 1:]) if size > 1 else ()
+        banned = {tokens[i + size - 1] for i in range(len(tokens) - size + 1)
+                  if tuple(tokens[i:i + size - 1]) == prefix}
+        if banned:
+            scores[row, list(banned)] = NEG_INF
+    return scores
+
+
+# --------------------------------------------------------------------------- search
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 128,
              min_new_tokens: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-             do_sample: bool = False, **kwargs) -> torch.Tensor:
-    """Generate summaries: (B, n) input ids -> (B, L) output ids (decoder start token first, padded)."""
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                          max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                          length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                          do_sample=do_sample, **kwargs)
+             early_stopping: bool | None = None, **unsupported) -> torch.Tensor:
+    """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first.
+
+    Greedy when num_beams == 1, beam search otherwise; SRformer models decode with shared state,
+    other models fall back to ``model.generate``.
+    """
+    if unsupported:
+        raise SrsumError(f"generate: unsupported option(s) {sorted(unsupported)}")
+    if input_ids.shape[0] == 0:
+        raise SrsumError("batch: no articles to summarize")
+    if early_stopping is None:
+        early_stopping = bool(model.generation_config.early_stopping)
+    settings = GenerationSettings(num_beams, max_new_tokens, min_new_tokens, length_penalty,
+                                  no_repeat_ngram_size, early_stopping).validate()
+    if not any(isinstance(m, SRformerCrossAttention) for m in model.modules()):
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
+                              max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                              early_stopping=early_stopping, do_sample=False)
+    special = SpecialTokens.of(model)
+    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams)
+    if settings.num_beams == 1:
+        return greedy_search(decoder, input_ids.shape[0], settings, special)
+    return beam_search(decoder, input_ids.shape[0], settings, special)
+
+
+def greedy_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
+                  special: SpecialTokens) -> torch.Tensor:
+    device = decoder.encoder_states.device
+    sequences = torch.full((batch, 1), special.start, dtype=torch.long, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    eos = torch.tensor(special.eos, device=device, dtype=torch.long)
+    for _ in range(settings.max_new_tokens):
+        scores = process_scores(decoder.logits(sequences[:, -1:]), sequences, settings, special)
+        tokens = scores.argmax(-1)
+        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, special.pad))
+        sequences = torch.cat([sequences, tokens[:, None]], dim=1)
+        if len(eos):
+            unfinished &= ~torch.isin(tokens, eos)
+        if not bool(unfinished.any()):
+            break
+    return sequences
+
+
+def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
+                special: SpecialTokens) -> torch.Tensor:
+    """Beam search with generate's bookkeeping: keep the best ``beams`` open hypotheses and the best
+    ``beams`` finished ones (scored by log-prob / length ** length_penalty) per example."""
+    beams, device = settings.num_beams, decoder.encoder_states.device
+    max_length = settings.max_new_tokens + 1
+    keep = max(2, 1 + len(special.eos)) * beams  # candidates per step, enough to leave `beams` open
+    fill = special.pad if special.pad else (special.eos[0] if special.eos else -1)  # as generate pads beams
+    running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
+    running[:, :, 0] = special.start
+    running_scores = torch.zeros(batch, beams, device=device)
+    running_scores[:, 1:] = DEAD  # all beams start identical: only the first may expand
+    finished = running.clone()
+    finished_scores = torch.full((batch, beams), DEAD, device=device)
+    finished_done = torch.zeros(batch, beams, dtype=torch.bool, device=device)
+    finished_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    eos = torch.tensor(special.eos, device=device, dtype=torch.long)
+    example_offset = torch.arange(batch, device=device)[:, None] * beams
+    top_beams = torch.arange(keep, device=device) < beams
+    length = 1
+    while True:
+        flat = running[:, :, :length].reshape(batch * beams, length)
+        log_probs = torch.log_softmax(decoder.logits(flat[:, -1:]), dim=-1)
+        log_probs = process_scores(log_probs, flat, settings, special)
+        vocab = log_probs.shape[-1]
+        totals = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
+        cand_scores, cand_index = torch.topk(totals, keep)  # (B, keep)
+        cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+        candidates = running.gather(1, cand_beam[:, :, None].expand(-1, -1, max_length)).clone()
+        candidates[:, :, length] = cand_token
+        hits = torch.isin(cand_token, eos) if len(eos) else torch.zeros_like(cand_token, dtype=torch.bool)
+        if length + 1 >= max_length:
+            hits = torch.ones_like(hits)
+        # open beams for the next step: the best `beams` candidates that did not stop
+        open_scores = cand_scores + hits.float() * DEAD
+        next_index = torch.topk(open_scores, beams).indices
+        running = candidates.gather(1, next_index[:, :, None].expand(-1, -1, max_length))
+        running_scores = open_scores.gather(1, next_index)
+        source_beam = cand_beam.gather(1, next_index)
+        # finished hypotheses: merge the ones that just stopped among the top `beams` candidates
+        stopped = hits & top_beams[None, :]
+        normalised = cand_scores / float(length) ** settings.length_penalty
+        full = finished_done.all(-1, keepdim=True) & (settings.early_stopping is True)
+        normalised = normalised + full.float() * DEAD + (~improvable).float() * DEAD + (~stopped).float() * DEAD
+        merged_scores = torch.cat([finished_scores, normalised], dim=1)
+        best = torch.topk(merged_scores, beams).indices
+        finished = torch.cat([finished, candidates], 1).gather(1, best[:, :, None].expand(-1, -1, max_length))
+        finished_scores = merged_scores.gather(1, best)
+        finished_done = torch.cat([finished_done, stopped], 1).gather(1, best)
+        cand_lengths = torch.full_like(cand_token, length + 1)
+        finished_lengths = torch.cat([finished_lengths, cand_lengths], 1).gather(1, best)
+        decoder.reorder((source_beam + example_offset).flatten())
+        length += 1
+        improvable = _still_improvable(improvable, running_scores, finished_scores, finished_done, length,
+                                       max_length, settings)
+        all_stopped = bool(hits.all())
+        closed = bool(finished_done.all()) and settings.early_stopping is True
+        if not bool(improvable.any()) or closed or all_stopped:
+            break
+    best_length = int(finished_lengths[:, 0].max())
+    return finished[:, 0, :best_length]
+
+
+def _still_improvable(improvable, running_scores, finished_scores, finished_done, length, max_length,
+                      settings: GenerationSettings) -> torch.Tensor:
+    """Could an open beam still beat the worst finished one? (generate's early-stop heuristic)."""
+    if settings.early_stopping == "never" and settings.length_penalty > 0:
+        best_length = max_length - 1
+    else:
+        best_length = length - 1
+    best_open = running_scores[:, :1] / float(best_length) ** settings.length_penalty
+    worst_finished = torch.where(finished_done, finished_scores.min(dim=1, keepdim=True).values,
+                                 torch.full_like(finished_scores, DEAD))
+    return improvable & (best_open > worst_finished).any(-1, keepdim=True)

@@ -204,31 +204,48 @@ class SRformerCrossAttention(nn.Module):
         return x.view(*x.shape[:2], self.n_heads, self.head_dim).transpose(1, 2)
 
     def attend(self, hidden_states: torch.Tensor, encoder_states: torch.Tensor, mask, cache) -> torch.Tensor:
-        """hidden_states (Bq, T, D) decoder side; encoder_states (B, n, D) -> (Bq, T, D)."""
+        """hidden_states (Bq, T, D) decoder side; encoder_states (B, n, D) -> (Bq, T, D).
+
+        Without a cache (or in training) all T positions are computed at once; with a cache the layer
+        keeps a DecodeState on it and each call advances the decoder by T positions.
+        """
         if self.family == "t5" and hidden_states.dtype == torch.float16:
             raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
         query = self._heads(self.query_proj(hidden_states)) * self.scale  # (Bq, H, T, d)
+        steps = query.shape[2]
         states = None if (cache is None or self.training) else cache.__dict__.setdefault(STATE_ATTRIBUTE, {})
         state = None if states is None else states.get(self.layer_idx)
         if state is None:
-            keys = self._heads(self.key_proj(encoder_states))
-            values = self._heads(self.value_proj(encoder_states))
             key_valid = key_padding_mask(mask, encoder_states.shape[0], encoder_states.shape[1])
             rows_per_example = hidden_states.shape[0] // encoder_states.shape[0]
-            try:
+            if states is None or (steps > 1 and rows_per_example == 1):  # teacher forcing or a prefill
+                out = self._parallel(query, encoder_states, key_valid)
                 if states is not None:
-                    state = states[self.layer_idx] = DecodeState(self, keys, values, key_valid, rows_per_example)
-                if state is None or (query.shape[2] > 1 and rows_per_example == 1):
-                    # teacher forcing (or the prefill of a decode): all positions at once
-                    out = parallel_attention(query, keys, values, key_valid, self.settings, self,
-                                             self.dropout, self.training)
-                    if state is not None:
-                        state.skip_to(self, query.shape[2])
-                    return self.output_proj(self._merge(out, hidden_states.dtype))
-            except ValueError as error:
-                raise SrsumError(str(error)) from None
-        out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(query.shape[2])], dim=2)
+                    state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, 1)
+                    state.skip_to(self, steps)
+                return self.output_proj(self._merge(out, hidden_states.dtype))
+            state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, rows_per_example)
+        out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(steps)], dim=2)
         return self.output_proj(self._merge(out, hidden_states.dtype))
+
+    def _parallel(self, query, encoder_states, key_valid) -> torch.Tensor:
+        keys = self._heads(self.key_proj(encoder_states))
+        values = self._heads(self.value_proj(encoder_states))
+        try:
+            return parallel_attention(query, keys, values, key_valid, self.settings, self, self.dropout,
+                                      self.training)
+        except ValueError as error:
+            raise SrsumError(str(error)) from None
+
+    def start_decoding(self, encoder_states: torch.Tensor, key_valid: torch.Tensor | None,
+                       rows_per_example: int = 1) -> DecodeState:
+        """A decoding state for this layer from the encoder output (B, n, D), held once per example."""
+        keys = self._heads(self.key_proj(encoder_states))
+        values = self._heads(self.value_proj(encoder_states))
+        try:
+            return DecodeState(self, keys, values, key_valid, rows_per_example)
+        except ValueError as error:
+            raise SrsumError(str(error)) from None
 
     def _decode_one(self, state: DecodeState, query: torch.Tensor) -> torch.Tensor:
         """query (Bq, H, d) for one position -> (Bq, H, d); beams of an example share the state."""
