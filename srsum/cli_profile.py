@@ -111,42 +111,43 @@ def profile_table(report: profiling.ProfileReport) -> Table:
     return table
 
 
+SWEEP_COLUMNS = (
+    ("computation (MAC)", "computation", "count"),
+    ("+ left out (MAC)", "computation_with_left_out", "count"),
+    ("memory", "memory_bytes", "bytes"),
+    ("counted products (FLOP)", "counted_product_flops", "count"),
+    ("floor / step", "bandwidth_floor_s", "s"),
+    ("measured / step", "measured_cross_attention_step_s", "s"),
+)
+
+
 def sweep_table(report: profiling.SweepReport) -> Table:
+    """One row per length and variant; srformer and segmented cells carry their reduction vs full."""
     series = report.series()
     variants = list(report.points[0].variants)
     table = Table(title=f"scaling over {report.over}" + (" (n = 8 m)" if report.over == "m" else ""),
-                  caption="computation per decoder in MAC (SPEC §10); counted: teacher-forced matrix-product "
-                          "FLOPs; measured: time per decode step inside cross-attention",
+                  caption="computation and memory for the whole decoder (SPEC §10); counted: teacher-forced "
+                          "matrix-product FLOPs; floor: bytes read / bandwidth; measured: time per decode step "
+                          "inside cross-attention. (x%) = reduction vs full.",
                   caption_justify="left")
-    for name in ("n", "m", "M"):
-        table.add_column(name, justify="right")
-    columns = (
-        ("computation", "computation", "count"),
-        ("+ left out", "computation_with_left_out", "count"),
-        ("memory", "memory_bytes", "bytes"),
-        ("counted", "counted_product_flops", "count"),
-        ("floor/step", "bandwidth_floor_s", "s"),
-        ("measured/step", "measured_cross_attention_step_s", "s"),
-    )
-    for title, _, _ in columns:
-        for variant in variants:
-            table.add_column(f"{title} {variant}", justify="right")
+    for name in ("n", "m", "M", "variant"):
+        table.add_column(name, justify="right" if name != "variant" else "left", no_wrap=True)
+    for title, _, _ in SWEEP_COLUMNS:
+        table.add_column(title, justify="right", no_wrap=True)
     for index, point in enumerate(report.points):
-        cells = [str(point.shape.n), str(point.shape.m), str(point.shape.segments)]
-        for _, key, kind in columns:
-            for variant in variants:
-                value = series[key][variant][index]
-                cells.append(_sweep_cell(value, kind, series[key].get("full", [None] * len(report.points))[index],
-                                         variant))
-        table.add_row(*cells)
+        for position, variant in enumerate(variants):
+            lengths = [str(point.shape.n), str(point.shape.m), str(point.shape.segments)] if position == 0 else [""] * 3
+            cells = [_sweep_cell(series[key], variant, index, kind) for _, key, kind in SWEEP_COLUMNS]
+            table.add_row(*lengths, variant, *cells, end_section=position == len(variants) - 1)
     return table
 
 
-def _sweep_cell(value: float | None, kind: str, full_value: float | None, variant: str) -> str:
+def _sweep_cell(values: dict[str, list], variant: str, index: int, kind: str) -> str:
+    value = values[variant][index]
     text = format_value(value, "bytes" if kind == "bytes" else "s" if kind == "s" else "count")
-    if variant != "full" and value is not None:
-        text += f" ({format_reduction(profiling.reduction(value, full_value))})"
-    return text
+    full = values.get("full", [None] * (index + 1))[index]
+    fraction = profiling.reduction(value, full) if variant != "full" else None
+    return text if fraction is None else f"{text} ({fraction * 100:.1f}%)"
 
 
 # --------------------------------------------------------------------------------------------------

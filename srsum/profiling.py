@@ -45,6 +45,7 @@ its output), because only the decoder's cross-attention differs between the vari
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -233,12 +234,13 @@ def analytic_memory(variant: str, shape: CostShape) -> int:
 
 
 def left_out_terms(variant: str, shape: CostShape) -> dict[str, int]:
-    """Terms the paper's table leaves out: q·R = m d² and RAF + W = M d³ + M d² (srformer only)."""
+    """Terms the paper's table leaves out (srformer only): q·R = m d², W = M d³ (X = C Wᵀ per
+    segment) and RAF = M d² (the neuron's elementwise update per segment); SPEC: RAF+W = M d³ + M d²."""
     _check_variant(variant)
     if variant != "srformer":
-        return {"q·R": 0, "RAF+W": 0}
+        return {"q·R": 0, "W": 0, "RAF": 0}
     m, d, segments = shape.m, shape.head_dim, shape.segments
-    return {"q·R": m * d * d, "RAF+W": segments * d**3 + segments * d * d}
+    return {"q·R": m * d * d, "W": segments * d**3, "RAF": segments * d * d}
 
 
 def decode_values_read(variant: str, shape: CostShape) -> int:
@@ -538,8 +540,6 @@ def count_cross_attention_flops(model, run: Callable[[], Any], memory: "LiveByte
     With ``memory``, that tracker watches the same run (entered last, so it sees the operators as the
     model issues them, before FlopCounterMode decomposes any).
     """
-    import contextlib
-
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -739,11 +739,26 @@ def load_profile_config(model: str | None):
     if model.startswith((".", "/", "~")) or model.endswith(".json"):
         raise SrsumError(f"--model {model}: no such file or folder")
     try:
-        config = AutoConfig.from_pretrained(model)
+        with _quiet_hub():
+            config = AutoConfig.from_pretrained(model)
     except Exception as error:  # network, unknown repo, bad config: one line for the user
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SrsumError(f"--model {model}: could not fetch its config from the Hugging Face hub ({reason})") from None
     return config, f"hub config {model}"
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Silence huggingface_hub's retry warnings: a failed fetch ends in one SrsumError line."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _register_srsum_model_types() -> None:
@@ -769,6 +784,9 @@ def _config_from_checkpoint(path: Path):
     load_model = _engine_attribute("load_model")
     if load_model is None:
         return _config_from_file(path / "config.json")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         return load_model(str(path)).config
     except SrsumError:
@@ -776,6 +794,8 @@ def _config_from_checkpoint(path: Path):
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SrsumError(f"--model {path}: could not load the checkpoint ({reason})") from None
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def host_model_type(config) -> str:
@@ -922,7 +942,7 @@ class VariantProfile:
     variant: str
     computation: int                 # SPEC §10, per head-layer (MACs)
     memory: int                      # SPEC §10, per head-layer (values)
-    left_out: dict[str, int]         # q·R and RAF+W, per head-layer
+    left_out: dict[str, int]         # q·R, W and RAF, per head-layer
     values_read_per_step: int        # per head-layer
     products: dict[str, int]         # analytic FLOPs of each matrix product, per head-layer
     counted_teacher_forced: FlopCount | None = None
@@ -1006,7 +1026,8 @@ def _analytic_rows(report: ProfileReport) -> list[ReportRow]:
         ReportRow(section, "computation / head-layer", "MAC", _per_variant(report, lambda p: p.computation)),
         ReportRow(section, "computation / decoder", "MAC", _per_variant(report, lambda p: p.computation * whole)),
         ReportRow(section, "left out: q·R / head-layer", "MAC", _per_variant(report, lambda p: p.left_out["q·R"])),
-        ReportRow(section, "left out: RAF+W / head-layer", "MAC", _per_variant(report, lambda p: p.left_out["RAF+W"])),
+        ReportRow(section, "left out: W / head-layer", "MAC", _per_variant(report, lambda p: p.left_out["W"])),
+        ReportRow(section, "left out: RAF / head-layer", "MAC", _per_variant(report, lambda p: p.left_out["RAF"])),
         ReportRow(section, "computation + left out / decoder", "MAC", _per_variant(report, lambda p: with_left_out(p) * whole)),
         ReportRow(section, "memory / head-layer", "values", _per_variant(report, lambda p: p.memory)),
         ReportRow(section, "memory / decoder", "bytes", _per_variant(report, lambda p: p.memory * whole * size)),
@@ -1317,16 +1338,18 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
     x = report.lengths
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     panels = (
-        ("computation (teacher-forced FLOPs)", "analytic_product_flops", "counted_product_flops", "FLOPs", 1.0),
-        ("memory (bytes)", "memory_bytes", "measured_teacher_forced_peak_bytes", "bytes", 1.0),
-        ("decode step (ms)", "bandwidth_floor_s", "measured_cross_attention_step_s", "ms", 1e3),
+        ("computation (teacher-forced FLOPs)", "analytic_product_flops", "counted_product_flops", "FLOPs", 1.0,
+         "counted"),
+        ("memory (bytes)", "memory_bytes", "measured_teacher_forced_peak_bytes", "bytes", 1.0, "measured peak"),
+        ("decode step (ms)", "bandwidth_floor_s", "measured_cross_attention_step_s", "ms", 1e3, "measured"),
     )
-    for axis, (title, analytic_key, measured_key, unit, scale) in zip(axes, panels):
+    for axis, (title, analytic_key, measured_key, unit, scale, measured_word) in zip(axes, panels):
         for variant, colour in VARIANT_COLOURS.items():
             if variant not in series[analytic_key]:
                 continue
             _plot_line(axis, x, series[analytic_key][variant], scale, colour, "-", f"{variant} analytic")
-            _plot_line(axis, x, series[measured_key][variant], scale, colour, "--", f"{variant} measured", marker="o")
+            _plot_line(axis, x, series[measured_key][variant], scale, colour, "--", f"{variant} {measured_word}",
+                       marker="o")
         axis.set_title(title)
         axis.set_xlabel(_sweep_axis_label(report))
         axis.set_ylabel(unit)
