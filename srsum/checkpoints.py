@@ -1,0 +1,267 @@
+"""Training checkpoints on disk: atomic writes, finding complete checkpoints, RNG state.
+
+Layout of a training run folder (``models/<run-name>/`` by default)::
+
+    checkpoint-<step>/     model (config.json + model.safetensors), tokenizer files,
+                           optimizer.pt, scheduler.pt, rng.pt, trainer_state.json
+    best/                  model, tokenizer and trainer_state.json of the best evaluation so far
+
+Every folder is first written as ``<name>.tmp-XXXXXXXX`` beside its final place and renamed when
+complete, so an interrupted write never leaves a half-written checkpoint under a final name; folders
+with ``.tmp`` in their name are ignored by every reader here. ``trainer_state.json`` is written last.
+Files (predictions, metrics) are written the same way with :func:`atomic_write_text`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from srsum.errors import SrsumError
+
+TRAINER_STATE = "trainer_state.json"
+BEST = "best"
+CHECKPOINT_PREFIX = "checkpoint-"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+MODELS_DIR = "models"
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+
+
+def _describe(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def ensure_writable_dir(folder: str | Path, what: str = "output directory") -> Path:
+    """Create ``folder`` (with parents) and check a file can be written in it; SrsumError if not."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SrsumError(f"cannot write to {what} {path}: it exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".srsum-write-test-"):
+            pass
+    except OSError as error:
+        raise SrsumError(f"cannot write to {what} {path}: {_describe(error)}") from None
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    except OSError as error:
+        raise SrsumError(f"cannot write {path}: {_describe(error)}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException as error:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise SrsumError(f"cannot write {path}: {_describe(error)}") from None
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """:func:`atomic_write_text` of ``data`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final``; on success it replaces ``final``.
+
+    On any exception (KeyboardInterrupt included) the temporary folder is removed and ``final`` is
+    left as it was. An existing ``final`` is moved aside, the new folder renamed into place, and the
+    old one deleted.
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.tmp-"))
+    except OSError as error:
+        raise SrsumError(f"cannot write {final}: {_describe(error)}") from None
+    try:
+        yield temp
+        old = None
+        if final.exists():
+            old = final.with_name(f"{final.name}.tmp-old-{temp.name.rsplit('-', 1)[-1]}")
+            os.rename(final, old)
+        os.rename(temp, final)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# finding checkpoints
+
+
+def is_temporary(path: Path) -> bool:
+    """True for folders that are being (or were never completely) written."""
+    return ".tmp" in path.name
+
+
+def is_complete(path: str | Path) -> bool:
+    """True for a finished checkpoint folder: not temporary, with config.json and trainer_state.json."""
+    path = Path(path)
+    return (path.is_dir() and not is_temporary(path) and (path / "config.json").is_file()
+            and (path / TRAINER_STATE).is_file())
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder, else None."""
+    match = _CHECKPOINT_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete ``checkpoint-<step>`` folders of a run, oldest step first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if checkpoint_step(p) is not None and is_complete(p)]
+    return sorted(found, key=lambda p: checkpoint_step(p))
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``run_dir``, or None."""
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return (path / TRAINER_STATE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def find_run_dirs(root: str | Path = MODELS_DIR) -> list[Path]:
+    """Run folders under ``root`` (``root`` itself included) holding a complete checkpoint, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    candidates = [root] + [p for p in root.iterdir() if p.is_dir() and not is_temporary(p)]
+    runs = []
+    for run in candidates:
+        models = list_checkpoints(run) + ([run / BEST] if is_complete(run / BEST) else [])
+        if models:
+            runs.append((max(_mtime(p) for p in models), run))
+    return [run for _, run in sorted(runs, key=lambda item: item[0], reverse=True)]
+
+
+def find_newest_model(root: str | Path = MODELS_DIR) -> Path | None:
+    """The model ``srsum summarize`` uses when no ``--model`` is given.
+
+    The run under ``root`` whose newest complete checkpoint is the most recent (by modification time);
+    inside it ``best/`` if present, else its last checkpoint. Also accepts a plain model folder
+    (config.json + weights) directly under ``root``. None when there is nothing.
+    """
+    runs = find_run_dirs(root)
+    if runs:
+        best = runs[0] / BEST
+        return best if is_complete(best) else last_checkpoint(runs[0])
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    plain = [p for p in root.iterdir() if p.is_dir() and not is_temporary(p) and (p / "config.json").is_file()]
+    return max(plain, key=lambda p: (p / "config.json").stat().st_mtime) if plain else None
+
+
+# ---------------------------------------------------------------------------------------------
+# trainer state and RNG
+
+
+def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The parsed trainer_state.json of a checkpoint (``{}`` when it has none)."""
+    path = Path(checkpoint) / TRAINER_STATE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SrsumError(f"cannot read {path}: {error}") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and every CUDA device) random states."""
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any], optimizer=None, scheduler=None,
+                    rng: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically: model, tokenizer, optimizer/scheduler/RNG, then trainer state."""
+    import torch
+
+    folder = Path(folder)
+    with atomic_dir(folder) as temp:
+        model.save_pretrained(temp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(temp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), temp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), temp / "scheduler.pt")
+        if rng is not None:
+            torch.save(rng, temp / "rng.pt")
+        (temp / TRAINER_STATE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_torch_file(path: Path, trusted: bool = False):
+    """Load a ``.pt`` file written by :func:`save_checkpoint` (RNG states need ``trusted``)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except FileNotFoundError:
+        raise SrsumError(f"checkpoint file missing: {path}") from None
+    except Exception as error:  # unpickling errors of every kind
+        raise SrsumError(f"cannot read {path}: {' '.join(str(error).split())[:200]}") from None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (``best/`` is never touched)."""
+    if keep < 1:
+        return []
+    removed = list_checkpoints(run_dir)[:-keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
