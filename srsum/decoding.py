@@ -71,10 +71,12 @@ class SpecialTokens:
 class SharedStateDecoder:
     """Runs the decoder one token at a time over ``rows_per_example`` query rows per example."""
 
-    def __init__(self, model, input_ids, attention_mask, rows_per_example: int):
+    def __init__(self, model, input_ids, attention_mask, rows_per_example: int, encoder_states=None):
         self.model = model
-        encoder = model.get_encoder()
-        self.encoder_states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if encoder_states is None:
+            encoder = model.get_encoder()
+            encoder_states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        self.encoder_states = encoder_states  # (B, n, D), one copy per example
         self.cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
         key_valid = None if attention_mask is None else attention_mask.bool()
         states = {}

@@ -71,12 +71,13 @@ class DecodeState:
 
     def _step_recurrent(self, layer: "SRformerCrossAttention", changed: torch.Tensor) -> None:
         seg = self.seg
-        part = None
+        keys = values = None
         if self.settings.attention != "full_product":
             keys = ops.gather_segments(seg.segment_view(seg.keys), self.segment_index)  # (B, H, 1, S', d)
             values = ops.gather_segments(seg.segment_view(seg.values), self.segment_index)
-            part = ops.kv_product(keys, values)[:, :, 0]  # P_σ: (B, H, d, d)
-        x = ops.raf_input(ops.complement(self.kv_total, part, self.settings.clamp), layer.recurrent_w.weight)
+        x = ops.raf_inputs(self.kv_total, keys, values, layer.recurrent_w.weight, self.settings.clamp)
+        if keys is not None:
+            x = x[:, :, 0]  # (B, H, d, d)
         if self.settings.has_raf:
             membrane, fired = ops.raf_step(self.membrane, x, layer.raf_leak.float(), layer.raf_threshold.float())
         else:
@@ -133,15 +134,12 @@ def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRfor
     """R for every group (RAF step) of the batch: (B, L) segment indices -> (B, H, L, d, d)."""
     total = ops.kv_product(seg.keys, seg.values)  # P: (B, H, d, d)
     if settings.attention == "full_product":
-        part = None
-        n_groups = segment_of_group.shape[1]
+        x = ops.raf_inputs(total, None, None, layer.recurrent_w.weight, settings.clamp)
+        x = x[:, :, None].expand(-1, -1, segment_of_group.shape[1], -1, -1)
     else:
         keys = ops.gather_segments(seg.segment_view(seg.keys), segment_of_group)  # (B, H, L, S', d)
         values = ops.gather_segments(seg.segment_view(seg.values), segment_of_group)
-        part = ops.kv_product(keys, values)  # P_σ per group: (B, H, L, d, d)
-    x = ops.raf_input(ops.complement(total, part, settings.clamp), layer.recurrent_w.weight)
-    if part is None:
-        x = x[:, :, None].expand(-1, -1, n_groups, -1, -1)
+        x = ops.raf_inputs(total, keys, values, layer.recurrent_w.weight, settings.clamp)  # (B, H, L, d, d)
     if not settings.has_raf:
         return x
     return ops.raf_scan(x, layer.raf_leak.float(), layer.raf_threshold.float())

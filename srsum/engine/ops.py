@@ -227,8 +227,8 @@ def raf_scan(inputs: torch.Tensor, leak: torch.Tensor, threshold: torch.Tensor) 
     """Run the RAF over a sequence of inputs from U = 0: (B, H, L, d, d) -> outputs R (B, H, L, d, d)."""
     membrane = torch.zeros_like(inputs[:, :, 0])
     outputs = []
-    for step in range(inputs.shape[2]):  # L <= M small d x d steps: the only loop of the training path
-        membrane, fired = raf_step(membrane, inputs[:, :, step], leak, threshold)
+    for x in inputs.unbind(2):  # L <= M small d x d steps: the only loop of the training path
+        membrane, fired = raf_step(membrane, x, leak, threshold)  # (unbind: one backward, not L slices)
         outputs.append(fired)
     return torch.stack(outputs, dim=2)
 
@@ -236,6 +236,23 @@ def raf_scan(inputs: torch.Tensor, leak: torch.Tensor, threshold: torch.Tensor) 
 def raf_input(complement_: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """X = C Wᵀ with W (d, d) shared by all heads."""
     return torch.matmul(complement_, weight.float().t())
+
+
+def raf_inputs(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
+               weight: torch.Tensor, clamp: float | None) -> torch.Tensor:
+    """X_σ = C_σ Wᵀ for the segments whose keys/values are given.
+
+    total: P (B, H, d, d); seg_keys/seg_values (B, H, L, S', d), or None for ablation IV (C = P).
+    Without a clamp the product is linear, so X_σ = P Wᵀ - K_σᵀ (V_σ Wᵀ): s d² work per segment instead
+    of s d² + d³ (the d x d x d product per segment dominates at small s). With a clamp (BART) P_σ must
+    exist before W applies. Returns (B, H, L, d, d), or (B, H, d, d) when seg_keys is None.
+    """
+    if seg_keys is None:
+        return raf_input(complement(total, None, clamp), weight)
+    if clamp is None:
+        w_t = weight.float().t()
+        return torch.matmul(total, w_t)[:, :, None] - kv_product(seg_keys, torch.matmul(seg_values.float(), w_t))
+    return raf_input(complement(total, kv_product(seg_keys, seg_values), clamp), weight)
 
 
 def recurrent_output(query: torch.Tensor, recurrent: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,134 @@
+"""Engine benchmark (issue 2): training step and decode step, full attention vs SRformer, t5-small shapes.
+
+    python benchmarks/engine.py                 # CPU, everything in one run
+    python benchmarks/engine.py --quick         # smaller grid for a smoke check
+
+(a) training step (forward + backward) of the whole model, n = 1024, m = 128, s in {8, 16, 64}, and of
+    the cross-attention layers alone; (b) decode ms/step at n in {1024, 4096, 16384}, batch 1 and 8,
+    with srsum's decoder (encoder output random: a decode step does not depend on it).
+Targets: srformer training step <= 1.3x full; srformer decode ms/step at n = 16384 within 10% of
+n = 1024 and below full attention's at n = 16384. Numbers are ratios measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import best_of, machine, markdown_table, random_model, sync  # noqa: E402
+
+from srsum.decoding import SharedStateDecoder  # noqa: E402
+from srsum.engine import SRformerCrossAttention, convert  # noqa: E402
+
+
+def training_step_seconds(model, batch: int, n: int, m: int, repeats: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 32000, (batch, n), generator=gen)
+    labels = torch.randint(2, 32000, (batch, m), generator=gen)
+    model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, use_cache=False).loss.backward()
+
+    return best_of(step, repeats)
+
+
+def cross_attention_seconds(model, batch: int, n: int, m: int, repeats: int) -> float:
+    """Forward + backward of every decoder cross-attention layer alone, on random inputs."""
+    layers = [layer for layer in model.modules() if isinstance(layer, SRformerCrossAttention)]
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(batch, m, model.config.d_model, generator=gen, requires_grad=True)
+    encoder = torch.randn(batch, n, model.config.d_model, generator=gen, requires_grad=True)
+
+    def step():
+        total = sum(layer.attend(hidden, encoder, None, None).square().mean() for layer in layers)
+        total.backward()
+
+    return best_of(step, repeats)
+
+
+def decode_ms_per_step(model, batch: int, n: int, steps: int) -> float:
+    gen = torch.Generator().manual_seed(2)
+    encoder = torch.randn(batch, n, model.config.d_model, generator=gen)
+    with torch.no_grad():
+        decoder = SharedStateDecoder(model, None, torch.ones(batch, n, dtype=torch.long), 1, encoder_states=encoder)
+        tokens = torch.zeros(batch, 1, dtype=torch.long)
+        for _ in range(2):  # warm up (the first step also builds nothing more: state is ready)
+            tokens = decoder.logits(tokens).argmax(-1, keepdim=True)
+        sync("cpu")
+        start = time.perf_counter()
+        for _ in range(steps):
+            tokens = decoder.logits(tokens).argmax(-1, keepdim=True)
+        sync("cpu")
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller grid (smoke check)")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--decode-seg-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=64, help="decode steps timed per cell")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    n_train, m = (256, 32) if args.quick else (1024, 128)
+    seg_sizes = [8, 64] if args.quick else [8, 16, 64]
+    lengths = [1024, 4096] if args.quick else [1024, 4096, 16384]
+    batches = [1] if args.quick else [1, 8]
+    print(f"machine: {machine()}\n")
+
+    base = random_model("t5-small")
+    results = {"machine": machine(), "train": [], "decode": []}
+    variants = [("full", None)] + [("srformer", s) for s in seg_sizes]
+    rows = []
+    for variant, seg in variants:
+        model = convert(base, variant, seg_size=seg or 64, schedule_length=m)
+        step = training_step_seconds(model, args.train_batch, n_train, m, args.repeats)
+        cross = cross_attention_seconds(model, args.train_batch, n_train, m, args.repeats)
+        results["train"].append(dict(variant=variant, seg_size=seg, step_s=step, cross_attention_s=cross))
+    full = results["train"][0]
+    for row in results["train"]:
+        rows.append([row["variant"], row["seg_size"] or "-", f"{row['step_s'] * 1000:.0f}",
+                     f"{row['step_s'] / full['step_s']:.2f}x", f"{row['cross_attention_s'] * 1000:.1f}",
+                     f"{row['cross_attention_s'] / full['cross_attention_s']:.2f}x"])
+    print(f"(a) training step, forward + backward, t5-small shapes, batch {args.train_batch}, "
+          f"n = {n_train}, m = {m}")
+    print(markdown_table(["attention", "s", "model step ms", "vs full", "cross-attn fwd+bwd ms", "vs full"], rows))
+
+    rows = []
+    for batch in batches:
+        for n in lengths:
+            cell = {"batch": batch, "n": n}
+            for variant in ("full", "srformer"):
+                model = convert(base, variant, seg_size=args.decode_seg_size, schedule_length=128).eval()
+                cell[variant] = decode_ms_per_step(model, batch, n, args.steps)
+            results["decode"].append(cell)
+            rows.append([batch, n, f"{cell['full']:.2f}", f"{cell['srformer']:.2f}",
+                         f"{cell['full'] / cell['srformer']:.2f}x"])
+    print(f"\n(b) decode ms/step (srsum decoder, greedy, {args.steps} steps, s = {args.decode_seg_size}, G = 128)")
+    print(markdown_table(["batch", "n", "full ms/step", "srformer ms/step", "srformer speed-up"], rows))
+
+    print("\ntargets:")
+    worst = max(r["step_s"] / full["step_s"] for r in results["train"][1:])
+    print(f"  srformer training step <= 1.3x full: worst {worst:.2f}x -> {'met' if worst <= 1.3 else 'MISSED'}")
+    for batch in batches:
+        cells = {c["n"]: c for c in results["decode"] if c["batch"] == batch}
+        lo, hi = cells[min(lengths)], cells[max(lengths)]
+        growth = hi["srformer"] / lo["srformer"] - 1
+        print(f"  batch {batch}: srformer ms/step n={max(lengths)} vs n={min(lengths)}: {growth:+.1%} "
+              f"(target within 10%: {'met' if abs(growth) <= 0.10 else 'MISSED'}); "
+              f"below full at n={max(lengths)}: {'met' if hi['srformer'] < hi['full'] else 'MISSED'}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
