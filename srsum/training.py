@@ -291,14 +291,8 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
     checkpoint, if one is due), exactly as a Ctrl-C there would; ``on_step(step)`` is called after each
     optimizer step. Raises SrsumError for bad input and :class:`TrainingInterrupted` on Ctrl-C.
     """
-    import torch
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
-    from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup
-
-    from srsum.engine import load_model
-    from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
+    from accelerate.utils import broadcast_object_list
 
     config.validate()
     _reset_accelerate_state()
@@ -328,14 +322,33 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
         config.attention = config.attention or DEFAULT_ATTENTION
         config.seg_size = config.seg_size or DEFAULT_SEG_SIZE
         config.schedule_length = config.schedule_length or config.max_target_length
+    created = not run_dir.exists()
     if main:
         ensure_writable_dir(run_dir)
     config.run_name = config.run_name or run_dir.name
+    try:
+        return _train(config, accelerator, reporter, run_dir, resume_from, stop_after_steps, on_step)
+    except BaseException:
+        if main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # nothing was written: leave no empty run folder behind
+        raise
+
+
+def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Path, resume_from: Path | None,
+           stop_after_steps: int | None, on_step: Callable[[int], None] | None) -> TrainResult:
+    import torch
+    from accelerate.utils import broadcast_object_list, set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup
+
+    from srsum.engine import load_model
+    from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
+
+    main = accelerator.is_main_process
     set_seed(config.seed)
 
     # ---- what: model, tokenizer, data
     source = resume_from or config.model
-    tokenizer = load_tokenizer(source)
     try:
         if resume_from is not None:
             model = load_model(str(resume_from), dtype=torch.float32)
@@ -348,6 +361,7 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise SrsumError(f"model: cannot load {str(source)!r} as an srsum checkpoint or a T5/BART model "
                          f"({reason})") from None
+    tokenizer = load_tokenizer(source)
     resolve_max_source_length(model, config.max_source_length)
     model_type = model.config.model_type
     train_examples = _load_split(config, config.train_split, config.train_limit, "training")

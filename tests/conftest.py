@@ -57,3 +57,60 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (it sits beside the checkout in CI)")
     return SHARED_DATA
+
+
+# --- fixtures for the CLI, training and summarize tests (appended; see tests/test_cli.py) ---------------
+
+CNN_SAMPLE = SHARED_DATA / "cnn_dailymail" / "cnn_dailymail-test-sample.jsonl"
+TOKENIZER_DIRS = {"t5": SHARED_DATA / "tokenizers" / "t5", "bart": SHARED_DATA / "tokenizers" / "bart-base"}
+
+
+@pytest.fixture(scope="session")
+def single_thread():
+    """Run torch on one thread: on a busy 2-core machine OpenMP threads spin-wait and tiny models slow 10-50x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_tiny_pretrained(folder: Path, family: str) -> Path:
+    """A tiny random T5/BART with the real tokenizer's vocabulary, saved with that tokenizer (a local model folder)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (real tokenizers and data live there)")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIRS[family]))
+    tiny_model(family, vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, single_thread):
+    return save_tiny_pretrained(tmp_path_factory.mktemp("tiny-t5"), "t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_bart_dir(tmp_path_factory, single_thread):
+    return save_tiny_pretrained(tmp_path_factory.mktemp("tiny-bart"), "bart")
+
+
+def tiny_training_config(model_dir, output_dir, **overrides):
+    """Settings for a few-second training run on real CNN/DailyMail rows (8 steps: 2 epochs of 4)."""
+    from srsum.training import TrainingConfig
+
+    fields = dict(model=str(model_dir), dataset=str(CNN_SAMPLE), train_split="test", validation_split="test",
+                  train_limit=8, eval_samples=2, batch_size=2, epochs=2, max_source_length=64, max_target_length=16,
+                  seg_size=16, learning_rate=1e-3, logging_steps=1, output_dir=str(output_dir))
+    fields.update(overrides)
+    return TrainingConfig(**fields)
+
+
+@pytest.fixture(scope="session")
+def trained_t5(tmp_path_factory, tiny_t5_dir):
+    """A finished 8-step srformer training run of the tiny T5 under <tmp>/models/run-t5 (TrainResult)."""
+    from srsum.training import train
+
+    root = tmp_path_factory.mktemp("workdir")
+    return train(tiny_training_config(tiny_t5_dir, root / "models" / "run-t5"))

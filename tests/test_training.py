@@ -1,0 +1,226 @@
+"""Training, checkpoints and resuming (srsum.training, srsum.checkpoints), offline with tiny random models."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_training_config
+
+from srsum import checkpoints
+from srsum.checkpoints import (atomic_dir, atomic_write_json, find_newest_model, is_complete, last_checkpoint,
+                               list_checkpoints, prune_checkpoints)
+from srsum.engine import load_model
+from srsum.errors import SrsumError
+from srsum.training import TrainingConfig, TrainingInterrupted, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint helpers
+
+
+def _fake_checkpoint(folder: Path, step: int | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    final = tmp_path / "best"
+    with atomic_dir(final) as temp:
+        (temp / "a.txt").write_text("one")
+    assert (final / "a.txt").read_text() == "one"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(final) as temp:
+            (temp / "a.txt").write_text("two")
+            raise KeyboardInterrupt
+    assert (final / "a.txt").read_text() == "one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    with atomic_dir(final) as temp:
+        (temp / "a.txt").write_text("three")
+    assert (final / "a.txt").read_text() == "three"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_atomic_write_json_leaves_no_temp_files(tmp_path):
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SrsumError, match="cannot write"):
+        atomic_write_json(blocker / "m.json", {})
+
+
+def test_incomplete_and_temporary_checkpoints_are_ignored(tmp_path):
+    run = tmp_path / "run"
+    _fake_checkpoint(run / "checkpoint-2", 2)
+    _fake_checkpoint(run / "checkpoint-10", 10)
+    _fake_checkpoint(run / "checkpoint-12.tmp-abc123", 12)  # interrupted write
+    (run / "checkpoint-14").mkdir()  # no trainer_state.json
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2", "checkpoint-10"]
+    assert last_checkpoint(run).name == "checkpoint-10"
+    assert not is_complete(run / "checkpoint-12.tmp-abc123")
+    assert [p.name for p in prune_checkpoints(run, keep=1)] == ["checkpoint-2"]
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-10"]
+
+
+def test_find_newest_model_prefers_best_of_the_newest_run(tmp_path):
+    root = tmp_path / "models"
+    assert find_newest_model(root) is None
+    old = _fake_checkpoint(root / "old" / "checkpoint-5", 5)
+    new = _fake_checkpoint(root / "new" / "checkpoint-3", 3)
+    past = time.time() - 100
+    os.utime(old / "trainer_state.json", (past, past))
+    assert find_newest_model(root) == new
+    best = _fake_checkpoint(root / "new" / "best", 3)
+    assert find_newest_model(root) == best
+    _fake_checkpoint(root / "new" / "best.tmp-xyz", 9)  # ignored
+    assert find_newest_model(root) == best
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_trained_t5_checkpoint_layout_and_state(trained_t5):
+    run = trained_t5.run_dir
+    assert trained_t5.global_step == trained_t5.total_steps == 8
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint-4", "checkpoint-8"]
+    last = run / "checkpoint-8"
+    for name in ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"):
+        assert (last / name).is_file(), name
+    assert any(last.glob("tokenizer*"))
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["global_step"] == 8 and state["epoch"] == 2.0 and state["steps_per_epoch"] == 4
+    assert state["args"]["learning_rate"] == 1e-3 and state["args"]["batch_size"] == 2
+    assert state["args"]["max_source_length"] == 64 and state["args"]["schedule_length"] == 16
+    assert state["srformer"]["srformer_attention"] == "srformer"
+    assert state["srformer"]["srformer_seg_size"] == 16
+    assert state["srformer"]["srformer_schedule_length"] == 16  # G defaults to the max target length
+    assert {"loss", "rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(state["metrics"])
+    assert state["best"]["metric"] == "rougeLsum"
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    model = load_model(str(run / "best"))
+    assert model.config.model_type == "srformer_t5" and model.config.srformer_seg_size == 16
+    assert json.loads((run / "best" / "trainer_state.json").read_text())["global_step"] == state["best"]["step"]
+
+
+def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in load_model(str(folder)).state_dict().items()}
+
+
+def test_interrupted_run_resumes_to_the_same_step_count(tmp_path, tiny_t5_dir):
+    # uninterrupted reference
+    reference = train(tiny_training_config(tiny_t5_dir, tmp_path / "straight", eval_samples=0, save_steps=2))
+    assert reference.global_step == 8
+
+    run = tmp_path / "interrupted"
+    config = tiny_training_config(tiny_t5_dir, run, eval_samples=0, save_steps=2)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config, stop_after_steps=3)
+    assert caught.value.step == 3 and caught.value.checkpoint == run / "checkpoint-2"
+    assert "--resume" in str(caught.value)
+    assert [p.name for p in run.iterdir()] == ["checkpoint-2"]  # the last complete one, intact
+    load_model(str(run / "checkpoint-2"))
+
+    resumed = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
+    assert resumed.resumed_from == run / "checkpoint-2"
+    assert resumed.global_step == resumed.total_steps == 8
+    state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    assert [e["step"] for e in state["log_history"]] == list(range(1, 9))
+    # same data order, optimizer and schedule state: the resumed weights equal the uninterrupted run's
+    straight, continued = _final_weights(reference.checkpoint), _final_weights(run / "checkpoint-8")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(continued[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_interrupt_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_t5_dir, monkeypatch):
+    run = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise KeyboardInterrupt  # Ctrl-C in the middle of writing checkpoint-4
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(tiny_training_config(tiny_t5_dir, run, eval_samples=0, save_steps=2))
+    assert caught.value.checkpoint == run / "checkpoint-2"
+    assert [p.name for p in run.iterdir()] == ["checkpoint-2"]  # no half-written checkpoint-4.tmp-*
+    load_model(str(run / "checkpoint-2"))
+
+
+def test_resume_with_another_variant_or_segment_size_is_an_error(trained_t5):
+    run = str(trained_t5.run_dir)
+    with pytest.raises(SrsumError, match=r"--seg-size 16, not 32"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, seg_size=32))
+    with pytest.raises(SrsumError, match=r"--attention srformer, not segmented"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, attention="segmented"))
+
+
+def test_resume_of_a_finished_run_does_nothing_more(trained_t5):
+    result = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(trained_t5.run_dir)))
+    assert result.global_step == 8 and result.resumed_from.name == "checkpoint-8"
+
+
+def test_new_run_into_a_folder_with_checkpoints_is_an_error(trained_t5, tiny_t5_dir):
+    with pytest.raises(SrsumError, match="already holds checkpoints; pass --resume"):
+        train(tiny_training_config(tiny_t5_dir, trained_t5.run_dir))
+
+
+def test_resume_without_checkpoints_is_an_error(tmp_path):
+    with pytest.raises(SrsumError, match="no complete checkpoint"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(tmp_path)))
+
+
+def test_gradient_accumulation_and_bf16_count_optimizer_steps(tmp_path, tiny_bart_dir):
+    # 6 examples, batch 1, accumulate 2 -> 3 optimizer steps per epoch
+    result = train(tiny_training_config(tiny_bart_dir, tmp_path / "run", train_limit=6, batch_size=1, epochs=1,
+                                        gradient_accumulation_steps=2, eval_samples=0, bf16=True, seg_size=8,
+                                        attention="segmented"))
+    assert result.global_step == result.total_steps == 3
+    model = load_model(str(result.checkpoint))
+    assert model.config.model_type == "srformer_bart" and model.config.srformer_attention == "segmented"
+    assert next(model.parameters()).dtype == torch.float32  # mixed precision keeps fp32 weights
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", 0, "--batch-size must be a positive integer"),
+    ("eval_samples", -1, "--eval-samples must be 0 or more"),
+    ("best_metric", "bleu", "--best-metric: unknown metric"),
+    ("attention", "sparse", "unknown variant"),
+    ("learning_rate", 0.0, "--learning-rate must be positive"),
+])
+def test_bad_training_settings(field, value, message, tmp_path):
+    config = TrainingConfig(model="m", dataset="d", output_dir=str(tmp_path), **{field: value})
+    with pytest.raises(SrsumError, match=message):
+        train(config)
+
+
+def test_unwritable_output_dir_and_bad_model(tmp_path, tiny_t5_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SrsumError, match="cannot write to output directory"):
+        train(tiny_training_config(tiny_t5_dir, blocker / "run"))
+    not_a_model = tmp_path / "empty-folder"
+    not_a_model.mkdir()
+    with pytest.raises(SrsumError, match="neither an srsum checkpoint nor a T5/BART model"):
+        train(tiny_training_config(not_a_model, tmp_path / "run2"))
+    assert not (tmp_path / "run2").exists() or not any((tmp_path / "run2").iterdir())
+
+
+def test_checkpoints_module_reads_its_own_rng_state(tmp_path):
+    state = checkpoints.rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    first = torch.rand(3)
+    checkpoints.set_rng_state(checkpoints.load_torch_file(tmp_path / "rng.pt", trusted=True))
+    assert torch.equal(torch.rand(3), first)
