@@ -1,0 +1,201 @@
+"""Library functions behind ``srsum summarize`` and ``srsum evaluate`` (srsum.summarize), offline."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import CNN_SAMPLE
+from rouge_score import rouge_scorer, scoring
+
+from srsum.data import Example, load_examples
+from srsum.errors import SrsumError
+from srsum.metrics import split_sentences
+from srsum.summarize import (GenerationSettings, Reporter, collect_articles, evaluate, load_summarizer,
+                             parse_baseline, summarize_examples, summarize_texts, write_jsonl)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.warnings, self.notes = [], []
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+    def info(self, message):
+        self.notes.append(message)
+
+
+def rouge_like_the_hf_example(predictions, references):
+    """run_summarization.py: postprocess_text (one sentence per line), then evaluate's rouge with stemming."""
+    predictions = ["\n".join(split_sentences(p.strip())) for p in predictions]
+    references = ["\n".join(split_sentences(r.strip())) for r in references]
+    types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
+    aggregator = scoring.BootstrapAggregator()
+    for reference, prediction in zip(references, predictions):
+        aggregator.add_scores(scorer.score(reference, prediction))
+    np.random.seed(42)  # the example's set_seed(training_args.seed), default 42
+    result = aggregator.aggregate()
+    return {key: result[key].mid.fmeasure * 100 for key in types}
+
+
+@pytest.fixture
+def cnn_sample(shared_data):
+    return str(CNN_SAMPLE)
+
+
+def test_lead3_scores_equal_rouge_score_called_the_hf_way(cnn_sample, tmp_path):
+    out = tmp_path / "eval"
+    metrics = evaluate(cnn_sample, baseline="lead-3", limit=40, output_dir=out)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl"]  # no temp files left
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    examples = load_examples(cnn_sample, split="test", limit=40)
+    assert [row["id"] for row in rows] == [e.id for e in examples]
+    assert [row["reference"] for row in rows] == [e.summary for e in examples]
+    expected = rouge_like_the_hf_example([row["prediction"] for row in rows], [e.summary for e in examples])
+    assert metrics["rouge"] == expected
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["rouge"] == expected
+    assert saved["baseline"] == "lead-3" and saved["model"] is None and saved["n_examples"] == 40
+    assert saved["dataset"] == cnn_sample and saved["split"] == "test" and saved["limit"] == 40
+    assert 30 < expected["rouge1"] < 50  # lead-3 on CNN/DailyMail is about 40 R1
+
+
+def test_evaluate_with_a_checkpoint_records_every_setting(trained_t5, cnn_sample, tmp_path):
+    settings = GenerationSettings(num_beams=2, max_length=8, min_length=2, length_penalty=1.5,
+                                  no_repeat_ngram_size=2, batch_size=2)
+    best = trained_t5.run_dir / "best"
+    metrics = evaluate(cnn_sample, model=str(best), limit=3, generation=settings, output_dir=tmp_path / "e",
+                       device="cpu")
+    generation = metrics["generation"]
+    for key, value in settings.to_dict().items():
+        if key != "max_source_length":
+            assert generation[key] == value
+    assert generation["max_source_length"] == 64  # what the checkpoint was trained with
+    assert generation["device"] == "cpu" and generation["dtype"] == "float32"
+    assert metrics["model"] == str(best) and metrics["model_type"] == "srformer_t5"
+    assert metrics["srformer"]["srformer_attention"] == "srformer" and metrics["srformer"]["srformer_seg_size"] == 16
+    assert metrics["n_examples"] == 3 and set(metrics["rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["generation"] == generation
+
+
+def test_summarize_warns_about_truncation_naming_both_lengths(trained_t5):
+    reporter = Recorder()
+    summarizer = load_summarizer(str(trained_t5.run_dir / "best"), device="cpu")
+    long_text = " ".join(f"Sentence number {i} is here." for i in range(40))
+    examples = [Example("long", long_text), Example("short", "A short article.")]
+    summaries = summarize_examples(summarizer, examples, GenerationSettings(num_beams=1, max_length=6), reporter)
+    assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries)
+    assert len(reporter.warnings) == 1
+    assert "'long'" in reporter.warnings[0] and "max source length 64" in reporter.warnings[0]
+    length = len(summarizer.tokenizer("summarize: " + long_text)["input_ids"])
+    assert f"is {length} tokens long" in reporter.warnings[0] and "truncated to 64 tokens" in reporter.warnings[0]
+
+
+def test_summarize_texts_with_a_checkpoint(trained_t5):
+    summaries = summarize_texts(["One article. It has two sentences.", "Another one."],
+                                model=str(trained_t5.checkpoint), settings=GenerationSettings(num_beams=2, max_length=5))
+    assert len(summaries) == 2
+
+
+def test_collect_articles_names_bad_inputs_and_keeps_the_rest(tmp_path):
+    (tmp_path / "good.txt").write_text("A good article.")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "one.txt").write_text("First.")
+    (tmp_path / "docs" / "two.txt").write_text("Second.")
+    (tmp_path / "rows.jsonl").write_text('{"id": "r1", "article": "Row one."}\n{"id": "r2", "article": ""}\n')
+    paths = [str(tmp_path / name) for name in ("good.txt", "empty.txt", "missing.txt", "nothing", "docs",
+                                                "rows.jsonl")]
+    examples, failures = collect_articles(paths)
+    assert [e.id for e in examples] == ["good", "one", "two", "r1"]
+    messages = [f.message for f in failures]
+    assert len(messages) == 4
+    assert "empty.txt is empty" in messages[0]
+    assert "file not found" in messages[1] and "missing.txt" in messages[1]
+    assert "contains no .txt files" in messages[2]
+    assert "article 'r2' is empty" in messages[3]
+
+
+def test_collect_articles_makes_ids_unique(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.txt").write_text("Text.")
+    examples, failures = collect_articles([str(tmp_path / "a" / "same.txt"), str(tmp_path / "b" / "same.txt")])
+    assert [e.id for e in examples] == ["same", "same-2"] and not failures
+
+
+def test_no_model_anywhere_says_how_to_get_one(tmp_path):
+    with pytest.raises(SrsumError) as caught:
+        load_summarizer(None, device="cpu", models_root=tmp_path / "models")
+    message = str(caught.value)
+    assert "srsum train --model t5-small --dataset cnn_dailymail" in message and "--model t5-small" in message
+
+
+def test_newest_checkpoint_is_used_without_model(trained_t5):
+    reporter = Recorder()
+    summarizer = load_summarizer(None, device="cpu", models_root=trained_t5.run_dir.parent, reporter=reporter)
+    assert summarizer.source == str(trained_t5.run_dir / "best")
+    assert "newest checkpoint" in reporter.notes[0]
+
+
+def test_paths_that_are_not_models(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SrsumError, match="neither an srsum checkpoint nor a T5/BART model"):
+        load_summarizer(str(tmp_path / "empty"), device="cpu")
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(SrsumError, match="'gpt2' is not supported"):
+        load_summarizer(str(tmp_path / "gpt"), device="cpu")
+    with pytest.raises(SrsumError, match="not found"):
+        load_summarizer(str(tmp_path / "missing" / "model"), device="cpu")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_beams", 0, "--num-beams must be at least 1"),
+    ("max_length", 0, "--max-length must be at least 1"),
+    ("min_length", 200, "--min-length 200 is larger than --max-length 128"),
+    ("batch_size", 0, "--batch-size must be at least 1"),
+    ("no_repeat_ngram_size", -1, "--no-repeat-ngram-size must be at least 0"),
+])
+def test_generation_settings_are_checked(field, value, message):
+    with pytest.raises(SrsumError, match=message):
+        GenerationSettings(**{field: value}).validate()
+
+
+def test_baseline_names():
+    assert parse_baseline("lead-3") == 3 and parse_baseline("LEAD2") == 2
+    with pytest.raises(SrsumError, match="unknown baseline 'oracle'"):
+        parse_baseline("oracle")
+
+
+def test_evaluate_bad_input_writes_nothing(cnn_sample, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SrsumError, match="either --model or --baseline"):
+        evaluate(cnn_sample, model="x", baseline="lead-3", output_dir=out)
+    with pytest.raises(SrsumError, match="text column 'body' not found"):
+        evaluate(cnn_sample, baseline="lead-3", text_column="body", output_dir=out)
+    no_summaries = tmp_path / "texts.jsonl"
+    no_summaries.write_text('{"article": "Only text."}\n')
+    with pytest.raises(SrsumError, match="no reference summaries"):
+        evaluate(str(no_summaries), baseline="lead-3", output_dir=out)
+    assert not any(out.iterdir())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SrsumError, match="cannot write to output directory"):
+        evaluate(cnn_sample, baseline="lead-3", output_dir=blocker / "out")
+
+
+def test_write_jsonl_is_atomic(tmp_path):
+    target = tmp_path / "s.jsonl"
+    write_jsonl(target, [{"id": "a", "summary": "x"}])
+    assert target.read_text() == '{"id": "a", "summary": "x"}\n'
+    with pytest.raises(TypeError):
+        write_jsonl(target, [{"id": object()}])
+    assert target.read_text() == '{"id": "a", "summary": "x"}\n'  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]
+    with pytest.raises(SrsumError, match="is a folder"):
+        write_jsonl(tmp_path, [])
