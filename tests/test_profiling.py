@@ -149,9 +149,9 @@ def test_counted_products_match_analytic(tiny_report):
     shape = tiny_report.shape
     assert (shape.heads, shape.head_dim, shape.layers) == (4, 16, 2)
     for variant, result in tiny_report.variants.items():
-        analytic = sum(result.products.values())
-        assert _within(result.counted_teacher_forced.products, analytic * shape.head_layers), variant
-        assert _within(result.counted_decode.products, analytic * shape.decode_rows), variant
+        teacher, decode = sum(result.products.values()), sum(result.decode_products.values())
+        assert _within(result.counted_teacher_forced.products, teacher * shape.head_layers), variant
+        assert _within(result.counted_decode.products, decode * shape.decode_rows), variant
 
 
 def test_full_attention_products_are_exact(tiny_report):
@@ -180,9 +180,12 @@ def test_bart_counts_match_analytic(tmp_path):
     report = profiling.profile(model=config, n=48, m=8, seg_size=16, bandwidth="100", measure=False,
                                variants=("full", "srformer"))
     assert report.shape.head_dim == 16
+    assert "C_σ·Wᵀ" in report.variants["srformer"].products  # BART clamps: P_σ first, then d³ per step
     for result in report.variants.values():
         analytic = sum(result.products.values()) * report.shape.head_layers
         assert _within(result.counted_teacher_forced.products, analytic), result.variant
+        analytic = sum(result.decode_products.values()) * report.shape.decode_rows
+        assert _within(result.counted_decode.products, analytic), result.variant
 
 
 def test_checkpoint_folder_is_profiled_from_its_config(tmp_path):
