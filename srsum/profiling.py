@@ -262,7 +262,7 @@ def raf_steps(shape: CostShape, schedule_length: int | None = None) -> int:
 
 
 def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int | None = None, *,
-                           clamp: bool = False, decode: bool = False) -> dict[str, int]:
+                           clamp: bool = False) -> dict[str, int]:
     """Every matrix product the variant computes, in FLOPs (2 per multiply-accumulate), per head-layer,
     the way srsum's engine computes them.
 
@@ -272,11 +272,12 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
     X_σ = C_σ Wᵀ:
 
     * without a clamp (T5) X_σ is linear, so the engine forms X_σ = P·Wᵀ − K_σᵀ·(V_σ·Wᵀ): 2 s d² per
-      step, plus P·Wᵀ (d³) once per teacher-forced pass and once per RAF step when decoding;
+      step, plus P·Wᵀ (d³) once per sequence;
     * with the clamp (BART) P_σ = K_σᵀ·V_σ (s d²) must come first, then C_σ·Wᵀ (d³) per step.
 
     The paper's table keeps only n d² of all this; SPEC's left-out W term (M d³) is what the clamp
-    path pays and the linear path avoids.
+    path pays and the linear path avoids. The teacher-forced pass and m decode steps do the same
+    products (the decoder computes P, ν and P·Wᵀ once, at its first step).
     """
     _check_variant(variant)
     n, m, s, d = shape.n, shape.m, shape.local_keys, shape.head_dim
@@ -293,7 +294,7 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
     else:
         products["V_σ·Wᵀ"] = 2 * steps * s * d * d
         products["K_σᵀ·(V_σ·Wᵀ)"] = 2 * steps * s * d * d
-        products["P·Wᵀ"] = 2 * (steps if decode else 1) * d**3
+        products["P·Wᵀ"] = 2 * d**3
     return products
 
 
@@ -958,7 +959,7 @@ class VariantProfile:
     left_out: dict[str, int]         # q·R, W and RAF, per head-layer
     values_read_per_step: int        # per head-layer
     products: dict[str, int]         # analytic FLOPs of each matrix product, per head-layer, teacher-forced
-    decode_products: dict[str, int]  # the same over m decode steps
+    decode_products: dict[str, int]  # over m decode steps (the engine does the same products)
     counted_teacher_forced: FlopCount | None = None
     counted_decode: FlopCount | None = None
     measured: Measured | None = None
@@ -1106,7 +1107,7 @@ def analytic_profile(variant: str, shape: CostShape, schedule_length: int | None
         left_out=left_out_terms(variant, shape),
         values_read_per_step=decode_values_read(variant, shape),
         products=analytic_product_flops(variant, shape, schedule_length, clamp=clamp),
-        decode_products=analytic_product_flops(variant, shape, schedule_length, clamp=clamp, decode=True),
+        decode_products=analytic_product_flops(variant, shape, schedule_length, clamp=clamp),
     )
 
 
