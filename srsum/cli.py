@@ -520,6 +520,8 @@ def train(
             save_total_limit=save_total_limit, best_metric=best_metric, eval_num_beams=eval_num_beams,
             logging_steps=logging_steps, resume=resume)
         result = run_training(config, reporter)
+        if not result.main_process:
+            return
         if as_json:
             _emit_json(result.to_dict())
         else:

@@ -135,30 +135,35 @@ def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, size: int
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 128,
              min_new_tokens: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-             early_stopping: bool | None = None, **unsupported) -> torch.Tensor:
+             early_stopping: bool | None = None, encoder_states: torch.Tensor | None = None,
+             **unsupported) -> torch.Tensor:
     """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first.
 
     Greedy when num_beams == 1, beam search otherwise; SRformer models decode with shared state,
-    other models fall back to ``model.generate``.
+    other models fall back to ``model.generate``. ``encoder_states`` (B, n, D), if given, is used
+    instead of running the encoder (``input_ids`` may then be None).
     """
     if unsupported:
         raise SrsumError(f"generate: unsupported option(s) {sorted(unsupported)}")
-    if input_ids.shape[0] == 0:
+    batch = (encoder_states if encoder_states is not None else input_ids).shape[0]
+    if batch == 0:
         raise SrsumError("batch: no articles to summarize")
     if early_stopping is None:
         early_stopping = bool(model.generation_config.early_stopping)
     settings = GenerationSettings(num_beams, max_new_tokens, min_new_tokens, length_penalty,
                                   no_repeat_ngram_size, early_stopping).validate()
     if not any(isinstance(m, SRformerCrossAttention) for m in model.modules()):
+        if encoder_states is not None:
+            raise SrsumError("generate: encoder_states needs an SRformer model (srsum.engine.convert)")
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
                               max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                               length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                               early_stopping=early_stopping, do_sample=False)
     special = SpecialTokens.of(model)
-    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams)
+    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states)
     if settings.num_beams == 1:
-        return greedy_search(decoder, input_ids.shape[0], settings, special)
-    return beam_search(decoder, input_ids.shape[0], settings, special)
+        return greedy_search(decoder, batch, settings, special)
+    return beam_search(decoder, batch, settings, special)
 
 
 def greedy_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,

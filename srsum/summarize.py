@@ -252,8 +252,11 @@ def collect_articles(paths: Sequence[str]) -> tuple[list[Example], list[Failure]
 
 
 def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], settings: GenerationSettings,
-                       reporter: Reporter | None = None) -> list[str]:
-    """Summaries of ``examples`` in order; over-long articles are truncated with a warning naming both lengths."""
+                       reporter: Reporter | None = None, warn_each: bool = True) -> list[str]:
+    """Summaries of ``examples`` in order; over-long articles are truncated with a warning naming both lengths.
+
+    ``warn_each=False`` (evaluation) gives one warning with the count of truncated articles instead.
+    """
     from srsum.tokenization import encode_examples, resolve_max_source_length
 
     reporter = reporter or Reporter()
@@ -264,13 +267,20 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     if not examples:
         return []
 
+    lengths: list[int] = []
+
     def truncated(index: int, length: int, limit: int) -> None:
-        reporter.warn(f"article {examples[index].id!r} is {length} tokens long, more than the max source length "
-                      f"{limit}: truncated to {limit} tokens")
+        lengths.append(length)
+        if warn_each:
+            reporter.warn(f"article {examples[index].id!r} is {length} tokens long, more than the max source length "
+                          f"{limit}: truncated to {limit} tokens")
 
     with reporter.progress("tokenizing", len(examples)) as advance:
         encoded = encode_examples(tokenizer, summarizer.model_type, [e.text for e in examples], None, max_source,
                                   on_truncate=truncated, advance=advance)
+    if lengths and not warn_each:
+        reporter.warn(f"{len(lengths)} of {len(examples)} articles are longer than the max source length {max_source} "
+                      f"tokens (longest {max(lengths)}) and were truncated to {max_source} tokens")
     return generate_summaries(model, tokenizer, [row.input_ids for row in encoded], settings, reporter)
 
 
@@ -399,7 +409,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
                 predictions.append(lead_n(example.text, lead))
                 advance()
     else:
-        predictions = summarize_examples(summarizer, examples, generation, reporter)
+        predictions = summarize_examples(summarizer, examples, generation, reporter, warn_each=False)
     references = [example.summary or "" for example in examples]
     scores = rouge_scores(predictions, references, aggregation=aggregation)
     per_example = per_example_scores(predictions, references)

@@ -111,6 +111,7 @@ class TrainResult:
     best: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     resumed_from: Path | None = None
+    main_process: bool = True  # False in the other processes of `accelerate launch` (they print nothing)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
@@ -493,4 +494,4 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     except KeyboardInterrupt:
         raise TrainingInterrupted(global_step, run_dir, last_checkpoint(run_dir)) from None
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, checkpoint, global_step, total_steps, best, last_metrics, resume_from)
+    return TrainResult(run_dir, checkpoint, global_step, total_steps, best, last_metrics, resume_from, main)

@@ -46,6 +46,7 @@ class DecodeState:
         if settings.has_recurrent:
             self.kv_total = ops.kv_product(self.seg.keys, self.seg.values)  # P: (B, H, d, d)
             self.norm = None if settings.attention == "no_norm" else ops.key_norm(self.seg.keys)  # ν: (B, H, d)
+            self.total_w = None  # P Wᵀ (no clamp), computed at the first RAF step
             self.membrane = torch.zeros_like(self.kv_total)  # U
             self.recurrent = torch.zeros_like(self.kv_total)  # R of the current segment
 
@@ -75,7 +76,9 @@ class DecodeState:
         if self.settings.attention != "full_product":
             keys = ops.gather_segments(seg.segment_view(seg.keys), self.segment_index)  # (B, H, 1, S', d)
             values = ops.gather_segments(seg.segment_view(seg.values), self.segment_index)
-        x = ops.raf_inputs(self.kv_total, keys, values, layer.recurrent_w.weight, self.settings.clamp)
+        if self.total_w is None and self.settings.clamp is None:
+            self.total_w = torch.matmul(self.kv_total, layer.recurrent_w.weight.float().t())  # P Wᵀ, once
+        x = ops.raf_inputs(self.kv_total, keys, values, layer.recurrent_w.weight, self.settings.clamp, self.total_w)
         if keys is not None:
             x = x[:, :, 0]  # (B, H, d, d)
         if self.settings.has_raf:

@@ -239,19 +239,21 @@ def raf_input(complement_: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def raf_inputs(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
-               weight: torch.Tensor, clamp: float | None) -> torch.Tensor:
+               weight: torch.Tensor, clamp: float | None, total_w: torch.Tensor | None = None) -> torch.Tensor:
     """X_σ = C_σ Wᵀ for the segments whose keys/values are given.
 
     total: P (B, H, d, d); seg_keys/seg_values (B, H, L, S', d), or None for ablation IV (C = P).
     Without a clamp the product is linear, so X_σ = P Wᵀ - K_σᵀ (V_σ Wᵀ): s d² work per segment instead
     of s d² + d³ (the d x d x d product per segment dominates at small s). With a clamp (BART) P_σ must
-    exist before W applies. Returns (B, H, L, d, d), or (B, H, d, d) when seg_keys is None.
+    exist before W applies. ``total_w`` = P Wᵀ if the caller keeps it (a decoder computes it once).
+    Returns (B, H, L, d, d), or (B, H, d, d) when seg_keys is None.
     """
     if seg_keys is None:
         return raf_input(complement(total, None, clamp), weight)
     if clamp is None:
         w_t = weight.float().t()
-        return torch.matmul(total, w_t)[:, :, None] - kv_product(seg_keys, torch.matmul(seg_values.float(), w_t))
+        total_w = torch.matmul(total, w_t) if total_w is None else total_w
+        return total_w[:, :, None] - kv_product(seg_keys, torch.matmul(seg_values.float(), w_t))
     return raf_input(complement(total, kv_product(seg_keys, seg_values), clamp), weight)
 
 

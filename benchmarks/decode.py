@@ -1,0 +1,213 @@
+"""Decode benchmark (issue 5): srsum's decoder against Hugging Face ``generate`` with full cross-attention.
+
+    python benchmarks/decode.py                                   # CPU grid (t5-small), one run
+    python benchmarks/decode.py --device cuda --dtype bfloat16 --batch 1,8,32 --models t5-small,bart-base
+
+Systems, same random weights: ``peer`` = Hugging Face ``generate`` on the unconverted model (ordinary
+full cross-attention: what users run today); ``full``, ``segmented``, ``srformer`` = srsum's decoder
+(one state per example, shared by its beams) with that cross-attention. Every cell decodes exactly
+``--new-tokens`` tokens (EOS banned until then) from a random encoder output of length n; the encoder
+is timed apart (batch 1: its self-attention is O(n^2) and identical for every system). On CPU each
+cell runs in its own process so that peak memory (RSS high-water mark above the pre-decode level) is
+its own; on CUDA peak memory is ``max_memory_allocated`` above the pre-decode level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, markdown_table, random_model, sync  # noqa: E402
+
+SYSTEMS = ("peer", "full", "segmented", "srformer")
+
+
+def parse_list(text: str, cast=int) -> list:
+    return [cast(item) for item in text.split(",") if item]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def estimate_gb(cell: dict, d_model: int, layers: int) -> float:
+    """Rough peak of the biggest decode buffers: cross-attention keys/values (+ the expanded encoder)."""
+    bytes_per = 2 if cell["dtype"] in ("bfloat16", "float16") else 4
+    rows = cell["batch"] * (cell["beams"] if cell["system"] == "peer" else 1)
+    kv = layers * 2 * rows * cell["n"] * d_model * bytes_per
+    return (kv + rows * cell["n"] * d_model * bytes_per) / 1e9
+
+
+def build_model(cell: dict):
+    from srsum.engine import convert
+
+    model = random_model(cell["model"], dtype=getattr(torch, cell["dtype"]), device=cell["device"])
+    if cell["system"] != "peer":
+        model = convert(model, cell["system"], seg_size=cell["seg_size"], schedule_length=cell["new_tokens"]).eval()
+    return model
+
+
+def run_cell(cell: dict, models: dict | None = None) -> dict:
+    """Decode one cell in this process and return its figures (``models`` caches built models)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from srsum.decoding import generate
+
+    device = torch.device(cell["device"])
+    dtype = getattr(torch, cell["dtype"])
+    key = (cell["model"], cell["system"])
+    if models is None:
+        model = build_model(cell)
+    else:
+        model = models[key] = models.get(key) or build_model(cell)
+    d_model = model.config.d_model
+    gen = torch.Generator(device=device).manual_seed(0)
+    encoder = torch.randn(cell["batch"], cell["n"], d_model, generator=gen, device=device).to(dtype)
+    mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=device)
+    tokens = cell["new_tokens"]
+    options = dict(num_beams=cell["beams"], max_new_tokens=tokens, min_new_tokens=tokens)
+
+    def decode(steps=tokens):
+        opts = dict(options, max_new_tokens=steps, min_new_tokens=steps)
+        if cell["system"] == "peer":
+            return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder), attention_mask=mask,
+                                  do_sample=False, **opts)
+        return generate(model, None, mask, encoder_states=encoder, **opts)
+
+    with torch.no_grad():
+        decode(steps=2)  # warm up kernels and allocator
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        else:
+            before = rss_bytes()
+        start = time.perf_counter()
+        out = decode()
+        sync(device)
+        seconds = time.perf_counter() - start
+        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
+    assert out.shape[1] == tokens + 1, out.shape
+    return dict(cell, decode_s=seconds, ms_per_step=seconds / tokens * 1000,
+                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=max(peak, 0) / 2**20)
+
+
+def encoder_seconds(model_name: str, n: int, device: str, dtype: str) -> float | None:
+    """The real encoder on one example of length n (None when its O(n^2) scores would not fit)."""
+    model = random_model(model_name, dtype=getattr(torch, dtype), device=device)
+    heads = getattr(model.config, "num_heads", None) or model.config.encoder_attention_heads
+    limit = 40e9 if device.startswith("cuda") else 6e9
+    if 3 * heads * n * n * 4 > limit:
+        return None
+    ids = torch.randint(3, 1000, (1, n), device=device)
+    with torch.no_grad():
+        model.get_encoder()(input_ids=ids[:, :64])
+        sync(device)
+        start = time.perf_counter()
+        model.get_encoder()(input_ids=ids)
+        sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="t5-small")
+    parser.add_argument("--n", default="1024,4096,16384")
+    parser.add_argument("--batch", default="1,8")
+    parser.add_argument("--beams", default="1,4")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--seg-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-gb", type=float, default=14.0, help="skip cells whose buffers would exceed this")
+    parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
+    args = parser.parse_args()
+    if args.cell:
+        print(json.dumps(run_cell(json.loads(args.cell))))
+        return
+    print(f"machine: {machine()}  device: {args.device}  dtype: {args.dtype}\n", flush=True)
+    results = {"machine": machine(), "device": args.device, "dtype": args.dtype, "cells": [], "encoder": []}
+    for model_name in parse_list(args.models, str):
+        shape = random_model(model_name).config
+        layers = getattr(shape, "num_decoder_layers", None) or shape.decoder_layers
+        for n in parse_list(args.n):
+            enc = encoder_seconds(model_name, n, args.device, args.dtype)
+            results["encoder"].append(dict(model=model_name, n=n, batch=1, seconds=enc))
+            print(f"{model_name} encoder n={n} batch 1: " + (f"{enc * 1000:.1f} ms" if enc else "skipped (O(n^2) memory)"),
+                  flush=True)
+            for batch in parse_list(args.batch):
+                for beams in parse_list(args.beams):
+                    for system in parse_list(args.systems, str):
+                        cell = dict(model=model_name, n=n, batch=batch, beams=beams, system=system,
+                                    new_tokens=args.new_tokens, seg_size=args.seg_size, device=args.device,
+                                    dtype=args.dtype)
+                        need = estimate_gb(cell, shape.d_model, layers)
+                        if need > args.max_gb:
+                            results["cells"].append(dict(cell, skipped=f"needs ~{need:.0f} GB"))
+                            print(f"  skip {cell} (~{need:.0f} GB)", flush=True)
+                            continue
+                        figures = measure(cell, args.device)
+                        results["cells"].append(figures)
+                        print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system",
+                              "ms_per_step", "tokens_per_s", "peak_mb", "error")}), flush=True)
+    print()
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+CUDA_MODELS: dict = {}
+
+
+def measure(cell: dict, device: str) -> dict:
+    if device.startswith("cuda"):
+        try:
+            return run_cell(cell, CUDA_MODELS)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return dict(cell, error="out of memory")
+    proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(cell)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return dict(cell, error=(proc.stderr.strip().splitlines() or ["failed"])[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict) -> str:
+    """Markdown tables: one row per (model, n, batch, beams, system) with ratios to the peer."""
+    rows, cells = [], results["cells"]
+    for cell in cells:
+        if "skipped" in cell or "error" in cell:
+            rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"],
+                         cell.get("skipped") or cell.get("error"), "", "", "", "", ""])
+            continue
+        peer = next((c for c in cells if c["system"] == "peer" and "ms_per_step" in c and
+                     all(c[k] == cell[k] for k in ("model", "n", "batch", "beams"))), None)
+        speed = f"{peer['ms_per_step'] / cell['ms_per_step']:.2f}x" if peer else "-"
+        memory = f"{cell['peak_mb'] / peer['peak_mb']:.2f}" if peer and peer["peak_mb"] > 0 else "-"
+        rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"],
+                     f"{cell['decode_s']:.2f}", f"{cell['ms_per_step']:.1f}", f"{cell['tokens_per_s']:.0f}",
+                     f"{cell['peak_mb']:.0f}", speed, memory])
+    headers = ["model", "n", "batch", "beams", "system", "decode s", "ms/step", "tokens/s", "peak MB",
+               "speed vs peer", "memory vs peer"]
+    encoder_rows = [[e["model"], e["n"], "-" if e["seconds"] is None else f"{e['seconds'] * 1000:.0f}"]
+                    for e in results["encoder"]]
+    return (markdown_table(headers, rows) + "\n\nencoder (batch 1, same for every system):\n"
+            + markdown_table(["model", "n", "encoder ms"], encoder_rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""The sweep: pretrain a full-attention T5 per task and seed, convert it to every variant, fine-tune
+each for the same budget, score it on held-out examples, and collect everything in one results dict.
+
+Every bad input is rejected by :func:`validate` before any training starts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from srsum.errors import SrsumError
+from srsum.quality.model import (ABLATIONS, ALL_VARIANTS, MAIN_VARIANTS, ModelSize, count_parameters,
+                                 engine_convert, new_t5, to_variant)
+from srsum.quality.tasks import TASK_NAMES, build_task
+from srsum.quality.train import evaluate, train
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@dataclass
+class StudyConfig:
+    """Everything that decides a sweep's numbers. The same steps, batch and schedule for every variant."""
+
+    tasks: tuple[str, ...] = TASK_NAMES
+    variants: tuple[str, ...] = MAIN_VARIANTS
+    seg_sizes: tuple[int, ...] = (8, 16, 64)
+    ablations: tuple[str, ...] = ABLATIONS
+    ablation_seg_size: int = 16
+    seeds: int = 3
+    pretrain_steps: int = 1200
+    finetune_steps: int = 300
+    batch_size: int = 8
+    pretrain_lr: float = 2e-3
+    ramp_fraction: float = 0.5
+    finetune_lr: float = 1e-3
+    eval_batch_size: int = 64
+    eval_limit: int | None = None
+    size: ModelSize = field(default_factory=ModelSize)
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    device: str = "cpu"
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["size"] = self.size.as_dict()
+        return out
+
+
+def smoke_config(**overrides) -> StudyConfig:
+    """A tiny budget that checks the pipeline end to end (not the scores) in well under a minute."""
+    base = StudyConfig(variants=("full", "segmented", "srformer"), seg_sizes=(16,), ablations=("no_raf",),
+                       ablation_seg_size=16, seeds=1, pretrain_steps=3, finetune_steps=2, batch_size=4,
+                       eval_limit=8, eval_batch_size=8,
+                       size=ModelSize(d_model=32, d_kv=8, d_ff=64, num_heads=2))
+    return replace(base, **overrides)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a pretraining (variant None) or one variant's fine-tuning and scoring."""
+
+    task: str
+    seed: int
+    variant: str | None = None
+    seg_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.variant is None:
+            return f"{self.task} seed {self.seed} pretrain (full attention)"
+        s = "" if self.seg_size is None else f" s={self.seg_size}"
+        return f"{self.task} seed {self.seed} {self.variant}{s}"
+
+
+# --------------------------------------------------------------------------------------------------
+# validation and planning
+# --------------------------------------------------------------------------------------------------
+
+
+def validate(config: StudyConfig, workers: int) -> dict:
+    """Reject bad input with one-line SrsumErrors; returns the built tasks' descriptions."""
+    for name in config.tasks:
+        if name not in TASK_NAMES:
+            raise SrsumError(f"unknown task {name!r}: choose from {', '.join(TASK_NAMES)}")
+    if not config.tasks:
+        raise SrsumError("no task chosen: choose from " + ", ".join(TASK_NAMES))
+    for name in (*config.variants, *config.ablations):
+        if name not in ALL_VARIANTS:
+            raise SrsumError(f"unknown variant {name!r}: choose from {', '.join(ALL_VARIANTS)}")
+    for name, value in (("pretrain steps", config.pretrain_steps), ("fine-tune steps", config.finetune_steps),
+                        ("batch size", config.batch_size), ("seeds", config.seeds), ("workers", workers),
+                        ("eval batch size", config.eval_batch_size)):
+        if value < 1:
+            raise SrsumError(f"{name} must be at least 1, got {value}")
+    if config.eval_limit is not None and config.eval_limit < 1:
+        raise SrsumError(f"eval limit must be at least 1, got {config.eval_limit}")
+    if config.pretrain_lr <= 0 or config.finetune_lr <= 0:
+        raise SrsumError("learning rates must be positive")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SrsumError(f"device {config.device!r} asked for, but torch sees no CUDA device")
+    tasks = {name: build_task(name, config.data_dir) for name in config.tasks}
+    sizes = list(config.seg_sizes) + ([config.ablation_seg_size] if config.ablations else [])
+    for name, task in tasks.items():
+        for s in sizes:
+            if s < 1 or s > task.max_source_len:
+                raise SrsumError(f"segment size {s} is outside 1..{task.max_source_len}, the {name} "
+                                 f"task's input length")
+    if any(v != "full" for v in (*config.variants, *config.ablations)) and not config.seg_sizes and not config.ablations:
+        raise SrsumError("no segment size chosen")
+    info = {name: task.describe() for name, task in tasks.items()}
+    for name, task in tasks.items():
+        if hasattr(task, "local_only_ceiling"):
+            info[name]["local_only_ceiling"] = {str(s): task.local_only_ceiling(s) for s in sorted(set(sizes))}
+    return info
+
+
+def plan(config: StudyConfig) -> tuple[list[Job], dict[Job, list[Job]]]:
+    """Pretraining jobs, and for each the fine-tuning jobs that start from its checkpoint."""
+    pretrains, followers = [], {}
+    for task in config.tasks:
+        for seed in range(config.seeds):
+            root = Job(task, seed)
+            jobs = []
+            for variant in config.variants:
+                sizes = [None] if variant == "full" else config.seg_sizes
+                jobs += [Job(task, seed, variant, s) for s in sizes]
+            for variant in config.ablations:
+                job = Job(task, seed, variant, config.ablation_seg_size)
+                if job not in jobs:
+                    jobs.append(job)
+            pretrains.append(root)
+            followers[root] = jobs
+    return pretrains, followers
+
+
+# --------------------------------------------------------------------------------------------------
+# the work a process does
+# --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_path(work_dir: str, job: Job) -> Path:
+    return Path(work_dir) / f"pretrained-{job.task}-seed{job.seed}.pt"
+
+
+def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
+    """Train the full-attention model of (task, seed) from scratch and save it for its fine-tunings."""
+    start = time.perf_counter()
+    task = build_task(job.task, config.data_dir)
+    torch.manual_seed(1_000 + job.seed)
+    model = new_t5(task.vocab_size, config.size)
+    log = train(model, task, steps=config.pretrain_steps, batch_size=config.batch_size,
+                lr=config.pretrain_lr, seed=1_000 + job.seed, device=config.device,
+                ramp_steps=round(config.pretrain_steps * config.ramp_fraction))
+    metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
+                       limit=config.eval_limit)
+    torch.save(model.cpu().state_dict(), checkpoint_path(work_dir, job))
+    return {**record_keys(job), "kind": "pretrain", **log, **metrics, "parameters": count_parameters(model),
+            "wall_seconds": time.perf_counter() - start}
+
+
+def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -> dict:
+    """Convert the pretrained model to the job's variant, fine-tune it, and score it."""
+    start = time.perf_counter()
+    task = build_task(job.task, config.data_dir)
+    model = new_t5(task.vocab_size, config.size)
+    model.load_state_dict(torch.load(checkpoint_path(work_dir, Job(job.task, job.seed)), weights_only=True))
+    seg_size = job.seg_size if job.seg_size is not None else task.max_source_len
+    model = to_variant(model, job.variant, seg_size, task.max_target_len, converter)
+    log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
+                lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device)
+    metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
+                       limit=config.eval_limit)
+    return {**record_keys(job), "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
+            "wall_seconds": time.perf_counter() - start}
+
+
+def record_keys(job: Job) -> dict:
+    return {"task": job.task, "seed": job.seed, "variant": job.variant or "pretrained",
+            "seg_size": job.seg_size}
+
+
+def run_job(job: Job, config: StudyConfig, work_dir: str, converter=None) -> dict:
+    """Run one job; an exception becomes an error record, so one failure does not lose the sweep."""
+    try:
+        if job.variant is None:
+            return run_pretrain(job, config, work_dir)
+        return run_finetune(job, config, work_dir, converter)
+    except Exception as err:  # noqa: BLE001 - reported in the results and by the CLI's exit status
+        return {**record_keys(job), "kind": "pretrain" if job.variant is None else "finetune",
+                "error": f"{type(err).__name__}: {err}"}
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# the sweep
+# --------------------------------------------------------------------------------------------------
+
+
+def run_study(config: StudyConfig, *, workers: int = 1, work_dir: str | None = None, converter=None,
+              progress=print, command: str = "") -> dict:
+    """Run the whole sweep and return the results dict (see :func:`machine_info` for its ``meta``)."""
+    task_info = validate(config, workers)
+    if converter is None:
+        engine_convert()  # fail now, not after pretraining, when the engine is missing
+    pretrains, followers = plan(config)
+    total = len(pretrains) + sum(len(v) for v in followers.values())
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="srsum-quality-") as tmp:
+        work = work_dir or tmp
+        Path(work).mkdir(parents=True, exist_ok=True)
+        if workers == 1:
+            runs = _run_inline(pretrains, followers, config, work, converter, progress, total)
+        else:
+            runs = _run_pool(pretrains, followers, config, work, workers, progress, total)
+    wall = time.perf_counter() - start
+    return {"meta": machine_info(config.device, workers, wall, command), "config": config.as_dict(),
+            "tasks": task_info, "runs": runs}
+
+
+def _report(progress, runs: list[dict], total: int, record: dict) -> None:
+    runs.append(record)
+    what = Job(record["task"], record["seed"],
+               None if record["variant"] == "pretrained" else record["variant"], record["seg_size"]).label
+    if "error" in record:
+        progress(f"[{len(runs)}/{total}] {what}: FAILED {record['error']}")
+    else:
+        progress(f"[{len(runs)}/{total}] {what}: score {record['score']:.3f} "
+                 f"(loss {record['final_loss']:.3f}, {record['wall_seconds']:.0f}s)")
+
+
+def _run_inline(pretrains, followers, config, work, converter, progress, total) -> list[dict]:
+    runs: list[dict] = []
+    for root in pretrains:
+        record = run_job(root, config, work, converter)
+        _report(progress, runs, total, record)
+        if "error" in record:
+            continue
+        for job in followers[root]:
+            _report(progress, runs, total, run_job(job, config, work, converter))
+    return runs
+
+
+def _run_pool(pretrains, followers, config, work, workers, progress, total) -> list[dict]:
+    """Pretrainings first; each one's fine-tunings are queued the moment its checkpoint exists."""
+    runs: list[dict] = []
+    context = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                             initargs=(1,)) as pool:
+        pending = {pool.submit(run_job, root, config, work): root for root in pretrains}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                record = future.result()
+                _report(progress, runs, total, record)
+                if job.variant is None and "error" not in record:
+                    for follower in followers[job]:
+                        pending[pool.submit(run_job, follower, config, work)] = follower
+    return runs
+
+
+def machine_info(device: str, workers: int, wall_seconds: float, command: str) -> dict:
+    info = {"command": command, "wall_seconds": wall_seconds, "workers": workers, "device": device,
+            "threads_per_worker": 1 if workers > 1 else torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(),
+            "python": sys.version.split()[0], "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    return info
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,402 @@
+"""The two tasks of the quality study, with their data, batching and scoring.
+
+Both tasks are built so that an output step needs the part of the input that the SRformer schedule
+aligns with it *and* information that sits in other segments (see docs/RESULTS.md for the design).
+
+* ``lookup`` (synthetic): 32 chunks of 8 tokens, chunk ``t`` = marker ``M_t``, digit ``x_t``, 6 filler
+  tokens. The target is 32 steps ``M_t, x_t, M_r, x_r`` with ``r`` a random *other* chunk: the digits
+  are predicted, the markers are given (teacher-forced) and not scored. A step is right when both
+  digits are.
+  ``r`` is drawn for the decoder alone, so the encoder cannot know which chunk will be asked for.
+* ``entities`` (real text): the input is a 256-token window of a news article, interview transcript
+  or paper; the target is its distinct named entities (runs of capitalised words that are not
+  sentence-initial) in order of first mention, each closed by ``;``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from srsum.errors import SrsumError
+
+PAD, EOS, UNK, SEP = 0, 1, 2, 3
+N_SPECIAL = 4
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    """One batch: encoder ids and mask, decoder inputs and labels (IGNORE where not scored)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    decoder_input_ids: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                               self.decoder_input_ids, self.labels)))
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], scored: list[list[bool]] | None = None) -> Batch:
+    """Pad (source, target) pairs; decoder inputs are the target shifted right after PAD (the start token)."""
+    n = max(len(src) for src, _ in pairs)
+    m = max(len(tgt) for _, tgt in pairs)
+    input_ids = torch.full((len(pairs), n), PAD, dtype=torch.long)
+    decoder_input_ids = torch.full((len(pairs), m), PAD, dtype=torch.long)
+    labels = torch.full((len(pairs), m), IGNORE, dtype=torch.long)
+    for row, (src, tgt) in enumerate(pairs):
+        input_ids[row, : len(src)] = torch.tensor(src)
+        decoder_input_ids[row, 1 : len(tgt)] = torch.tensor(tgt[:-1])
+        keep = scored[row] if scored is not None else [True] * len(tgt)
+        labels[row, : len(tgt)] = torch.tensor([tok if k else IGNORE for tok, k in zip(tgt, keep)])
+    return Batch(input_ids, (input_ids != PAD).long(), decoder_input_ids, labels)
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Task (a): synthetic two-chunk lookup
+# --------------------------------------------------------------------------------------------------
+
+
+def ramp(step: int, ramp_steps: int, low: int, high: int, rng: random.Random) -> int:
+    """Pretraining curriculum: a random size from ``low`` up to a cap that grows linearly from ``low``
+    to ``high`` over ``ramp_steps`` steps (then stays at ``high``). Without a ramp, always ``high``."""
+    if ramp_steps <= 0:
+        return high
+    cap = low + round((high - low) * min(1.0, step / ramp_steps))
+    return rng.randint(low, cap)
+
+
+class LookupTask:
+    """Synthetic seq2seq task: every output step needs the aligned chunk and one chunk elsewhere."""
+
+    name = "lookup"
+    metric = "step accuracy"
+    generative = False
+
+    def __init__(self, n_chunks: int = 32, chunk_len: int = 8, n_filler: int = 20, eval_size: int = 256):
+        if chunk_len < 3:
+            raise SrsumError("lookup task: chunk_len must be at least 3")
+        self.n_chunks, self.chunk_len, self.eval_size = n_chunks, chunk_len, eval_size
+        self.digit0 = N_SPECIAL
+        self.marker0 = self.digit0 + 10
+        self.filler0 = self.marker0 + n_chunks
+        self.vocab_size = self.filler0 + n_filler
+        self.max_source_len = n_chunks * chunk_len
+        self.max_target_len = 4 * n_chunks
+        rng = random.Random(10_000)
+        self._eval = [self._example(rng) for _ in range(eval_size)]
+
+    def _example(self, rng: random.Random, chunks: int | None = None) -> tuple[list[int], list[int], list[bool]]:
+        """One example of ``chunks`` chunks (all of them by default). A shorter example keeps the marker
+        order but draws its markers from all ``n_chunks``, so every marker is trained."""
+        if chunks is None or chunks >= self.n_chunks:
+            markers = list(range(self.n_chunks))
+        else:
+            markers = sorted(rng.sample(range(self.n_chunks), chunks))
+        digits = [rng.randrange(10) for _ in markers]
+        source: list[int] = []
+        for marker, x in zip(markers, digits):
+            source += [self.marker0 + marker, self.digit0 + x]
+            source += [self.filler0 + rng.randrange(self.vocab_size - self.filler0) for _ in range(self.chunk_len - 2)]
+        target: list[int] = []
+        for t, x in enumerate(digits):
+            r = rng.randrange(len(markers) - 1)
+            r = r + 1 if r >= t else r
+            target += [self.marker0 + markers[t], self.digit0 + x, self.marker0 + markers[r], self.digit0 + digits[r]]
+        scored = [i % 2 == 1 for i in range(len(target))]
+        return source, target, scored
+
+    def train_batches(self, seed: int, batch_size: int, ramp_steps: int = 0):
+        """An endless stream of fresh random batches (no example is ever repeated). With ``ramp_steps``
+        (pretraining only) batches start short and grow to all chunks, see :func:`ramp`."""
+        rng = random.Random(seed)
+        step = 0
+        while True:
+            chunks = ramp(step, ramp_steps, 2, self.n_chunks, rng)
+            yield self._to_batch([self._example(rng, chunks) for _ in range(batch_size)])
+            step += 1
+
+    def eval_batches(self, batch_size: int, limit: int | None = None):
+        examples = self._eval[:limit] if limit else self._eval
+        for i in range(0, len(examples), batch_size):
+            yield self._to_batch(examples[i : i + batch_size])
+
+    @staticmethod
+    def _to_batch(examples) -> Batch:
+        return collate([(s, t) for s, t, _ in examples], [k for _, _, k in examples])
+
+    def step_scores(self, right: torch.Tensor, scored: torch.Tensor) -> dict:
+        """From per-token hits of one batch: the local digit (x_t), the remote one (x_r), and whole steps."""
+        hits = right[scored].view(right.shape[0], -1, 2)  # (batch, steps, [local, remote])
+        return {"local": hits[..., 0].sum().item(), "remote": hits[..., 1].sum().item(),
+                "steps": hits.all(-1).sum().item(), "count": hits.shape[0] * hits.shape[1]}
+
+    def local_only_ceiling(self, seg_size: int) -> float:
+        """Best step accuracy of a model that sees only the aligned segment: it can read x_t, and x_r
+        only when chunk r shares the segment (probability p); otherwise it guesses one of 10 digits."""
+        per_segment = max(1, seg_size // self.chunk_len)
+        p = (min(per_segment, self.n_chunks) - 1) / (self.n_chunks - 1)
+        return p + (1 - p) / 10
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n": self.max_source_len, "G": self.max_target_len,
+                "vocab_size": self.vocab_size, "eval_examples": len(self._eval), "metric": self.metric}
+
+
+# --------------------------------------------------------------------------------------------------
+# Task (b): distinct named entities of real articles, in order of first mention
+# --------------------------------------------------------------------------------------------------
+
+WORD_RE = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_")
+SENTENCE_BREAKS = frozenset('.!?"(:\'“‘')
+SOURCES = {
+    "cnn_dailymail": ["cnn_dailymail/cnn_dailymail-test-sample.jsonl"],
+    "xsum": ["xsum/xsum-test-sample.jsonl"],
+    "arxiv": ["arxiv/arxiv-train-sample.jsonl", "arxiv/arxiv-validation-sample.jsonl",
+              "arxiv/arxiv-test-sample.jsonl"],
+    "mediasum": ["mediasum/mediasum-unknown-split-sample.jsonl"],
+}
+
+
+def words(text: str) -> list[str]:
+    return WORD_RE.findall(text)
+
+
+def is_capitalised(word: str) -> bool:
+    return word[:1].isupper()
+
+
+def entity_spans(tokens: list[str], max_len: int = 4) -> list[tuple[int, int]]:
+    """(start, end) of each named entity: a maximal run of capitalised words, minus a sentence-initial
+    first word, cut to ``max_len`` words. The lone pronoun "I" is not an entity."""
+    spans, i = [], 0
+    while i < len(tokens):
+        if not is_capitalised(tokens[i]):
+            i += 1
+            continue
+        j = i
+        while j < len(tokens) and is_capitalised(tokens[j]):
+            j += 1
+        start = i + 1 if (i == 0 or tokens[i - 1] in SENTENCE_BREAKS) else i
+        if start < j and tokens[start:j] != ["I"]:
+            spans.append((start, min(j, start + max_len)))
+        i = j
+    return spans
+
+
+class WordVocab:
+    """Word-level ids for a model trained from scratch: capitalised words hash into ``n_cap`` buckets
+    (so an entity is copied by id, seen or not in training), the ``n_common`` most frequent other
+    tokens of the training articles get their own ids, and the rest hash into ``n_rare`` buckets.
+    Hashing is crc32, the same in every process."""
+
+    def __init__(self, train_texts: list[str], n_common: int = 700, n_cap: int = 1024, n_rare: int = 256):
+        counts = Counter(w for text in train_texts for w in words(text) if not is_capitalised(w))
+        self.common = {w: N_SPECIAL + i for i, (w, _) in enumerate(counts.most_common(n_common))}
+        self.cap0 = N_SPECIAL + len(self.common)
+        self.rare0 = self.cap0 + n_cap
+        self.n_cap, self.n_rare = n_cap, n_rare
+        self.size = self.rare0 + n_rare
+
+    def id(self, word: str) -> int:
+        bucket = zlib.crc32(word.encode("utf-8"))
+        if is_capitalised(word):
+            return self.cap0 + bucket % self.n_cap
+        if word in self.common:
+            return self.common[word]
+        return self.rare0 + bucket % self.n_rare
+
+
+def load_articles(data_dir: Path) -> list[dict]:
+    """All articles of the four sources, de-duplicated by text, each tagged with its source."""
+    articles, seen = [], set()
+    for source, files in SOURCES.items():
+        for rel in files:
+            path = data_dir / rel
+            if not path.is_file():
+                raise SrsumError(f"entities task: missing data file {path} (set --data-dir)")
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                text = row["article"].strip()
+                if text and text not in seen:
+                    seen.add(text)
+                    articles.append({"id": f"{source}/{row['id']}", "source": source, "text": text})
+    return articles
+
+
+def split_articles(articles: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:
+    """Per source, the articles whose crc32(id) ranks lowest go to evaluation: a split by article."""
+    train, held = [], []
+    for source in SOURCES:
+        rows = sorted((a for a in articles if a["source"] == source),
+                      key=lambda a: zlib.crc32(a["id"].encode()))
+        k = max(1, round(len(rows) * eval_fraction)) if rows else 0
+        held += rows[:k]
+        train += rows[k:]
+    return train, held
+
+
+class EntitiesTask:
+    """Real-text task: list the distinct named entities of a window in order of first mention."""
+
+    name = "entities"
+    metric = "entity F1"
+    generative = True
+
+    def __init__(self, data_dir: str | Path, window: int = 256, max_target_len: int = 64,
+                 min_window: int = 64, eval_fraction: float = 0.15, eval_size: int = 256):
+        data_dir = Path(data_dir)
+        train_articles, eval_articles = split_articles(load_articles(data_dir), eval_fraction)
+        self.vocab = WordVocab([a["text"] for a in train_articles])
+        self.vocab_size = self.vocab.size
+        self.max_source_len, self.max_target_len, self.min_window = window, max_target_len, min_window
+        self.train_ids = sorted(a["id"] for a in train_articles)
+        self.eval_ids = sorted(a["id"] for a in eval_articles)
+        self.train = [ex for a in train_articles for ex in self._windows(a)]
+        held = [ex for a in eval_articles for ex in self._windows(a)]
+        rng = random.Random(20_000)
+        rng.shuffle(held)
+        self._eval = held[:eval_size]
+        if not self.train or not self._eval:
+            raise SrsumError(f"entities task: no usable articles under {data_dir}")
+
+    def _windows(self, article: dict) -> list[dict]:
+        tokens = words(article["text"])
+        out = []
+        for start in range(0, len(tokens), self.max_source_len):
+            chunk = tokens[start : start + self.max_source_len]
+            if len(chunk) < self.min_window:
+                break
+            source = [self.vocab.id(w) for w in chunk]
+            entities = self.entities_of(chunk)
+            if entities:
+                out.append({"article": article["id"], "words": chunk, "source": source,
+                            "entities": entities, "target": self._target(entities)})
+        return out
+
+    def entities_of(self, tokens: list[str]) -> list[tuple[int, ...]]:
+        """Distinct entities (as id tuples) in order of first mention."""
+        seen: list[tuple[int, ...]] = []
+        for start, end in entity_spans(tokens):
+            ent = tuple(self.vocab.id(w) for w in tokens[start:end])
+            if ent not in seen:
+                seen.append(ent)
+        return seen
+
+    def _target(self, entities: list[tuple[int, ...]]) -> list[int]:
+        target: list[int] = []
+        for ent in entities:
+            if len(target) + len(ent) + 2 > self.max_target_len:
+                break
+            target += [*ent, SEP]
+        return target + [EOS]
+
+    def train_batches(self, seed: int, batch_size: int, ramp_steps: int = 0):
+        """Shuffled epochs over the training windows, forever. With ``ramp_steps`` (pretraining only)
+        each batch cuts its windows to one length that grows to the full window (:func:`ramp`), targets
+        recomputed for the cut."""
+        rng = random.Random(seed)
+        order: list[int] = []
+        step = 0
+        while True:
+            if len(order) < batch_size:
+                more = list(range(len(self.train)))
+                rng.shuffle(more)
+                order += more
+            picked, order = order[:batch_size], order[batch_size:]
+            length = ramp(step, ramp_steps, 32, self.max_source_len, rng)
+            yield collate([self._prefix(self.train[i], length) for i in picked])
+            step += 1
+
+    def _prefix(self, example: dict, length: int) -> tuple[list[int], list[int]]:
+        if length >= len(example["source"]):
+            return example["source"], example["target"]
+        return example["source"][:length], self._target(self.entities_of(example["words"][:length]))
+
+    def eval_batches(self, batch_size: int, limit: int | None = None):
+        examples = self._eval[:limit] if limit else self._eval
+        for i in range(0, len(examples), batch_size):
+            part = examples[i : i + batch_size]
+            yield collate([(ex["source"], ex["target"]) for ex in part])
+
+    def eval_examples(self, limit: int | None = None) -> list[dict]:
+        return self._eval[:limit] if limit else self._eval
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n": self.max_source_len, "G": self.max_target_len,
+                "vocab_size": self.vocab_size, "train_windows": len(self.train),
+                "train_articles": len(self.train_ids), "eval_articles": len(self.eval_ids),
+                "eval_examples": len(self._eval), "metric": self.metric}
+
+
+def parse_entities(ids: list[int]) -> list[tuple[int, ...]]:
+    """Split generated ids at SEP (stopping at EOS) into entity tuples, keeping first mentions only."""
+    out: list[tuple[int, ...]] = []
+    current: list[int] = []
+    for tok in ids:
+        if tok == EOS:
+            break
+        if tok == SEP:
+            if current and tuple(current) not in out:
+                out.append(tuple(current))
+            current = []
+        elif tok != PAD:
+            current.append(tok)
+    if current and tuple(current) not in out:
+        out.append(tuple(current))
+    return out
+
+
+def set_f1(predicted: list, gold: list) -> float:
+    if not predicted and not gold:
+        return 1.0
+    hits = len(set(predicted) & set(gold))
+    if hits == 0:
+        return 0.0
+    precision, recall = hits / len(set(predicted)), hits / len(set(gold))
+    return 2 * precision * recall / (precision + recall)
+
+
+def lcs_f1(predicted: list, gold: list) -> float:
+    """ROUGE-L-style F1 over entity sequences: rewards the right order, not only the right set."""
+    if not predicted or not gold:
+        return float(predicted == gold)
+    row = [0] * (len(gold) + 1)
+    for p in predicted:
+        prev = 0
+        for j, g in enumerate(gold, 1):
+            prev, row[j] = row[j], prev + 1 if p == g else max(row[j], row[j - 1])
+    lcs = row[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(predicted), lcs / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --------------------------------------------------------------------------------------------------
+
+TASK_NAMES = ("lookup", "entities")
+
+
+@lru_cache(maxsize=4)
+def build_task(name: str, data_dir: str):
+    """The task by name, cached per process (workers build each task once)."""
+    if name == "lookup":
+        return LookupTask()
+    if name == "entities":
+        return EntitiesTask(data_dir)
+    raise SrsumError(f"unknown task {name!r}: choose from {', '.join(TASK_NAMES)}")

@@ -1,0 +1,104 @@
+"""Training (AdamW, linear warm-up and decay) and scoring, the same for every variant."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from srsum.quality.tasks import IGNORE, lcs_f1, mean, parse_entities, set_f1
+
+
+def linear_schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
+    warmup = max(1, int(steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(model, task, *, steps: int, batch_size: int, lr: float, seed: int, device: str,
+          ramp_steps: int = 0) -> dict:
+    """Train ``model`` on ``task`` for ``steps`` batches; returns the loss curve's summary."""
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = linear_schedule(optimizer, steps)
+    batches = task.train_batches(seed, batch_size, ramp_steps)
+    losses, start = [], time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches).to(device)
+        loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     decoder_input_ids=batch.decoder_input_ids, labels=batch.labels).loss
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss became {loss.item()}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    tail = losses[-max(1, steps // 10):]
+    return {"steps": steps, "first_loss": losses[0], "final_loss": mean(tail),
+            "train_seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def teacher_forced(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
+    """Argmax predictions given the gold prefix: the share of scored tokens that are right, and, for a
+    task with steps (lookup), the local, remote and whole-step accuracies."""
+    model.to(device).eval()
+    right = total = 0
+    steps = {"local": 0, "remote": 0, "steps": 0, "count": 0}
+    for batch in task.eval_batches(batch_size, limit):
+        batch = batch.to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       decoder_input_ids=batch.decoder_input_ids).logits
+        scored = batch.labels != IGNORE
+        hits = logits.argmax(-1) == batch.labels
+        right += hits[scored].sum().item()
+        total += scored.sum().item()
+        if hasattr(task, "step_scores"):
+            for key, value in task.step_scores(hits.cpu(), scored.cpu()).items():
+                steps[key] += value
+    out = {"token_accuracy": right / max(1, total)}
+    if steps["count"]:
+        out.update({"local_accuracy": steps["local"] / steps["count"],
+                    "remote_accuracy": steps["remote"] / steps["count"],
+                    "step_accuracy": steps["steps"] / steps["count"]})
+    return out
+
+
+@torch.no_grad()
+def generate_entities(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
+    """Greedy-decode every evaluation window and score its entity list against the gold one."""
+    model.to(device).eval()
+    examples = task.eval_examples(limit)
+    set_scores, order_scores = [], []
+    for i, batch in enumerate(task.eval_batches(batch_size, limit)):
+        batch = batch.to(device)
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             max_new_tokens=task.max_target_len, do_sample=False, num_beams=1)
+        for row, ids in enumerate(out.tolist()):
+            predicted = parse_entities(ids[1:])  # ids[0] is the start token
+            gold = parse_entities(examples[i * batch_size + row]["target"])  # the entities that fit in G
+            set_scores.append(set_f1(predicted, gold))
+            order_scores.append(lcs_f1(predicted, gold))
+    return {"entity_f1": mean(set_scores), "order_f1": mean(order_scores)}
+
+
+def evaluate(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
+    """The task's score (its headline number under ``score``) and secondary metrics."""
+    start = time.perf_counter()
+    metrics = teacher_forced(model, task, batch_size=batch_size, device=device, limit=limit)
+    if task.generative:
+        metrics.update(generate_entities(model, task, batch_size=batch_size, device=device, limit=limit))
+        metrics["score"] = metrics["entity_f1"]
+    else:
+        metrics["score"] = metrics["step_accuracy"]
+    metrics["eval_seconds"] = time.perf_counter() - start
+    return metrics
