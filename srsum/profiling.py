@@ -1391,7 +1391,7 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
         axis.set_yscale("log")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
-    axes[0].text(0.01, -0.2, "analytic: SPEC §10 products (solid); counted by FlopCounterMode (dashed)",
+    axes[0].text(0.01, -0.2, "analytic matrix products (solid); counted by FlopCounterMode (dashed; on top when equal)",
                  transform=axes[0].transAxes, fontsize=7)
     axes[1].text(0.01, -0.2, "analytic: SPEC §10 memory; measured: teacher-forced peak", transform=axes[1].transAxes,
                  fontsize=7)
