@@ -346,3 +346,10 @@ def test_paper_aliases_and_settings_are_saved():
     t5 = convert(tiny_model("t5"), "srformer").config
     assert t5.srformer_clamp is None and t5.srformer_leak_init == 0.1 and t5.srformer_threshold_init == 0.1
     assert srsum.VARIANTS == VARIANTS
+
+
+def test_warns_when_segments_outnumber_the_schedule():
+    model = convert(tiny_model("t5"), "srformer", seg_size=2, schedule_length=5)
+    ids, mask = padded_batch("t5", lengths=(40, 29))
+    with pytest.warns(UserWarning, match="never attended locally.*seg_size >= 8"):
+        teacher_logits(model, ids, mask, ids[:, :5])

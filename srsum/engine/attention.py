@@ -7,6 +7,8 @@ host's own parameter names, so pretrained weights load unchanged) and the host's
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -15,6 +17,19 @@ from . import ops
 from .settings import SRformerSettings
 
 STATE_ATTRIBUTE = "srformer_states"  # where decoding states live on a transformers cache object
+_WARNED_UNVISITED: set = set()
+
+
+def warn_if_segments_unvisited(settings: SRformerSettings, seg: ops.SegmentedKeys) -> None:
+    """SPEC section 3: with M > G some segments are never attended locally; say so once per setting."""
+    segments = seg.max_segments
+    key = (settings.seg_size, settings.schedule_length)
+    if segments > settings.schedule_length and key not in _WARNED_UNVISITED:
+        _WARNED_UNVISITED.add(key)
+        n_max = int(seg.lengths.max())
+        warnings.warn(f"seg_size {settings.seg_size} splits {n_max} input tokens into {segments} segments, more "
+                      f"than the schedule length G = {settings.schedule_length}: some segments are never attended "
+                      f"locally (use seg_size >= {-(-n_max // settings.schedule_length)})", stacklevel=3)
 
 
 # --------------------------------------------------------------------------- decoding state
@@ -39,6 +54,7 @@ class DecodeState:
                 raise ValueError("encoder input is empty after masking (n = 0)")
             return
         self.seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
+        warn_if_segments_unvisited(settings, self.seg)
         self.n_segments = self.seg.n_segments.tolist()  # host copy: the schedule is computed on the host
         self.segment = [-1] * len(self.n_segments)  # σ of the last position entered
         self.segment_index = None  # the same as a (B, 1) device tensor
@@ -119,6 +135,7 @@ def parallel_attention(query, keys, values, key_valid, settings: SRformerSetting
             raise ValueError("encoder input is empty after masking (n = 0)")
         return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training).float()
     seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
+    warn_if_segments_unvisited(settings, seg)
     positions = torch.arange(query.shape[2], device=query.device)
     groups = ops.group_steps(ops.segment_of_step(positions, seg.n_segments, settings.schedule_length))
     grouped_query = ops.to_groups(query, groups)  # (B, H, L, S, d)
