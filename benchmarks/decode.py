@@ -101,7 +101,30 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
     assert out.shape[1] == tokens + 1, out.shape
     return dict(cell, decode_s=seconds, ms_per_step=seconds / tokens * 1000,
-                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=max(peak, 0) / 2**20)
+                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=max(peak, 0) / 2**20,
+                bytes_per_step=bytes_per_step(model, cell))
+
+
+def bytes_per_step(model, cell: dict) -> float:
+    """The memory traffic a decode step cannot avoid: decoder + LM-head weights, the cross-attention
+    reads of SPEC section 10 (per example for srsum, per beam row for the peer) and the average
+    decoder self-attention cache."""
+    from srsum.profiling import CostShape, decode_values_read
+
+    config = model.config
+    size = torch.finfo(getattr(torch, cell["dtype"])).bits // 8
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.decoder
+    weights = sum(p.numel() for p in decoder.parameters()) + model.get_output_embeddings().weight.numel()
+    heads = getattr(config, "num_heads", None) or config.decoder_attention_heads
+    layers = getattr(config, "num_decoder_layers", None) or config.decoder_layers
+    head_dim = config.d_model // heads
+    rows = cell["batch"] * cell["beams"]
+    readers = rows if cell["system"] == "peer" else cell["batch"]
+    variant = "full" if cell["system"] == "peer" else cell["system"]
+    shape = CostShape(n=cell["n"], m=cell["new_tokens"], seg_size=cell["seg_size"], head_dim=head_dim)
+    cross = decode_values_read(variant, shape) * heads * layers * readers
+    self_cache = rows * layers * 2 * (cell["new_tokens"] / 2) * config.d_model
+    return float((weights + cross + self_cache) * size)
 
 
 def encoder_seconds(model_name: str, n: int, device: str, dtype: str) -> float | None:
@@ -141,6 +164,12 @@ def main() -> None:
         return
     print(f"machine: {machine()}  device: {args.device}  dtype: {args.dtype}\n", flush=True)
     results = {"machine": machine(), "device": args.device, "dtype": args.dtype, "cells": [], "encoder": []}
+    if args.device.startswith("cuda"):
+        from srsum.profiling import gpu_bandwidth_gbps
+
+        known = gpu_bandwidth_gbps(torch.cuda.get_device_name(0))
+        results["bandwidth_gbps"] = known[0] if known else None
+        print(f"assumed bandwidth: {known}", flush=True)
     for model_name in parse_list(args.models, str):
         shape = random_model(model_name).config
         layers = getattr(shape, "num_decoder_layers", None) or shape.decoder_layers
@@ -203,6 +232,15 @@ def report(results: dict) -> str:
                      f"{cell['peak_mb']:.0f}", speed, memory])
     headers = ["model", "n", "batch", "beams", "system", "decode s", "ms/step", "tokens/s", "peak MB",
                "speed vs peer", "memory vs peer"]
+    bandwidth = results.get("bandwidth_gbps")
+    if bandwidth:
+        headers += ["MB read/step", "floor ms", "x floor"]
+        for row, cell in zip(rows, cells):
+            if "bytes_per_step" in cell:
+                floor = cell["bytes_per_step"] / (bandwidth * 1e9) * 1000
+                row += [f"{cell['bytes_per_step'] / 1e6:.0f}", f"{floor:.3f}", f"{cell['ms_per_step'] / floor:.0f}"]
+            else:
+                row += ["", "", ""]
     encoder_rows = [[e["model"], e["n"], "-" if e["seconds"] is None else f"{e['seconds'] * 1000:.0f}"]
                     for e in results["encoder"]]
     return (markdown_table(headers, rows) + "\n\nencoder (batch 1, same for every system):\n"
