@@ -413,7 +413,7 @@ def evaluate(
                                  dtype=dtype, output_dir=target, reporter=reporter)
         if as_json:
             _emit_json(metrics)
-        elif not quiet:
+        else:
             Console(soft_wrap=True).print(_rouge_table(metrics))
         reporter.info(f"wrote {metrics['predictions_file']} and {metrics['metrics_file']}")
 
@@ -444,22 +444,32 @@ def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Pretrained T5/BART (Hub name such as t5-small or "
                                         "facebook/bart-base, or a local folder) or an srsum checkpoint."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cnn_dailymail, xsum, arxiv, mediasum, a Hub "
-                                          "dataset name, or a local file/folder.", rich_help_panel=DATA_PANEL),
+                                          "dataset name (owner/name[:config]), or a local .jsonl/.json/.csv/.parquet "
+                                          "file or folder of .txt files.", rich_help_panel=DATA_PANEL),
     attention: Optional[str] = typer.Option(None, "--attention", help="Cross-attention variant: srformer (default), "
                                             "full, segmented, no_local, no_norm, no_raf, full_product, xl, global."),
     seg_size: Optional[int] = typer.Option(None, "--seg-size", help="Segment size s (default 64)."),
     schedule_length: Optional[int] = typer.Option(None, "--schedule-length", help="Segment schedule length G "
                                                   "(default: --max-target-length)."),
-    train_split: str = typer.Option("train", "--train-split", rich_help_panel=DATA_PANEL),
-    validation_split: str = typer.Option("validation", "--validation-split", rich_help_panel=DATA_PANEL),
-    text_column: Optional[str] = typer.Option(None, "--text-column", rich_help_panel=DATA_PANEL),
-    summary_column: Optional[str] = typer.Option(None, "--summary-column", rich_help_panel=DATA_PANEL),
+    train_split: str = typer.Option("train", "--train-split", help="Split to train on (local files: rows whose "
+                                    "'split' field matches; 'all' keeps every row).", rich_help_panel=DATA_PANEL),
+    validation_split: str = typer.Option("validation", "--validation-split", help="Split scored after each epoch.",
+                                         rich_help_panel=DATA_PANEL),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Article column (default: the dataset's "
+                                              "known column, else article/document/text/...).",
+                                              rich_help_panel=DATA_PANEL),
+    summary_column: Optional[str] = typer.Option(None, "--summary-column", help="Reference summary column "
+                                                 "(default: summary/highlights/abstract/target).",
+                                                 rich_help_panel=DATA_PANEL),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Use only the first N training examples.",
                                               rich_help_panel=DATA_PANEL),
     eval_samples: int = typer.Option(100, "--eval-samples", help="Validation examples scored (loss and ROUGE) after "
                                      "each epoch; 0 turns validation off.", rich_help_panel=DATA_PANEL),
-    max_source_length: int = typer.Option(1024, "--max-source-length", rich_help_panel=DATA_PANEL),
-    max_target_length: int = typer.Option(128, "--max-target-length", rich_help_panel=DATA_PANEL),
+    max_source_length: int = typer.Option(1024, "--max-source-length", help="Articles are truncated to this many "
+                                          "tokens.", rich_help_panel=DATA_PANEL),
+    max_target_length: int = typer.Option(128, "--max-target-length", help="Reference summaries are truncated to "
+                                          "this many tokens; also the validation summary length.",
+                                          rich_help_panel=DATA_PANEL),
     epochs: int = typer.Option(3, "--epochs", rich_help_panel=TRAINING_PANEL),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs).",
                                             rich_help_panel=TRAINING_PANEL),
