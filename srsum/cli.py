@@ -164,7 +164,7 @@ class RichReporter(Reporter):
 
 @contextmanager
 def _handled(reporter: RichReporter) -> Iterator[None]:
-    """Turn library errors into one-line messages and exit codes; show data warnings as one line."""
+    """Turn library errors into one-line messages and exit codes; show user warnings as one line."""
     from srsum.data import DataWarning
     from srsum.training import TrainingInterrupted
 
@@ -173,7 +173,7 @@ def _handled(reporter: RichReporter) -> Iterator[None]:
         original = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if issubclass(category, DataWarning):
+            if issubclass(category, UserWarning):  # DataWarning, the engine's M > G note, ...: one line each
                 reporter.warn(str(message))
             else:
                 original(message, category, filename, lineno, file, line)
