@@ -187,9 +187,21 @@ def global_tokens(seg: SegmentedKeys):
 
 
 # --------------------------------------------------------------------------- key-value products
+KV_CHUNK = 4096  # keys per float32 chunk when the inputs are bf16/fp16 (bounds the upcast copies)
+
+
 def kv_product(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Kᵀ V in float32 over the key axis: (..., k, d) -> (..., d, d). Zero (padding) rows add nothing."""
-    return torch.matmul(keys.float().transpose(-1, -2), values.float())
+    """Kᵀ V in float32 over the key axis: (..., k, d) -> (..., d, d). Zero (padding) rows add nothing.
+
+    Half-precision inputs are upcast a chunk of keys at a time, so a long encoder output is never
+    copied whole in float32."""
+    if keys.dtype == torch.float32 or keys.shape[-2] <= KV_CHUNK:
+        return torch.matmul(keys.float().transpose(-1, -2), values.float())
+    total = None
+    for k, v in zip(keys.split(KV_CHUNK, dim=-2), values.split(KV_CHUNK, dim=-2)):
+        part = torch.matmul(k.float().transpose(-1, -2), v.float())
+        total = part if total is None else total + part
+    return total
 
 
 def complement(total: torch.Tensor, part: torch.Tensor | None, clamp: float | None) -> torch.Tensor:
@@ -208,7 +220,7 @@ def complement(total: torch.Tensor, part: torch.Tensor | None, clamp: float | No
 
 def key_norm(keys: torch.Tensor) -> torch.Tensor:
     """ν[c] = ||K[:, c]||₂ over the real keys (padding rows are zero) + eps: (B, H, n, d) -> (B, H, d)."""
-    return keys.float().norm(dim=2) + NORM_EPS
+    return torch.linalg.vector_norm(keys, dim=2, dtype=torch.float32) + NORM_EPS
 
 
 # --------------------------------------------------------------------------- the RAF neuron
