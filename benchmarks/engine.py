@@ -13,6 +13,7 @@ n = 1024 and below full attention's at n = 16384. Numbers are ratios measured in
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -21,13 +22,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_of, machine, markdown_table, random_model, sync  # noqa: E402
+from common import machine, markdown_table, random_model, sync  # noqa: E402
 
 from srsum.decoding import SharedStateDecoder  # noqa: E402
 from srsum.engine import SRformerCrossAttention, convert  # noqa: E402
 
 
-def training_step_seconds(model, batch: int, n: int, m: int, repeats: int) -> float:
+def training_step(model, batch: int, n: int, m: int):
+    """A closure doing one forward + backward of the whole model on fixed random data."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(2, 32000, (batch, n), generator=gen)
     labels = torch.randint(2, 32000, (batch, m), generator=gen)
@@ -37,11 +39,11 @@ def training_step_seconds(model, batch: int, n: int, m: int, repeats: int) -> fl
         model.zero_grad(set_to_none=True)
         model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, use_cache=False).loss.backward()
 
-    return best_of(step, repeats)
+    return step
 
 
-def cross_attention_seconds(model, batch: int, n: int, m: int, repeats: int) -> float:
-    """Forward + backward of every decoder cross-attention layer alone, on random inputs."""
+def cross_attention_step(model, batch: int, n: int, m: int):
+    """A closure doing forward + backward of every decoder cross-attention layer alone, on random inputs."""
     layers = [layer for layer in model.modules() if isinstance(layer, SRformerCrossAttention)]
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(batch, m, model.config.d_model, generator=gen, requires_grad=True)
@@ -51,7 +53,20 @@ def cross_attention_seconds(model, batch: int, n: int, m: int, repeats: int) -> 
         total = sum(layer.attend(hidden, encoder, None, None).square().mean() for layer in layers)
         total.backward()
 
-    return best_of(step, repeats)
+    return step
+
+
+def interleaved_minimum(steps: dict, rounds: int) -> dict:
+    """Time every closure once per round, round after round (so drift hits all alike); keep the minimum."""
+    for step in steps.values():
+        step()  # warm up
+    best = {name: float("inf") for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def decode_ms_per_step(model, batch: int, n: int, steps: int) -> float:
@@ -74,9 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller grid (smoke check)")
     parser.add_argument("--train-batch", type=int, default=2)
-    parser.add_argument("--decode-seg-size", type=int, default=64)
+    parser.add_argument("--decode-seg-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[8, 64])
     parser.add_argument("--steps", type=int, default=64, help="decode steps timed per cell")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     n_train, m = (256, 32) if args.quick else (1024, 128)
@@ -88,33 +103,40 @@ def main() -> None:
     base = random_model("t5-small")
     results = {"machine": machine(), "train": [], "decode": []}
     variants = [("full", None)] + [("srformer", s) for s in seg_sizes]
-    rows = []
+    models = {key: convert(copy.deepcopy(base), key[0], seg_size=key[1] or 64, schedule_length=m)
+              for key in variants}
+    whole = interleaved_minimum({k: training_step(mod, args.train_batch, n_train, m) for k, mod in models.items()},
+                                args.repeats)
+    cross = interleaved_minimum({k: cross_attention_step(mod, args.train_batch, n_train, m)
+                                 for k, mod in models.items()}, args.repeats)
+    del models
     for variant, seg in variants:
-        model = convert(base, variant, seg_size=seg or 64, schedule_length=m)
-        step = training_step_seconds(model, args.train_batch, n_train, m, args.repeats)
-        cross = cross_attention_seconds(model, args.train_batch, n_train, m, args.repeats)
-        results["train"].append(dict(variant=variant, seg_size=seg, step_s=step, cross_attention_s=cross))
+        results["train"].append(dict(variant=variant, seg_size=seg, step_s=whole[(variant, seg)],
+                                     cross_attention_s=cross[(variant, seg)]))
     full = results["train"][0]
+    rows = []
     for row in results["train"]:
         rows.append([row["variant"], row["seg_size"] or "-", f"{row['step_s'] * 1000:.0f}",
                      f"{row['step_s'] / full['step_s']:.2f}x", f"{row['cross_attention_s'] * 1000:.1f}",
                      f"{row['cross_attention_s'] / full['cross_attention_s']:.2f}x"])
     print(f"(a) training step, forward + backward, t5-small shapes, batch {args.train_batch}, "
-          f"n = {n_train}, m = {m}")
-    print(markdown_table(["attention", "s", "model step ms", "vs full", "cross-attn fwd+bwd ms", "vs full"], rows))
+          f"n = {n_train}, m = {m} (minimum of {args.repeats} interleaved rounds)")
+    print(markdown_table(["attention", "s", "model step ms", "vs full", "cross-attn fwd+bwd ms", "vs full"], rows),
+          flush=True)
 
+    decode_variants = [("full", None)] + [("srformer", s) for s in args.decode_seg_sizes]
     rows = []
     for batch in batches:
         for n in lengths:
             cell = {"batch": batch, "n": n}
-            for variant in ("full", "srformer"):
-                model = convert(base, variant, seg_size=args.decode_seg_size, schedule_length=128).eval()
-                cell[variant] = decode_ms_per_step(model, batch, n, args.steps)
+            for variant, seg in decode_variants:
+                model = convert(base, variant, seg_size=seg or 64, schedule_length=128).eval()
+                cell[f"{variant}{seg or ''}"] = decode_ms_per_step(model, batch, n, args.steps)
             results["decode"].append(cell)
-            rows.append([batch, n, f"{cell['full']:.2f}", f"{cell['srformer']:.2f}",
-                         f"{cell['full'] / cell['srformer']:.2f}x"])
-    print(f"\n(b) decode ms/step (srsum decoder, greedy, {args.steps} steps, s = {args.decode_seg_size}, G = 128)")
-    print(markdown_table(["batch", "n", "full ms/step", "srformer ms/step", "srformer speed-up"], rows))
+            rows.append([batch, n] + [f"{cell[f'{v}{s or chr(0)}'.rstrip(chr(0))]:.1f}" for v, s in decode_variants])
+    names = [f"{v} s={s} ms/step" if s else f"{v} ms/step" for v, s in decode_variants]
+    print(f"\n(b) decode ms/step (srsum decoder, greedy, {args.steps} steps, G = 128)")
+    print(markdown_table(["batch", "n"] + names, rows))
 
     print("\ntargets:")
     worst = max(r["step_s"] / full["step_s"] for r in results["train"][1:])
@@ -122,10 +144,13 @@ def main() -> None:
     for batch in batches:
         cells = {c["n"]: c for c in results["decode"] if c["batch"] == batch}
         lo, hi = cells[min(lengths)], cells[max(lengths)]
-        growth = hi["srformer"] / lo["srformer"] - 1
-        print(f"  batch {batch}: srformer ms/step n={max(lengths)} vs n={min(lengths)}: {growth:+.1%} "
-              f"(target within 10%: {'met' if abs(growth) <= 0.10 else 'MISSED'}); "
-              f"below full at n={max(lengths)}: {'met' if hi['srformer'] < hi['full'] else 'MISSED'}")
+        for seg in args.decode_seg_sizes:
+            key = f"srformer{seg}"
+            growth = hi[key] / lo[key] - 1
+            print(f"  batch {batch}, s = {seg}: srformer ms/step n={max(lengths)} vs n={min(lengths)}: {growth:+.1%} "
+                  f"(within 10%: {'met' if abs(growth) <= 0.10 else 'MISSED'}); "
+                  f"below full at n={max(lengths)}: {'met' if hi[key] < hi['full'] else 'MISSED'} "
+                  f"({hi['full'] / hi[key]:.1f}x faster)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
