@@ -242,9 +242,9 @@ GENERATION_HELP = "Generation"
 
 def _generation(num_beams: int, max_length: int, min_length: int, length_penalty: float, no_repeat_ngram_size: int,
                 batch_size: int, max_source_length: Optional[int]):
-    from srsum.summarize import GenerationSettings
+    from srsum.summarize import SummarizeSettings
 
-    return GenerationSettings(num_beams=num_beams, max_length=max_length, min_length=min_length,
+    return SummarizeSettings(num_beams=num_beams, max_length=max_length, min_length=min_length,
                               length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                               batch_size=batch_size, max_source_length=max_source_length).validate()
 

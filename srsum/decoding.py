@@ -31,7 +31,7 @@ class GenerationSettings:
     min_new_tokens: int = 0
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
-    early_stopping: bool | str = False  # True, False or "never", as in generate
+    early_stopping: bool | str | None = None  # True, False or "never" as in generate; None: the model's
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:

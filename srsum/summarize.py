@@ -71,8 +71,9 @@ class Reporter:
 
 
 @dataclass
-class GenerationSettings:
-    """How summaries are generated; every field is recorded in evaluate's metrics JSON."""
+class SummarizeSettings:
+    """How a summarize/evaluate job generates: the decoder's settings (``decoder_settings``, checked
+    again by srsum.decoding) plus batching and source truncation. Recorded in evaluate's metrics JSON."""
 
     num_beams: int = 4
     max_length: int = 128  # new tokens at most
@@ -82,7 +83,7 @@ class GenerationSettings:
     batch_size: int = 8
     max_source_length: int | None = None  # None: what the model was trained with, else 1024
 
-    def validate(self) -> GenerationSettings:
+    def validate(self) -> SummarizeSettings:
         checks = [("--num-beams", self.num_beams, 1), ("--max-length", self.max_length, 1),
                   ("--min-length", self.min_length, 0), ("--no-repeat-ngram-size", self.no_repeat_ngram_size, 0),
                   ("--batch-size", self.batch_size, 1)]
@@ -97,6 +98,14 @@ class GenerationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def decoder_settings(self):
+        """The srsum.decoding settings these map to (lengths are new tokens in both)."""
+        from srsum.decoding import GenerationSettings
+
+        return GenerationSettings(num_beams=self.num_beams, max_new_tokens=self.max_length,
+                                  min_new_tokens=self.min_length, length_penalty=self.length_penalty,
+                                  no_repeat_ngram_size=self.no_repeat_ngram_size).validate()
 
 
 def resolve_device(name: str | None):
@@ -251,7 +260,7 @@ def collect_articles(paths: Sequence[str]) -> tuple[list[Example], list[Failure]
 # generation
 
 
-def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], settings: GenerationSettings,
+def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], settings: SummarizeSettings,
                        reporter: Reporter | None = None, warn_each: bool = True) -> list[str]:
     """Summaries of ``examples`` in order; over-long articles are truncated with a warning naming both lengths.
 
@@ -284,13 +293,14 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     return generate_summaries(model, tokenizer, [row.input_ids for row in encoded], settings, reporter)
 
 
-def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], settings: GenerationSettings,
+def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], settings: SummarizeSettings,
                        reporter: Reporter | None = None, description: str = "generating") -> list[str]:
     """Decode summaries for tokenized sources, longest first in batches, returned in input order."""
     from srsum.decoding import generate
     from srsum.tokenization import pad_batch
 
     reporter = reporter or Reporter()
+    decoder_settings = settings.decoder_settings()
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     summaries: list[str] = [""] * len(sources)
@@ -301,10 +311,7 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start:start + settings.batch_size]
                 ids, mask = pad_batch([sources[i] for i in batch], tokenizer.pad_token_id)
-                output = generate(model, ids.to(device), mask.to(device), num_beams=settings.num_beams,
-                                  max_new_tokens=settings.max_length, min_new_tokens=settings.min_length,
-                                  length_penalty=settings.length_penalty,
-                                  no_repeat_ngram_size=settings.no_repeat_ngram_size)
+                output = generate(model, ids.to(device), mask.to(device), **asdict(decoder_settings))
                 texts = tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=True)
                 for i, text in zip(batch, texts):
                     summaries[i] = text.strip()
@@ -314,13 +321,13 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     return summaries
 
 
-def summarize_texts(texts: Sequence[str], model: str | None = None, settings: GenerationSettings | None = None,
+def summarize_texts(texts: Sequence[str], model: str | None = None, settings: SummarizeSettings | None = None,
                     device: str | None = None, dtype: str | None = None,
                     reporter: Reporter | None = None) -> list[str]:
     """Convenience: load a model and summarize plain strings (ids ``text-0``, ``text-1``, ...)."""
     summarizer = load_summarizer(model, device, dtype, reporter=reporter)
     examples = [Example(f"text-{i}", text) for i, text in enumerate(texts)]
-    return summarize_examples(summarizer, examples, settings or GenerationSettings(), reporter)
+    return summarize_examples(summarizer, examples, settings or SummarizeSettings(), reporter)
 
 
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -364,7 +371,7 @@ def default_eval_dir(model: str | None, baseline: str | None, dataset: str, spli
 
 def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = None, split: str = "test",
              text_column: str | None = None, summary_column: str | None = None, limit: int | None = None,
-             generation: GenerationSettings | None = None, device: str | None = None, dtype: str | None = None,
+             generation: SummarizeSettings | None = None, device: str | None = None, dtype: str | None = None,
              output_dir: str | Path | None = None, models_root: str | Path = MODELS_DIR,
              reporter: Reporter | None = None, summarizer: Summarizer | None = None,
              aggregation: str = "bootstrap") -> dict[str, Any]:
@@ -377,7 +384,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     from srsum.metrics import ROUGE_TYPES, per_example_scores, rouge_scores
 
     reporter = reporter or Reporter()
-    generation = (generation or GenerationSettings()).validate()
+    generation = (generation or SummarizeSettings()).validate()
     if baseline is not None and model is not None:
         raise SrsumError("give either --model or --baseline, not both")
     lead = parse_baseline(baseline) if baseline is not None else None
@@ -451,7 +458,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     return metrics
 
 
-def _effective_max_source(summarizer: Summarizer, generation: GenerationSettings) -> int:
+def _effective_max_source(summarizer: Summarizer, generation: SummarizeSettings) -> int:
     from srsum.tokenization import resolve_max_source_length
 
     return resolve_max_source_length(summarizer.model,

@@ -27,7 +27,7 @@ from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writa
                                read_trainer_state, rng_state, save_checkpoint, set_rng_state)
 from srsum.data import Example, load_examples
 from srsum.errors import SrsumError
-from srsum.summarize import GenerationSettings, Reporter, check_model_source, generate_summaries
+from srsum.summarize import SummarizeSettings, Reporter, check_model_source, generate_summaries
 from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LENGTH
 
 BEST_METRICS = ("rougeLsum", "rougeL", "rouge1", "rouge2", "loss")
@@ -268,7 +268,7 @@ def _validation(model, tokenizer, rows, examples, config: TrainingConfig, accele
                 total_tokens += tokens
     finally:
         model.train(was_training)
-    settings = GenerationSettings(num_beams=config.eval_num_beams, max_length=config.max_target_length,
+    settings = SummarizeSettings(num_beams=config.eval_num_beams, max_length=config.max_target_length,
                                   no_repeat_ngram_size=0, batch_size=batch_size)
     with accelerator.autocast():
         predictions = generate_summaries(model, tokenizer, [row.input_ids for row in rows], settings, reporter,

@@ -10,7 +10,7 @@ from rouge_score import rouge_scorer, scoring
 from srsum.data import Example, load_examples
 from srsum.errors import SrsumError
 from srsum.metrics import split_sentences
-from srsum.summarize import (GenerationSettings, Reporter, collect_articles, evaluate, load_summarizer,
+from srsum.summarize import (SummarizeSettings, Reporter, collect_articles, evaluate, load_summarizer,
                              parse_baseline, summarize_examples, summarize_texts, write_jsonl)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -64,7 +64,7 @@ def test_lead3_scores_equal_rouge_score_called_the_hf_way(cnn_sample, tmp_path):
 
 
 def test_evaluate_with_a_checkpoint_records_every_setting(trained_t5, cnn_sample, tmp_path):
-    settings = GenerationSettings(num_beams=2, max_length=8, min_length=2, length_penalty=1.5,
+    settings = SummarizeSettings(num_beams=2, max_length=8, min_length=2, length_penalty=1.5,
                                   no_repeat_ngram_size=2, batch_size=2)
     best = trained_t5.run_dir / "best"
     metrics = evaluate(cnn_sample, model=str(best), limit=3, generation=settings, output_dir=tmp_path / "e",
@@ -86,7 +86,7 @@ def test_summarize_warns_about_truncation_naming_both_lengths(trained_t5):
     summarizer = load_summarizer(str(trained_t5.run_dir / "best"), device="cpu")
     long_text = " ".join(f"Sentence number {i} is here." for i in range(40))
     examples = [Example("long", long_text), Example("short", "A short article.")]
-    summaries = summarize_examples(summarizer, examples, GenerationSettings(num_beams=1, max_length=6), reporter)
+    summaries = summarize_examples(summarizer, examples, SummarizeSettings(num_beams=1, max_length=6), reporter)
     assert len(summaries) == 2 and all(isinstance(s, str) for s in summaries)
     assert len(reporter.warnings) == 1
     assert "'long'" in reporter.warnings[0] and "max source length 64" in reporter.warnings[0]
@@ -96,7 +96,7 @@ def test_summarize_warns_about_truncation_naming_both_lengths(trained_t5):
 
 def test_summarize_texts_with_a_checkpoint(trained_t5):
     summaries = summarize_texts(["One article. It has two sentences.", "Another one."],
-                                model=str(trained_t5.checkpoint), settings=GenerationSettings(num_beams=2, max_length=5))
+                                model=str(trained_t5.checkpoint), settings=SummarizeSettings(num_beams=2, max_length=5))
     assert len(summaries) == 2
 
 
@@ -163,7 +163,7 @@ def test_paths_that_are_not_models(tmp_path):
 ])
 def test_generation_settings_are_checked(field, value, message):
     with pytest.raises(SrsumError, match=message):
-        GenerationSettings(**{field: value}).validate()
+        SummarizeSettings(**{field: value}).validate()
 
 
 def test_baseline_names():
