@@ -65,6 +65,8 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
 
     device = torch.device(cell["device"])
     dtype = getattr(torch, cell["dtype"])
+    if cell.get("threads"):
+        torch.set_num_threads(cell["threads"])
     key = (cell["model"], cell["system"])
     if models is None:
         model = build_model(cell)
@@ -157,8 +159,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-gb", type=float, default=14.0, help="skip cells whose buffers would exceed this")
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
@@ -183,7 +188,7 @@ def main() -> None:
                     for system in parse_list(args.systems, str):
                         cell = dict(model=model_name, n=n, batch=batch, beams=beams, system=system,
                                     new_tokens=args.new_tokens, seg_size=args.seg_size, device=args.device,
-                                    dtype=args.dtype)
+                                    dtype=args.dtype, threads=args.threads)
                         need = estimate_gb(cell, shape.d_model, layers)
                         if need > args.max_gb:
                             results["cells"].append(dict(cell, skipped=f"needs ~{need:.0f} GB"))

@@ -93,7 +93,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64, help="decode steps timed per cell")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_train, m = (256, 32) if args.quick else (1024, 128)
     seg_sizes = [8, 64] if args.quick else [8, 16, 64]
     lengths = [1024, 4096] if args.quick else [1024, 4096, 16384]
