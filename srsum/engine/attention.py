@@ -47,7 +47,7 @@ class DecodeState:
         self.rows_per_example = rows_per_example
         self.position = 0  # next decoder position t
         if settings.attention == "full":
-            self.keys, self.values = keys, values  # (B, H, n, d)
+            self.keys, self.values = keys.contiguous(), values.contiguous()  # (B, H, n, d)
             self.key_valid = (torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
                               if key_valid is None else key_valid)[:, None, None, :]
             if bool((~self.key_valid).all(-1).any()):
@@ -58,6 +58,7 @@ class DecodeState:
         self.n_segments = self.seg.n_segments.tolist()  # host copy: the schedule is computed on the host
         self.segment = [-1] * len(self.n_segments)  # σ of the last position entered
         self.segment_index = None  # the same as a (B, 1) device tensor
+        self.context = None  # keys, values, validity the current segment attends locally
         self.globals = ops.global_tokens(self.seg) if settings.attention == "global" else None
         if settings.has_recurrent:
             self.kv_total = ops.kv_product(self.seg.keys, self.seg.values)  # P: (B, H, d, d)
@@ -83,13 +84,17 @@ class DecodeState:
         device = self.seg.keys.device
         self.segment = new
         self.segment_index = torch.tensor(new, device=device)[:, None]  # (B, 1)
+        if self.settings.has_local:  # read the segment once per change, reuse it until σ moves on
+            self.context = ops.segment_context(self.seg, self.settings.attention, self.segment_index, self.globals)
         if self.settings.has_recurrent:
             self._step_recurrent(layer, torch.tensor(changed, device=device))
 
     def _step_recurrent(self, layer: "SRformerCrossAttention", changed: torch.Tensor) -> None:
         seg = self.seg
         keys = values = None
-        if self.settings.attention != "full_product":
+        if self.settings.attention != "full_product" and self.settings.has_local:
+            keys, values = self.context[:2]  # the own segment (recurrent variants attend no other keys)
+        elif self.settings.attention != "full_product":
             keys = ops.gather_segments(seg.segment_view(seg.keys), self.segment_index)  # (B, H, 1, S', d)
             values = ops.gather_segments(seg.segment_view(seg.values), self.segment_index)
         if self.total_w is None and self.settings.clamp is None:
@@ -113,8 +118,7 @@ class DecodeState:
         self.enter(layer, self.position - 1)
         out = 0.0
         if self.settings.has_local:
-            keys, values, valid = ops.segment_context(self.seg, self.settings.attention, self.segment_index,
-                                                      self.globals)  # (B, H, 1, k', d)
+            keys, values, valid = self.context  # (B, H, 1, k', d)
             out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0]).float()
         if self.settings.has_recurrent:
             norm = None if self.norm is None else self.norm[:, :, None, :]

@@ -69,7 +69,9 @@ def segment_keys(keys: torch.Tensor, values: torch.Tensor, key_valid: torch.Tens
     keys, values = _fit_length(keys, total), _fit_length(values, total)
     valid = torch.arange(total, device=keys.device)[None, :] < lengths[:, None]
     keep = valid[:, None, :, None].to(keys.dtype)
-    return SegmentedKeys(keys * keep, values * keep, valid, lengths, n_segments, seg_len)
+    # contiguous (B, H, n, d): a decode step then reads each segment as one block
+    return SegmentedKeys((keys * keep).contiguous(), (values * keep).contiguous(), valid, lengths, n_segments,
+                         seg_len)
 
 
 def _fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -131,9 +133,9 @@ def from_groups(x: torch.Tensor, groups: StepGroups) -> torch.Tensor:
 
 def gather_segments(x: torch.Tensor, segment_index: torch.Tensor) -> torch.Tensor:
     """Pick segments per example: x (B, H, M, S', ...) with segment_index (B, L) -> (B, H, L, S', ...)."""
-    b, h = x.shape[:2]
-    index = segment_index.view(b, 1, -1, *([1] * (x.dim() - 3)))
-    return x.gather(2, index.expand(b, h, -1, *x.shape[3:]))
+    rows = torch.arange(x.shape[0], device=x.device)[:, None]
+    picked = x[rows, :, segment_index]  # (B, L, H, S', ...): whole segment blocks copied at once
+    return picked.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------- local (softmax) attention
