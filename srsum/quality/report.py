@@ -155,6 +155,19 @@ def verdict(results: dict, task: str) -> str:
     return "; ".join(parts) + "." if parts else "not enough runs to compare."
 
 
+def model_line(results: dict) -> str:
+    size = results["config"]["size"]
+    params = {r["task"]: r["parameters"] for r in results["runs"] if r["kind"] == "pretrain" and "error" not in r}
+    return (f"d_model {size['d_model']}, {size['num_heads']} heads of {size['d_kv']}, d_ff {size['d_ff']}, "
+            f"{size['num_layers']}+{size['num_decoder_layers']} layers; parameters "
+            + ", ".join(f"{task} {count:,}" for task, count in params.items()))
+
+
+def pretrain_steps_line(results: dict) -> str:
+    steps = {r["task"]: r["steps"] for r in results["runs"] if r["kind"] == "pretrain" and "error" not in r}
+    return ", ".join(f"{task} {count} steps" for task, count in steps.items()) or "none recorded"
+
+
 def cost_lines(results: dict) -> list[str]:
     lines = []
     for kind in ("pretrain", "finetune"):
@@ -162,8 +175,8 @@ def cost_lines(results: dict) -> list[str]:
             walls = [r["wall_seconds"] for r in results["runs"]
                      if r["kind"] == kind and r["task"] == task and "error" not in r]
             if walls:
-                lines.append(f"- {task} {kind}: {len(walls)} runs, {mean_std(walls)[0]:.0f} s each on average "
-                             f"(one worker, {results['meta']['device']})")
+                lines.append(f"- cost, {task} {kind}: {len(walls)} run(s), {mean_std(walls)[0]:.0f} s each on "
+                             f"average (one worker, one thread, {results['meta']['device']})")
     return lines
 
 
@@ -240,17 +253,59 @@ def task_section(results: dict, task: str) -> list[str]:
     return out
 
 
+DESIGN = """## Protocol, tasks and scoring
+
+**Protocol** (the paper's, in miniature). For each task a small T5 with ordinary full cross-attention
+is trained from scratch: the "pretrained" model (one per task, as the paper starts every variant from
+one t5-small; `--pretrain-per-seed` gives each seed its own). Pretraining uses a length curriculum
+(inputs grow from short to the full length over the first half) because a tiny T5 trained on full-length
+inputs from the start sat on a loss plateau for thousands of steps. srsum's own
+`srsum.engine.convert(model, attention=variant, seg_size=s, schedule_length=G)` then turns a copy into
+each variant, every variant is fine-tuned with the same steps, batch, learning-rate schedule and data
+order (per seed; the seed also initialises SRformer's new W, λ, θ), and scored on held-out examples.
+G is the task's maximum target length, so decoder position t attends segment floor(t·M/G), M = ceil(n/s).
+
+**Task `lookup` (synthetic).** n = 256 input tokens in 32 chunks of 8: chunk t is one item token
+"M_t holds x_t" (x_t a digit) and 7 blanks. The target is 32 steps `M_t x_t M_r x_r` (G = 128): r is a
+random chunk other than t, drawn for the decoder alone. The markers are given (teacher-forced, not
+scored); the two digits are predicted. Step t's decoder positions attend exactly the segment that holds
+chunk t for s = 8, 16 and 64, so x_t is always local; x_r sits in another segment unless chunk r shares
+t's segment (probability (s/8 - 1)/31). Full attention finds both items by content and solves the task
+(100% after pretraining). A segmented model cannot know x_r when chunk r is elsewhere, and the encoder
+cannot copy it into the aligned segment because it never sees r, so a segmented model's step accuracy is
+capped at p + (1 - p)/10 (the "segment-only ceiling" row). SRformer's recurrent term is a linear
+associative memory of all other segments (Σ K_jᵀV_j), exactly what retrieving x_r by the key M_r needs.
+Score: step accuracy (both digits right), teacher-forced; local (x_t) and remote (x_r) accuracies too.
+
+**Task `entities` (real text).** Articles of `../shared/data`: CNN/DailyMail (250), XSum (1,000),
+arXiv (15) and MediaSum (18), de-duplicated, split by article (15% of each source held out by crc32 of
+the id; no window of a held-out article is trained on). Each article is cut into windows of n = 256
+word/punctuation tokens. The target is the window's distinct entity words in order of first
+mention: a capitalised word that does not start a sentence (the pronoun "I" excluded), each listed once,
+the list cut to fit G = 64 with EOS (multi-word runs closed by `;` are an option in `tasks.py`, slower to
+learn). Lower-case words have fixed ids (700 most frequent of the training articles, the rest hashed
+into 256 buckets); capitalised words are anonymised per example (a random one-to-one map onto 64 ids,
+redrawn every time a training window is used, as Hermann et al. 2015 anonymised CNN/DailyMail
+entities), so the model must copy entities rather than memorise them. The output advances through the
+article the way a summary does (first mentions in order), but not at the schedule's constant rate;
+whether a capitalised word is new depends on earlier segments. Full attention can read every mention;
+a segmented decoder position sees only its scheduled segment. Score: greedy decoding, F1 between the
+predicted and gold entity sets (macro over windows); order-aware LCS F1 and teacher-forced token
+accuracy too.
+"""
+
+
 def document(results: dict, notes: str, plot_name: str = PLOT_NAME) -> str:
     meta, config = results["meta"], results["config"]
     failures = [r for r in results["runs"] if "error" in r]
     lines = ["# Quality study: what recurrent attention recovers from segmentation", "",
              "Generated by `benchmarks/quality.py` from its results JSON (regenerate with "
-             "`python benchmarks/quality.py --from-json RESULTS.json --output-dir docs`). "
+             "`python benchmarks/quality.py --from-json path/to/results.json --output-dir docs`). "
              "Protocol, task design and scoring: `srsum/quality/` and the end of this page.", "",
              f"![score against segment size]({plot_name})", ""]
     for task in results["tasks"]:
         lines += task_section(results, task)
-    lines += ["## Interpretation", "", NOTES_START, notes, NOTES_END, "",
+    lines += ["## Interpretation", "", NOTES_START, notes, NOTES_END, "", DESIGN,
               "## How it was run", "", "```", meta.get("command") or "(command not recorded)", "```", "",
               f"- wall time: {meta['wall_seconds'] / 60:.1f} min with {meta['workers']} worker process(es), "
               f"{meta.get('threads_per_worker')} thread(s) each, device `{meta['device']}`",
@@ -258,11 +313,15 @@ def document(results: dict, notes: str, plot_name: str = PLOT_NAME) -> str:
               + (f", GPU {meta['gpu']}" if meta.get("gpu") else "")
               + f"; {meta.get('platform')}; Python {meta.get('python')}, torch {meta.get('torch')}, "
               f"transformers {meta.get('transformers')}; {meta.get('date')}",
-              f"- model: T5, {config['size']}, trained from scratch; "
-              f"pretraining {config['pretrain_steps']} steps at lr {config['pretrain_lr']}, "
-              f"then every variant fine-tuned {config['finetune_steps']} steps at lr {config['finetune_lr']}; "
-              f"batch {config['batch_size']}, AdamW (weight decay 0.01), 5% linear warm-up then linear decay, "
-              f"gradient clipping 1.0; {config['seeds']} seed(s)",
+              f"- model: T5 from scratch, {model_line(results)}",
+              f"- pretraining: {pretrain_steps_line(results)} at batch {config.get('pretrain_batch_size')}, "
+              f"lr {config['pretrain_lr']}, length curriculum over the first "
+              f"{100 * config.get('ramp_fraction', 0.5):.0f}%",
+              f"- fine-tuning (every variant alike): {config['finetune_steps']} steps at batch "
+              f"{config['batch_size']}, lr {config['finetune_lr']}; AdamW (weight decay 0.01), 5% linear "
+              f"warm-up then linear decay to 0, gradient clipping 1.0; {config['seeds']} seed(s)"
+              + ("; one pretraining per seed" if config.get("pretrain_per_seed") else
+                 "; every seed fine-tunes the same pretrained model"),
               *cost_lines(results),
               f"- runs: {len(results['runs'])}, failed: {len(failures)}", ""]
     for r in failures:

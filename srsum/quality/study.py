@@ -37,9 +37,11 @@ class StudyConfig:
     ablations: tuple[str, ...] = ABLATIONS
     ablation_seg_size: int = 16
     seeds: int = 3
-    pretrain_steps: int = 1200
+    pretrain_per_seed: bool = False
+    pretrain_steps: int | None = None  # None: each task's own default (tasks.py), enough to learn it
+    pretrain_batch_size: int = 16
     finetune_steps: int = 300
-    batch_size: int = 8
+    batch_size: int = 8             # fine-tuning batch, the same for every variant
     pretrain_lr: float = 2e-3
     ramp_fraction: float = 0.5
     finetune_lr: float = 1e-3
@@ -58,7 +60,8 @@ class StudyConfig:
 def smoke_config(**overrides) -> StudyConfig:
     """A tiny budget that checks the pipeline end to end (not the scores) in well under a minute."""
     base = StudyConfig(variants=("full", "segmented", "srformer"), seg_sizes=(16,), ablations=("no_raf",),
-                       ablation_seg_size=16, seeds=1, pretrain_steps=3, finetune_steps=2, batch_size=4,
+                       ablation_seg_size=16, seeds=1, pretrain_steps=3, pretrain_batch_size=4,
+                       finetune_steps=2, batch_size=4,
                        eval_limit=8, eval_batch_size=8,
                        size=ModelSize(d_model=32, d_kv=8, d_ff=64, num_heads=2))
     return replace(base, **overrides)
@@ -96,11 +99,15 @@ def validate(config: StudyConfig, workers: int) -> dict:
     for name in (*config.variants, *config.ablations):
         if name not in ALL_VARIANTS:
             raise SrsumError(f"unknown variant {name!r}: choose from {', '.join(ALL_VARIANTS)}")
-    for name, value in (("pretrain steps", config.pretrain_steps), ("fine-tune steps", config.finetune_steps),
-                        ("batch size", config.batch_size), ("seeds", config.seeds), ("workers", workers),
-                        ("eval batch size", config.eval_batch_size)):
+    if config.pretrain_steps is not None and config.pretrain_steps < 1:
+        raise SrsumError(f"pretrain steps must be at least 1, got {config.pretrain_steps}")
+    for name, value in (("fine-tune steps", config.finetune_steps), ("batch size", config.batch_size),
+                        ("pretrain batch size", config.pretrain_batch_size), ("seeds", config.seeds),
+                        ("workers", workers), ("eval batch size", config.eval_batch_size)):
         if value < 1:
             raise SrsumError(f"{name} must be at least 1, got {value}")
+    if not 0.0 <= config.ramp_fraction <= 1.0:
+        raise SrsumError(f"ramp fraction must be between 0 and 1, got {config.ramp_fraction}")
     if config.eval_limit is not None and config.eval_limit < 1:
         raise SrsumError(f"eval limit must be at least 1, got {config.eval_limit}")
     if config.pretrain_lr <= 0 or config.finetune_lr <= 0:
@@ -123,22 +130,34 @@ def validate(config: StudyConfig, workers: int) -> dict:
     return info
 
 
+def pretrain_seed(config: StudyConfig, seed: int) -> int:
+    """Like the paper (one pretrained t5-small), every seed fine-tunes the same pretrained model,
+    unless ``pretrain_per_seed`` gives each seed its own pretraining too."""
+    return seed if config.pretrain_per_seed else 0
+
+
+def finetune_jobs(config: StudyConfig, task: str, seed: int) -> list[Job]:
+    jobs = []
+    for variant in config.variants:
+        sizes = [None] if variant == "full" else config.seg_sizes
+        jobs += [Job(task, seed, variant, s) for s in sizes]
+    for variant in config.ablations:
+        job = Job(task, seed, variant, config.ablation_seg_size)
+        if job not in jobs:
+            jobs.append(job)
+    return jobs
+
+
 def plan(config: StudyConfig) -> tuple[list[Job], dict[Job, list[Job]]]:
     """Pretraining jobs, and for each the fine-tuning jobs that start from its checkpoint."""
     pretrains, followers = [], {}
     for task in config.tasks:
         for seed in range(config.seeds):
-            root = Job(task, seed)
-            jobs = []
-            for variant in config.variants:
-                sizes = [None] if variant == "full" else config.seg_sizes
-                jobs += [Job(task, seed, variant, s) for s in sizes]
-            for variant in config.ablations:
-                job = Job(task, seed, variant, config.ablation_seg_size)
-                if job not in jobs:
-                    jobs.append(job)
-            pretrains.append(root)
-            followers[root] = jobs
+            root = Job(task, pretrain_seed(config, seed))
+            if root not in followers:
+                pretrains.append(root)
+                followers[root] = []
+            followers[root] += finetune_jobs(config, task, seed)
     return pretrains, followers
 
 
@@ -157,9 +176,10 @@ def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
     task = build_task(job.task, config.data_dir)
     torch.manual_seed(1_000 + job.seed)
     model = new_t5(task.vocab_size, config.size)
-    log = train(model, task, steps=config.pretrain_steps, batch_size=config.batch_size,
+    steps = config.pretrain_steps or task.pretrain_steps
+    log = train(model, task, steps=steps, batch_size=config.pretrain_batch_size,
                 lr=config.pretrain_lr, seed=1_000 + job.seed, device=config.device,
-                ramp_steps=round(config.pretrain_steps * config.ramp_fraction))
+                ramp_steps=round(steps * config.ramp_fraction))
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
                        limit=config.eval_limit)
     torch.save(model.cpu().state_dict(), checkpoint_path(work_dir, job))
@@ -172,8 +192,10 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     start = time.perf_counter()
     task = build_task(job.task, config.data_dir)
     model = new_t5(task.vocab_size, config.size)
-    model.load_state_dict(torch.load(checkpoint_path(work_dir, Job(job.task, job.seed)), weights_only=True))
+    root = Job(job.task, pretrain_seed(config, job.seed))
+    model.load_state_dict(torch.load(checkpoint_path(work_dir, root), weights_only=True))
     seg_size = job.seg_size if job.seg_size is not None else task.max_source_len
+    torch.manual_seed(2_000 + job.seed)  # the new SRformer parameters' initialisation
     model = to_variant(model, job.variant, seg_size, task.max_target_len, converter)
     log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
                 lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device)
@@ -221,7 +243,12 @@ def run_study(config: StudyConfig, *, workers: int = 1, work_dir: str | None = N
         work = work_dir or tmp
         Path(work).mkdir(parents=True, exist_ok=True)
         if workers == 1:
-            runs = _run_inline(pretrains, followers, config, work, converter, progress, total)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # like a pool worker; a busy machine's spinning OpenMP threads cost 10x
+            try:
+                runs = _run_inline(pretrains, followers, config, work, converter, progress, total)
+            finally:
+                torch.set_num_threads(threads)
         else:
             runs = _run_pool(pretrains, followers, config, work, workers, progress, total)
     wall = time.perf_counter() - start
@@ -273,7 +300,7 @@ def _run_pool(pretrains, followers, config, work, workers, progress, total) -> l
 
 def machine_info(device: str, workers: int, wall_seconds: float, command: str) -> dict:
     info = {"command": command, "wall_seconds": wall_seconds, "workers": workers, "device": device,
-            "threads_per_worker": 1 if workers > 1 else torch.get_num_threads(),
+            "threads_per_worker": 1,
             "cpu_count": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform(),
             "python": sys.version.split()[0], "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -3,11 +3,11 @@
 Both tasks are built so that an output step needs the part of the input that the SRformer schedule
 aligns with it *and* information that sits in other segments (see docs/RESULTS.md for the design).
 
-* ``lookup`` (synthetic): 32 chunks of 8 tokens, chunk ``t`` = marker ``M_t``, digit ``x_t``, 6 filler
-  tokens. The target is 32 steps ``M_t, x_t, M_r, x_r`` with ``r`` a random *other* chunk: the digits
-  are predicted, the markers are given (teacher-forced) and not scored. A step is right when both
-  digits are.
-  ``r`` is drawn for the decoder alone, so the encoder cannot know which chunk will be asked for.
+* ``lookup`` (synthetic): 32 chunks of 8 tokens; chunk ``t`` is one item token "M_t holds x_t" (a
+  digit) and 7 blanks. The target is 32 steps ``M_t, x_t, M_r, x_r`` with ``r`` a random *other*
+  chunk: the digits are predicted, the markers are given (teacher-forced) and not scored. A step is
+  right when both digits are. ``r`` is drawn for the decoder alone, so the encoder cannot know which
+  chunk will be asked for and cannot copy the answer into the aligned segment.
 * ``entities`` (real text): the input is a 256-token window of a news article, interview transcript
   or paper; the target is its distinct named entities (runs of capitalised words that are not
   sentence-initial) in order of first mention, each closed by ``;``.
@@ -86,15 +86,17 @@ class LookupTask:
     name = "lookup"
     metric = "step accuracy"
     generative = False
+    pretrain_steps = 1600  # full attention reaches 100% by about 1,200 (one CPU probe, seed 0)
 
-    def __init__(self, n_chunks: int = 32, chunk_len: int = 8, n_filler: int = 20, eval_size: int = 256):
-        if chunk_len < 3:
-            raise SrsumError("lookup task: chunk_len must be at least 3")
+    def __init__(self, n_chunks: int = 32, chunk_len: int = 8, eval_size: int = 256):
+        if chunk_len < 1 or n_chunks < 2:
+            raise SrsumError("lookup task: needs at least 2 chunks of at least 1 token")
         self.n_chunks, self.chunk_len, self.eval_size = n_chunks, chunk_len, eval_size
-        self.digit0 = N_SPECIAL
-        self.marker0 = self.digit0 + 10
-        self.filler0 = self.marker0 + n_chunks
-        self.vocab_size = self.filler0 + n_filler
+        self.digit0 = N_SPECIAL                   # the 10 digits, as the decoder writes them
+        self.marker0 = self.digit0 + 10           # M_0 .. M_{n_chunks-1}, as the decoder reads them
+        self.item0 = self.marker0 + n_chunks      # one input token per (marker, digit): "M_t holds x"
+        self.blank = self.item0 + 10 * n_chunks   # the rest of every chunk
+        self.vocab_size = self.blank + 1
         self.max_source_len = n_chunks * chunk_len
         self.max_target_len = 4 * n_chunks
         rng = random.Random(10_000)
@@ -110,8 +112,7 @@ class LookupTask:
         digits = [rng.randrange(10) for _ in markers]
         source: list[int] = []
         for marker, x in zip(markers, digits):
-            source += [self.marker0 + marker, self.digit0 + x]
-            source += [self.filler0 + rng.randrange(self.vocab_size - self.filler0) for _ in range(self.chunk_len - 2)]
+            source += [self.item0 + 10 * marker + x] + [self.blank] * (self.chunk_len - 1)
         target: list[int] = []
         for t, x in enumerate(digits):
             r = rng.randrange(len(markers) - 1)
@@ -199,12 +200,14 @@ def entity_spans(tokens: list[str], max_len: int = 4) -> list[tuple[int, int]]:
 
 
 class WordVocab:
-    """Word-level ids for a model trained from scratch: capitalised words hash into ``n_cap`` buckets
-    (so an entity is copied by id, seen or not in training), the ``n_common`` most frequent other
-    tokens of the training articles get their own ids, and the rest hash into ``n_rare`` buckets.
-    Hashing is crc32, the same in every process."""
+    """Word-level ids for a model trained from scratch. Lower-case words, numbers and punctuation: the
+    ``n_common`` most frequent of the training articles get their own ids, the rest hash (crc32, the same
+    in every process) into ``n_rare`` buckets. Capitalised words are *anonymised* per example (Hermann
+    et al. 2015 did the same to CNN/DailyMail entities): each distinct one gets a random id out of
+    ``n_cap``, drawn afresh every time a training example is used, so a model can only list the
+    entities by copying them, never by memorising them."""
 
-    def __init__(self, train_texts: list[str], n_common: int = 700, n_cap: int = 1024, n_rare: int = 256):
+    def __init__(self, train_texts: list[str], n_common: int = 700, n_cap: int = 64, n_rare: int = 256):
         counts = Counter(w for text in train_texts for w in words(text) if not is_capitalised(w))
         self.common = {w: N_SPECIAL + i for i, (w, _) in enumerate(counts.most_common(n_common))}
         self.cap0 = N_SPECIAL + len(self.common)
@@ -213,12 +216,20 @@ class WordVocab:
         self.size = self.rare0 + n_rare
 
     def id(self, word: str) -> int:
-        bucket = zlib.crc32(word.encode("utf-8"))
-        if is_capitalised(word):
-            return self.cap0 + bucket % self.n_cap
+        """The fixed id of a word that is not capitalised."""
         if word in self.common:
             return self.common[word]
-        return self.rare0 + bucket % self.n_rare
+        return self.rare0 + zlib.crc32(word.encode("utf-8")) % self.n_rare
+
+    def anonymiser(self, tokens: list[str], rng: random.Random) -> dict[str, int]:
+        """A random one-to-one map from the distinct capitalised words of ``tokens`` to cap ids."""
+        caps = list(dict.fromkeys(w for w in tokens if is_capitalised(w)))
+        picks = rng.sample(range(self.n_cap), min(len(caps), self.n_cap))
+        picks += [rng.randrange(self.n_cap) for _ in range(len(caps) - len(picks))]
+        return {w: self.cap0 + k for w, k in zip(caps, picks)}
+
+    def encode(self, tokens: list[str], caps: dict[str, int]) -> list[int]:
+        return [caps[w] if w in caps else self.id(w) for w in tokens]
 
 
 def load_articles(data_dir: Path) -> list[dict]:
@@ -256,9 +267,12 @@ class EntitiesTask:
     name = "entities"
     metric = "entity F1"
     generative = True
+    pretrain_steps = 4000
 
     def __init__(self, data_dir: str | Path, window: int = 256, max_target_len: int = 64,
-                 min_window: int = 64, eval_fraction: float = 0.15, eval_size: int = 256):
+                 min_window: int = 64, eval_fraction: float = 0.15, eval_size: int = 256,
+                 single_words: bool = True):
+        self.single_words = single_words
         data_dir = Path(data_dir)
         train_articles, eval_articles = split_articles(load_articles(data_dir), eval_fraction)
         self.vocab = WordVocab([a["text"] for a in train_articles])
@@ -266,49 +280,58 @@ class EntitiesTask:
         self.max_source_len, self.max_target_len, self.min_window = window, max_target_len, min_window
         self.train_ids = sorted(a["id"] for a in train_articles)
         self.eval_ids = sorted(a["id"] for a in eval_articles)
-        self.train = [ex for a in train_articles for ex in self._windows(a)]
-        held = [ex for a in eval_articles for ex in self._windows(a)]
+        self.train = [w for a in train_articles for w in self._windows(a)]
+        held = [w for a in eval_articles for w in self._windows(a)]
         rng = random.Random(20_000)
         rng.shuffle(held)
-        self._eval = held[:eval_size]
+        self._eval = [self._example(w, len(w["words"]), random.Random(30_000 + i)) for i, w in
+                      enumerate(held[:eval_size])]
         if not self.train or not self._eval:
             raise SrsumError(f"entities task: no usable articles under {data_dir}")
 
     def _windows(self, article: dict) -> list[dict]:
+        """Consecutive windows of ``window`` tokens (a shorter last one if it has ``min_window``)."""
         tokens = words(article["text"])
         out = []
         for start in range(0, len(tokens), self.max_source_len):
             chunk = tokens[start : start + self.max_source_len]
             if len(chunk) < self.min_window:
                 break
-            source = [self.vocab.id(w) for w in chunk]
-            entities = self.entities_of(chunk)
-            if entities:
-                out.append({"article": article["id"], "words": chunk, "source": source,
-                            "entities": entities, "target": self._target(entities)})
+            if entity_spans(chunk):
+                out.append({"article": article["id"], "words": chunk})
         return out
 
-    def entities_of(self, tokens: list[str]) -> list[tuple[int, ...]]:
+    def _example(self, window: dict, length: int, rng: random.Random) -> dict:
+        """The first ``length`` tokens of a window, anonymised with ``rng``, and their target."""
+        tokens = window["words"][:length]
+        caps = self.vocab.anonymiser(tokens, rng)
+        entities = self.entities_of(tokens, caps)
+        return {"article": window["article"], "source": self.vocab.encode(tokens, caps),
+                "entities": entities, "target": self._target(entities)}
+
+    def entities_of(self, tokens: list[str], caps: dict[str, int]) -> list[tuple[int, ...]]:
         """Distinct entities (as id tuples) in order of first mention."""
         seen: list[tuple[int, ...]] = []
-        for start, end in entity_spans(tokens):
-            ent = tuple(self.vocab.id(w) for w in tokens[start:end])
+        for start, end in entity_spans(tokens, max_len=1 if self.single_words else 4):
+            ent = tuple(caps[w] for w in tokens[start:end])
             if ent not in seen:
                 seen.append(ent)
         return seen
 
     def _target(self, entities: list[tuple[int, ...]]) -> list[int]:
+        """Entities closed by SEP (none in single-word mode), cut to fit ``max_target_len`` with EOS."""
         target: list[int] = []
+        sep = [] if self.single_words else [SEP]
         for ent in entities:
-            if len(target) + len(ent) + 2 > self.max_target_len:
+            if len(target) + len(ent) + len(sep) + 1 > self.max_target_len:
                 break
-            target += [*ent, SEP]
+            target += [*ent, *sep]
         return target + [EOS]
 
     def train_batches(self, seed: int, batch_size: int, ramp_steps: int = 0):
-        """Shuffled epochs over the training windows, forever. With ``ramp_steps`` (pretraining only)
-        each batch cuts its windows to one length that grows to the full window (:func:`ramp`), targets
-        recomputed for the cut."""
+        """Shuffled epochs over the training windows, freshly anonymised each time, forever. With
+        ``ramp_steps`` (pretraining only) each batch cuts its windows to one length that grows to the
+        full window (:func:`ramp`)."""
         rng = random.Random(seed)
         order: list[int] = []
         step = 0
@@ -319,19 +342,21 @@ class EntitiesTask:
                 order += more
             picked, order = order[:batch_size], order[batch_size:]
             length = ramp(step, ramp_steps, 32, self.max_source_len, rng)
-            yield collate([self._prefix(self.train[i], length) for i in picked])
+            examples = [self._example(self.train[i], length, rng) for i in picked]
+            yield collate([(ex["source"], ex["target"]) for ex in examples])
             step += 1
-
-    def _prefix(self, example: dict, length: int) -> tuple[list[int], list[int]]:
-        if length >= len(example["source"]):
-            return example["source"], example["target"]
-        return example["source"][:length], self._target(self.entities_of(example["words"][:length]))
 
     def eval_batches(self, batch_size: int, limit: int | None = None):
         examples = self._eval[:limit] if limit else self._eval
         for i in range(0, len(examples), batch_size):
             part = examples[i : i + batch_size]
             yield collate([(ex["source"], ex["target"]) for ex in part])
+
+    def parse(self, ids: list[int]) -> list[tuple[int, ...]]:
+        """The entities of a generated (or gold) target."""
+        if self.single_words:
+            return parse_entities([t for tok in ids for t in (tok, SEP)])
+        return parse_entities(ids)
 
     def eval_examples(self, limit: int | None = None) -> list[dict]:
         return self._eval[:limit] if limit else self._eval

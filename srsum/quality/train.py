@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from srsum.quality.tasks import IGNORE, lcs_f1, mean, parse_entities, set_f1
+from srsum.quality.tasks import IGNORE, lcs_f1, mean, set_f1
 
 
 def linear_schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
@@ -22,7 +22,7 @@ def linear_schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
 
 
 def train(model, task, *, steps: int, batch_size: int, lr: float, seed: int, device: str,
-          ramp_steps: int = 0) -> dict:
+          ramp_steps: int = 0, every: int = 0, callback=None) -> dict:
     """Train ``model`` on ``task`` for ``steps`` batches; returns the loss curve's summary."""
     torch.manual_seed(seed)
     model.to(device).train()
@@ -42,6 +42,9 @@ def train(model, task, *, steps: int, batch_size: int, lr: float, seed: int, dev
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if callback is not None and every and (len(losses) % every == 0):
+            callback(len(losses), mean(losses[-every:]))
+            model.train()
     tail = losses[-max(1, steps // 10):]
     return {"steps": steps, "first_loss": losses[0], "final_loss": mean(tail),
             "train_seconds": time.perf_counter() - start}
@@ -84,8 +87,8 @@ def generate_entities(model, task, *, batch_size: int, device: str, limit: int |
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                              max_new_tokens=task.max_target_len, do_sample=False, num_beams=1)
         for row, ids in enumerate(out.tolist()):
-            predicted = parse_entities(ids[1:])  # ids[0] is the start token
-            gold = parse_entities(examples[i * batch_size + row]["target"])  # the entities that fit in G
+            predicted = task.parse(ids[1:])  # ids[0] is the start token
+            gold = task.parse(examples[i * batch_size + row]["target"])  # the entities that fit in G
             set_scores.append(set_f1(predicted, gold))
             order_scores.append(lcs_f1(predicted, gold))
     return {"entity_f1": mean(set_scores), "order_f1": mean(order_scores)}
@@ -99,6 +102,6 @@ def evaluate(model, task, *, batch_size: int, device: str, limit: int | None = N
         metrics.update(generate_entities(model, task, batch_size=batch_size, device=device, limit=limit))
         metrics["score"] = metrics["entity_f1"]
     else:
-        metrics["score"] = metrics["step_accuracy"]
+        metrics["score"] = metrics.get("step_accuracy", metrics["token_accuracy"])
     metrics["eval_seconds"] = time.perf_counter() - start
     return metrics
