@@ -36,12 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int)
     p.add_argument("--pretrain-per-seed", action="store_true", default=None,
                    help="pretrain a separate full-attention model for every seed (default: one per task)")
-    p.add_argument("--pretrain-steps", type=int, help="default: each task's own (lookup 1600, entities 4000)")
+    p.add_argument("--pretrain-steps", type=int, help="default: each task's own (lookup 5000, entities 4000)")
     p.add_argument("--pretrain-batch-size", type=int)
     p.add_argument("--finetune-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--pretrain-lr", type=float)
     p.add_argument("--finetune-lr", type=float)
+    p.add_argument("--threshold-init", type=float, help="initial RAF threshold θ (default: the SPEC's 0.1)")
     p.add_argument("--eval-limit", type=int, help="score only the first N held-out examples")
     p.add_argument("--data-dir", help="folder holding cnn_dailymail/, xsum/, arxiv/, mediasum/ (default ../shared/data)")
     p.add_argument("--device", help="cpu or cuda")
@@ -72,7 +73,7 @@ def config_from(args: argparse.Namespace):
                  "pretrain_steps": args.pretrain_steps,
                  "pretrain_batch_size": args.pretrain_batch_size, "finetune_steps": args.finetune_steps,
                  "batch_size": args.batch_size, "pretrain_lr": args.pretrain_lr, "finetune_lr": args.finetune_lr,
-                 "eval_limit": args.eval_limit, "data_dir": args.data_dir, "device": args.device}
+                 "eval_limit": args.eval_limit, "threshold_init": args.threshold_init, "data_dir": args.data_dir, "device": args.device}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -46,18 +47,21 @@ def schedule_segment(t: int, n: int, s: int, G: int) -> int:
 
 def test_lookup_answers_need_the_aligned_chunk_and_another_one():
     task = LookupTask()
-    source, target, scored = task._example(__import__("random").Random(0))
+    source, target, scored = task._example(random.Random(0))
     assert len(source) == task.max_source_len == 256 and len(target) == task.max_target_len == 128
+    asked = []
     for t in range(task.n_chunks):
-        marker, x_t, other, x_r = target[4 * t : 4 * t + 4]
+        marker, x_t, other, y_r = target[4 * t : 4 * t + 4]
         assert marker == task.marker0 + t and other != marker
         r = other - task.marker0
-        assert source[8 * t] == task.item0 + 10 * t + x_t - task.digit0
-        assert source[8 * r] == task.item0 + 10 * r + x_r - task.digit0
+        asked.append(r)
+        assert source[8 * t] == task.local0 + 10 * t + x_t - task.digit0
+        assert source[8 * r + 1] == task.remote0 + 10 * r + y_r - task.digit0
         assert scored[4 * t : 4 * t + 4] == [False, True, False, True]
         for s in (8, 16, 64):  # both digits' decoder positions attend the segment holding chunk t
             for position in (4 * t + 1, 4 * t + 3):
                 assert schedule_segment(position, 256, s, 128) == (8 * t) // s
+    assert sorted(asked) == list(range(task.n_chunks))  # each chunk's y is asked exactly once
 
 
 def test_lookup_local_only_ceiling_grows_with_segment_size():
@@ -102,6 +106,8 @@ def test_entities_split_by_article_and_targets_fit():
     ({"finetune_steps": 0}, "fine-tune steps must be at least 1"),
     ({"pretrain_steps": 0}, "pretrain steps must be at least 1"),
     ({"seeds": 0}, "seeds must be at least 1"),
+    ({"threshold_init": 0.0}, "threshold init must be positive"),
+    ({"batch_size": 0}, "batch size must be at least 1"),
 ])
 def test_bad_input_is_rejected_before_training(change, message):
     config = smoke_config(tasks=("lookup",))

@@ -52,12 +52,15 @@ def engine_convert():
     return convert
 
 
-def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, converter=None):
-    """Convert the pretrained model's cross-attention to ``variant`` with srsum's own conversion."""
+def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, converter=None,
+               threshold_init: float | None = None):
+    """Convert the pretrained model's cross-attention to ``variant`` with srsum's own conversion.
+    ``threshold_init`` (θ's initial value, SPEC default 0.1) is passed only when set."""
     if variant not in ALL_VARIANTS:
         raise SrsumError(f"unknown variant {variant!r}: choose from {', '.join(ALL_VARIANTS)}")
     convert = converter or engine_convert()
-    return convert(model, attention=variant, seg_size=seg_size, schedule_length=schedule_length)
+    extra = {"threshold_init": threshold_init} if threshold_init is not None else {}
+    return convert(model, attention=variant, seg_size=seg_size, schedule_length=schedule_length, **extra)
 
 
 def count_parameters(model) -> int:

@@ -35,12 +35,15 @@ def scores(results: dict, task: str, variant: str, seg_size: int | None, metric:
             and r["seg_size"] == seg_size and "error" not in r and metric in r]
 
 
-SECONDARY = {"lookup": ("local_accuracy", "remote_accuracy"), "entities": ("order_f1", "token_accuracy")}
+SECONDARY = {"lookup": ("local_accuracy", "remote_accuracy", "first_loss", "final_loss"),
+             "entities": ("order_f1", "token_accuracy", "first_loss", "final_loss")}
 SECONDARY_NOTES = {
     "local_accuracy": "x_t, the digit of the aligned chunk",
-    "remote_accuracy": "x_r, the digit of the other chunk",
+    "remote_accuracy": "y_r, the digit of the other chunk",
     "order_f1": "LCS F1 over the entity sequence: order counts",
     "token_accuracy": "teacher-forced next-token accuracy on the target",
+    "first_loss": "training loss on the first fine-tuning batch, right after conversion",
+    "final_loss": "mean training loss over the last 10% of fine-tuning",
 }
 
 
@@ -60,7 +63,7 @@ def recovered(results: dict, task: str, seg_size: int) -> dict | None:
     f, g, r = mean_std(full)[0], mean_std(seg)[0], mean_std(sr)[0]
     gap = f - g
     return {"full": f, "segmented": g, "srformer": r, "gap": gap,
-            "fraction": (r - g) / gap if abs(gap) >= 0.01 else None}
+            "fraction": (r - g) / gap if gap >= 0.01 else None}
 
 
 def seg_sizes_of(results: dict) -> list[int]:
@@ -133,7 +136,7 @@ def ablation_table(results: dict, task: str, seg_size: int) -> str:
         vals = scores(results, task, variant, seg_size)
         delta = mean_std(vals)[0] - base_mean if vals else math.nan
         lines.append(f"| {ABLATION_LABELS[variant]} | {cell(vals)} | "
-                     f"{'–' if variant == 'srformer' or math.isnan(delta) else f'{delta:+.3f}'} |")
+                     f"{'–' if variant == 'srformer' or math.isnan(delta) else f'{round(delta, 3) + 0.0:+.3f}'} |")
     for variant, s in (("segmented", seg_size), ("full", None)):
         lines.append(f"| ({LABELS[variant]}) | {cell(scores(results, task, variant, s))} | |")
     return "\n".join(lines)
@@ -147,7 +150,8 @@ def verdict(results: dict, task: str) -> str:
         if g is None:
             continue
         if g["fraction"] is None:
-            parts.append(f"s = {s}: segmented is within 0.01 of full attention, so there is no gap to recover")
+            parts.append(f"s = {s}: segmented attention is not 0.01 or more below full attention "
+                         f"({g['segmented']:.3f} against {g['full']:.3f}), so there is no gap to recover")
         else:
             holds = "holds" if g["fraction"] >= 0.5 else "does not hold"
             parts.append(f"s = {s}: SRformer recovers {100 * g['fraction']:.0f}% of a {g['gap']:+.3f} gap "
@@ -210,7 +214,8 @@ def plot(results: dict, path: Path) -> None:
         ceiling = results["tasks"][task].get("local_only_ceiling")
         if ceiling:
             ax.plot(sizes, [ceiling[str(s)] if str(s) in ceiling else ceiling[s] for s in sizes], color="grey",
-                    linestyle=":", label="segment-only ceiling")
+                    linestyle=":", marker="x", label="segment-only ceiling")
+        ax.set_ylim(0, 1.02)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_xlabel("segment size s")

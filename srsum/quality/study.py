@@ -45,6 +45,7 @@ class StudyConfig:
     pretrain_lr: float = 2e-3
     ramp_fraction: float = 0.5
     finetune_lr: float = 1e-3
+    threshold_init: float | None = None  # None: the SPEC's θ = 0.1
     eval_batch_size: int = 64
     eval_limit: int | None = None
     size: ModelSize = field(default_factory=ModelSize)
@@ -112,6 +113,8 @@ def validate(config: StudyConfig, workers: int) -> dict:
         raise SrsumError(f"eval limit must be at least 1, got {config.eval_limit}")
     if config.pretrain_lr <= 0 or config.finetune_lr <= 0:
         raise SrsumError("learning rates must be positive")
+    if config.threshold_init is not None and config.threshold_init <= 0:
+        raise SrsumError(f"threshold init must be positive, got {config.threshold_init}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise SrsumError(f"device {config.device!r} asked for, but torch sees no CUDA device")
     tasks = {name: build_task(name, config.data_dir) for name in config.tasks}
@@ -196,7 +199,7 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     model.load_state_dict(torch.load(checkpoint_path(work_dir, root), weights_only=True))
     seg_size = job.seg_size if job.seg_size is not None else task.max_source_len
     torch.manual_seed(2_000 + job.seed)  # the new SRformer parameters' initialisation
-    model = to_variant(model, job.variant, seg_size, task.max_target_len, converter)
+    model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init)
     log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
                 lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device)
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
