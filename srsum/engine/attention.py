@@ -172,8 +172,8 @@ def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRfor
 class SRformerCrossAttention(nn.Module):
     """Decoder cross-attention with SRformer's variants. Subclasses bind the host's projections.
 
-    Subclasses set the projections as attributes under the host's names and implement
-    ``query_proj``, ``key_proj``, ``value_proj``, ``output_proj`` and the host's ``forward``.
+    Subclasses set the projections as attributes under the host's names, list those names in
+    ``projection_names`` and implement the host's ``forward``.
     """
 
     family: str = ""
@@ -207,18 +207,20 @@ class SRformerCrossAttention(nn.Module):
         s = self.settings
         return f"attention={s.attention}, seg_size={s.seg_size}, schedule_length={s.schedule_length}"
 
-    # ---- the host binds these
+    # ---- the host's projections, by the names the host gives them (query, key, value, output)
+    projection_names: tuple[str, str, str, str] = ("", "", "", "")
+
     def query_proj(self, x):
-        raise NotImplementedError
+        return getattr(self, self.projection_names[0])(x)
 
     def key_proj(self, x):
-        raise NotImplementedError
+        return getattr(self, self.projection_names[1])(x)
 
     def value_proj(self, x):
-        raise NotImplementedError
+        return getattr(self, self.projection_names[2])(x)
 
     def output_proj(self, x):
-        raise NotImplementedError
+        return getattr(self, self.projection_names[3])(x)
 
     # ---- shared forward
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,9 +252,12 @@ class SRformerCrossAttention(nn.Module):
         out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(steps)], dim=2)
         return self.output_proj(self._merge(out, hidden_states.dtype))
 
+    def _keys_values(self, encoder_states: torch.Tensor):
+        """(B, n, D) -> keys, values (B, H, n, d)."""
+        return self._heads(self.key_proj(encoder_states)), self._heads(self.value_proj(encoder_states))
+
     def _parallel(self, query, encoder_states, key_valid) -> torch.Tensor:
-        keys = self._heads(self.key_proj(encoder_states))
-        values = self._heads(self.value_proj(encoder_states))
+        keys, values = self._keys_values(encoder_states)
         try:
             return parallel_attention(query, keys, values, key_valid, self.settings, self, self.dropout,
                                       self.training)
@@ -262,8 +267,7 @@ class SRformerCrossAttention(nn.Module):
     def start_decoding(self, encoder_states: torch.Tensor, key_valid: torch.Tensor | None,
                        rows_per_example: int = 1) -> DecodeState:
         """A decoding state for this layer from the encoder output (B, n, D), held once per example."""
-        keys = self._heads(self.key_proj(encoder_states))
-        values = self._heads(self.value_proj(encoder_states))
+        keys, values = self._keys_values(encoder_states)
         try:
             return DecodeState(self, keys, values, key_valid, rows_per_example)
         except ValueError as error:

@@ -26,24 +26,13 @@ class T5CrossAttention(SRformerCrossAttention):
     """T5: projections q/k/v/o, no query scaling, cross-attention without position bias."""
 
     family = "t5"
+    projection_names = ("q", "k", "v", "o")
 
     def __init__(self, original: nn.Module, settings: SRformerSettings, config):
         head_dim = config.d_kv
         super().__init__(settings, config.num_heads, head_dim, scale=1.0, dropout=config.dropout_rate,
                          layer_idx=original.layer_idx, init_std=config.initializer_factor * head_dim ** -0.5)
         self.q, self.k, self.v, self.o = original.q, original.k, original.v, original.o
-
-    def query_proj(self, x):
-        return self.q(x)
-
-    def key_proj(self, x):
-        return self.k(x)
-
-    def value_proj(self, x):
-        return self.v(x)
-
-    def output_proj(self, x):
-        return self.o(x)
 
     def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kwargs):
         # T5LayerCrossAttention expects (output, position_bias, attention weights)
@@ -54,6 +43,7 @@ class BartCrossAttention(SRformerCrossAttention):
     """BART: projections q_proj/k_proj/v_proj/out_proj, query scaled by 1/sqrt(d)."""
 
     family = "bart"
+    projection_names = ("q_proj", "k_proj", "v_proj", "out_proj")
 
     def __init__(self, original: nn.Module, settings: SRformerSettings, config):
         n_heads = config.decoder_attention_heads
@@ -62,18 +52,6 @@ class BartCrossAttention(SRformerCrossAttention):
                          layer_idx=original.layer_idx, init_std=config.init_std)
         self.q_proj, self.k_proj = original.q_proj, original.k_proj
         self.v_proj, self.out_proj = original.v_proj, original.out_proj
-
-    def query_proj(self, x):
-        return self.q_proj(x)
-
-    def key_proj(self, x):
-        return self.k_proj(x)
-
-    def value_proj(self, x):
-        return self.v_proj(x)
-
-    def output_proj(self, x):
-        return self.out_proj(x)
 
     def forward(self, hidden_states, key_value_states=None, cache=None, attention_mask=None, **kwargs):
         return self.attend(hidden_states, key_value_states, attention_mask, cache), None
