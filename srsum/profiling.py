@@ -273,7 +273,8 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
 
     * without a clamp (T5) X_σ is linear, so the engine forms X_σ = P·Wᵀ − K_σᵀ·(V_σ·Wᵀ): 2 s d² per
       step, plus P·Wᵀ (d³) once per sequence;
-    * with the clamp (BART) P_σ = K_σᵀ·V_σ (s d²) must come first, then C_σ·Wᵀ (d³) per step.
+    * with the clamp (BART) P_σ = K_σᵀ·V_σ (s d²) must be clamped before W applies:
+      X_σ = clamp(P)·Wᵀ − clamp(P_σ)·Wᵀ, so P_σ·Wᵀ (d³) per step, plus P·Wᵀ (d³) once.
 
     The paper's table keeps only n d² of all this; SPEC's left-out W term (M d³) is what the clamp
     path pays and the linear path avoids. The teacher-forced pass and m decode steps do the same
@@ -290,7 +291,8 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
     products["q·R"] = 2 * m * d * d
     if clamp:
         products["P_σ=K_σᵀ·V_σ"] = 2 * steps * s * d * d
-        products["C_σ·Wᵀ"] = 2 * steps * d**3
+        products["P_σ·Wᵀ"] = 2 * steps * d**3
+        products["P·Wᵀ"] = 2 * d**3
     else:
         products["V_σ·Wᵀ"] = 2 * steps * s * d * d
         products["K_σᵀ·(V_σ·Wᵀ)"] = 2 * steps * s * d * d

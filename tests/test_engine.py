@@ -12,7 +12,7 @@ import srsum
 from srsum.engine import VARIANTS, SRformerCrossAttention, convert, count_srformer_parameters, load_model
 from srsum.engine import ops
 from srsum.engine.attention import STATE_ATTRIBUTE, DecodeState, parallel_attention
-from srsum.engine.reference import reference_cross_attention
+from srsum.engine.reference import raf_scan_loop, reference_cross_attention
 from srsum.errors import SrsumError
 
 from conftest import padded_batch, tiny_model
@@ -221,13 +221,43 @@ def test_srformer_gradients_reach_w_lambda_theta(family):
 
 def test_training_path_has_no_loop_over_positions(monkeypatch):
     """The RAF scan steps once per distinct segment (L <= M), not once per decoder position."""
-    calls = []
-    original = ops.raf_step
-    monkeypatch.setattr(ops, "raf_step", lambda *a: calls.append(1) or original(*a))
+    scanned = []
+    original = ops.raf_scan
+    monkeypatch.setattr(ops, "raf_scan", lambda inputs, *a, **k: scanned.append(inputs.shape[2]) or original(inputs, *a, **k))
     model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=64))
     ids, mask = padded_batch("t5", lengths=(40, 40))
     teacher_logits(model, ids, mask, torch.randint(3, VOCAB, (2, 64)))
-    assert len(calls) == 2 * math.ceil(40 / 8)  # 2 layers x 5 segments, for 64 positions
+    assert scanned == [math.ceil(40 / 8)] * 2  # 2 layers, each one scan of 5 segments for 64 positions
+
+
+@pytest.mark.parametrize("theta", [0.1, 2.0, -0.3])
+@pytest.mark.parametrize("with_base", [False, True])
+def test_raf_scan_matches_loop_reference_with_gradients(theta, with_base):
+    """The hand-written backward of the RAF scan equals autograd through the plain loop: X, λ, θ."""
+    gen = torch.Generator().manual_seed(0)
+    parts = torch.randn(2, 3, 7, 4, 4, dtype=torch.double, generator=gen, requires_grad=True)
+    base = torch.randn(2, 3, 4, 4, dtype=torch.double, generator=gen, requires_grad=True)
+    leak = torch.tensor(0.4, dtype=torch.double, requires_grad=True)
+    threshold = torch.tensor(theta, dtype=torch.double, requires_grad=True)
+    upstream = torch.randn(2, 3, 7, 4, 4, dtype=torch.double, generator=gen)
+    wrt = (parts, base, leak, threshold) if with_base else (parts, leak, threshold)
+    fast = ops.raf_scan(parts, leak, threshold, base=base if with_base else None)
+    slow = raf_scan_loop(base[:, :, None] - parts if with_base else parts, leak, threshold)
+    assert fast.shape == slow.shape and slow.abs().sum() > 0  # something fired
+    torch.testing.assert_close(fast, slow)
+    for got, want in zip(torch.autograd.grad((fast * upstream).sum(), wrt),
+                         torch.autograd.grad((slow * upstream).sum(), wrt)):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want)
+
+
+def test_raf_step_threshold_below_zero_follows_the_formula():
+    """R = ReLU(U/θ - 1) and the reset [U > θ] hold for any sign of θ (θ is learnable)."""
+    x = torch.tensor([[-1.0, -0.2], [0.3, 2.0]])
+    lam, theta = torch.tensor(0.5), torch.tensor(-0.5)
+    membrane, fired = ops.raf_step(torch.zeros(2, 2), x, lam, theta)
+    torch.testing.assert_close(fired, torch.relu(x / theta - 1))
+    torch.testing.assert_close(membrane, x - theta * (x > theta).float())
 
 
 @pytest.mark.parametrize("variant", ["srformer", "segmented", "xl", "global"])

@@ -180,7 +180,7 @@ def test_bart_counts_match_analytic(tmp_path):
     report = profiling.profile(model=config, n=48, m=8, seg_size=16, bandwidth="100", measure=False,
                                variants=("full", "srformer"))
     assert report.shape.head_dim == 16
-    assert "C_σ·Wᵀ" in report.variants["srformer"].products  # BART clamps: P_σ first, then d³ per step
+    assert "P_σ·Wᵀ" in report.variants["srformer"].products  # BART clamps: P_σ first, then d³ per step
     for result in report.variants.values():
         analytic = sum(result.products.values()) * report.shape.head_layers
         assert _within(result.counted_teacher_forced.products, analytic), result.variant

@@ -63,7 +63,7 @@ class DecodeState:
         if settings.has_recurrent:
             self.kv_total = ops.kv_product(self.seg.keys, self.seg.values)  # P: (B, H, d, d)
             self.norm = None if settings.attention == "no_norm" else ops.key_norm(self.seg.keys)  # ν: (B, H, d)
-            self.total_w = None  # P Wᵀ (no clamp), computed at the first RAF step
+            self.total_w = None  # P Wᵀ (clamped P for BART), computed at the first RAF step
             self.membrane = torch.zeros_like(self.kv_total)  # U
             self.recurrent = torch.zeros_like(self.kv_total)  # R of the current segment
 
@@ -97,11 +97,9 @@ class DecodeState:
         elif self.settings.attention != "full_product":
             keys = ops.gather_segments(seg.segment_view(seg.keys), self.segment_index)  # (B, H, 1, S', d)
             values = ops.gather_segments(seg.segment_view(seg.values), self.segment_index)
-        if self.total_w is None and self.settings.clamp is None:
-            self.total_w = torch.matmul(self.kv_total, layer.recurrent_w.weight.float().t())  # P Wᵀ, once
-        x = ops.raf_inputs(self.kv_total, keys, values, layer.recurrent_w.weight, self.settings.clamp, self.total_w)
-        if keys is not None:
-            x = x[:, :, 0]  # (B, H, d, d)
+        self.total_w, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight,
+                                                  self.settings.clamp, self.total_w)  # P Wᵀ: computed once
+        x = self.total_w if parts is None else self.total_w - parts[:, :, 0]  # X_σ (B, H, d, d)
         if self.settings.has_raf:
             membrane, fired = ops.raf_step(self.membrane, x, layer.raf_leak.float(), layer.raf_threshold.float())
         else:
@@ -157,16 +155,16 @@ def parallel_attention(query, keys, values, key_valid, settings: SRformerSetting
 def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRformerSettings, layer):
     """R for every group (RAF step) of the batch: (B, L) segment indices -> (B, H, L, d, d)."""
     total = ops.kv_product(seg.keys, seg.values)  # P: (B, H, d, d)
-    if settings.attention == "full_product":
-        x = ops.raf_inputs(total, None, None, layer.recurrent_w.weight, settings.clamp)
-        x = x[:, :, None].expand(-1, -1, segment_of_group.shape[1], -1, -1)
-    else:
+    keys = values = None
+    if settings.attention != "full_product":
         keys = ops.gather_segments(seg.segment_view(seg.keys), segment_of_group)  # (B, H, L, S', d)
         values = ops.gather_segments(seg.segment_view(seg.values), segment_of_group)
-        x = ops.raf_inputs(total, keys, values, layer.recurrent_w.weight, settings.clamp)  # (B, H, L, d, d)
+    base, parts = ops.raf_input_parts(total, keys, values, layer.recurrent_w.weight, settings.clamp)
+    if parts is None:  # ablation IV: X_σ = P Wᵀ at every step
+        parts = torch.zeros_like(base)[:, :, None].expand(-1, -1, segment_of_group.shape[1], -1, -1)
     if not settings.has_raf:
-        return x
-    return ops.raf_scan(x, layer.raf_leak.float(), layer.raf_threshold.float())
+        return base[:, :, None] - parts  # ablation III: R_σ = X_σ
+    return ops.raf_scan(parts, layer.raf_leak.float(), layer.raf_threshold.float(), base=base)
 
 
 class SRformerCrossAttention(nn.Module):

@@ -206,20 +206,6 @@ def kv_product(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def complement(total: torch.Tensor, part: torch.Tensor | None, clamp: float | None) -> torch.Tensor:
-    """C_σ = P - P_σ (all other segments); ``part=None`` gives P itself (ablation IV).
-
-    With ``clamp`` (BART) both products are clamped to [-clamp, clamp] before the subtraction.
-    total (B, H, d, d); part (B, H, [L,] d, d).
-    """
-    if clamp is not None:
-        total = total.clamp(-clamp, clamp)
-        part = None if part is None else part.clamp(-clamp, clamp)
-    if part is None:
-        return total
-    return (total[:, :, None] if part.dim() == 5 else total) - part
-
-
 def key_norm(keys: torch.Tensor) -> torch.Tensor:
     """ν[c] = ||K[:, c]||₂ over the real keys (padding rows are zero) + eps: (B, H, n, d) -> (B, H, d)."""
     return torch.linalg.vector_norm(keys, dim=2, dtype=torch.float32) + NORM_EPS
@@ -230,45 +216,100 @@ def raf_step(membrane: torch.Tensor, x: torch.Tensor, leak: torch.Tensor, thresh
     """One Recurrent Accumulate-and-Fire step; returns (new membrane, output R).
 
     U <- λ U + X;  R = ReLU(U / θ - 1);  U <- U - θ [U > θ]   (the indicator passes no gradient)
+    The indicator is sign(ReLU(U - θ)): on CPU a comparison plus a bool->float cast costs several times
+    more than these two float kernels, and sign's gradient is zero, as the indicator's must be.
     """
     membrane = leak * membrane + x
-    fired = torch.relu(membrane / threshold - 1.0)
-    spiked = (membrane > threshold).to(membrane.dtype).detach()
+    over = membrane - threshold
+    fired = torch.relu(over / threshold)  # = ReLU(U / θ - 1)
+    spiked = torch.sign(torch.relu(over))  # [U > θ]
     return membrane - threshold * spiked, fired
 
 
-def raf_scan(inputs: torch.Tensor, leak: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """Run the RAF over a sequence of inputs from U = 0: (B, H, L, d, d) -> outputs R (B, H, L, d, d)."""
-    membrane = torch.zeros_like(inputs[:, :, 0])
-    outputs = []
-    for x in inputs.unbind(2):  # L <= M small d x d steps: the only loop of the training path
-        membrane, fired = raf_step(membrane, x, leak, threshold)  # (unbind: one backward, not L slices)
-        outputs.append(fired)
-    return torch.stack(outputs, dim=2)
+def raf_scan(inputs: torch.Tensor, leak: torch.Tensor, threshold: torch.Tensor,
+             base: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the RAF from U = 0 over a sequence of inputs: (B, H, L, d, d) -> outputs R (B, H, L, d, d).
 
-
-def raf_input(complement_: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """X = C Wᵀ with W (d, d) shared by all heads."""
-    return torch.matmul(complement_, weight.float().t())
-
-
-def raf_inputs(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
-               weight: torch.Tensor, clamp: float | None, total_w: torch.Tensor | None = None) -> torch.Tensor:
-    """X_σ = C_σ Wᵀ for the segments whose keys/values are given.
-
-    total: P (B, H, d, d); seg_keys/seg_values (B, H, L, S', d), or None for ablation IV (C = P).
-    Without a clamp the product is linear, so X_σ = P Wᵀ - K_σᵀ (V_σ Wᵀ): s d² work per segment instead
-    of s d² + d³ (the d x d x d product per segment dominates at small s). With a clamp (BART) P_σ must
-    exist before W applies. ``total_w`` = P Wᵀ if the caller keeps it (a decoder computes it once).
-    Returns (B, H, L, d, d), or (B, H, d, d) when seg_keys is None.
+    X_l = inputs_l, or X_l = base - inputs_l when base (B, H, d, d) is given: the split that
+    ``raf_input_parts`` returns, so X is never materialised. The same maths as L calls of ``raf_step``
+    (``reference.raf_scan_loop`` is that loop; tests hold this one to it, gradients included), with a
+    hand-written backward: autograd over the loop would record ~30 small kernels per step.
     """
+    if base is None:
+        return _RAFScan.apply(torch.zeros_like(inputs[:, :, 0]), -inputs, leak, threshold)
+    return _RAFScan.apply(base, inputs, leak, threshold)
+
+
+class _RAFScan(torch.autograd.Function):
+    """The RAF scan over X_l = base - parts_l with a hand-written backward. With a_l = λ U_{l-1} + X_l
+    (the membrane before firing), spike s_l = [a_l > θ] and pass p_l = [R_l > 0]:
+
+        forward    R_l = ReLU((a_l - θ) / θ),  U_l = a_l - θ s_l
+        backward   h_l = dR_l p_l + λ h_{l+1}  (h = θ dA = θ dX),  d parts_l = -h_l / θ,  d base = Σ h_l / θ
+                   dλ = Σ_l dA_{l+1} U_l,  dθ = -Σ_l dR_l p_l a_l / θ² - λ Σ_l dA_{l+1} s_l
+
+    X is never stored whole. Both loops touch one (B, H, d, d) step at a time, which stays in cache."""
+
+    @staticmethod
+    def forward(ctx, base, parts, leak, threshold):
+        lam, theta = float(leak), float(threshold)
+        steps = parts.shape[2]
+        before_fire = parts.new_empty((steps,) + base.shape)  # a_l  (L, B, H, d, d): a step is contiguous
+        spikes = torch.empty_like(before_fire)                  # s_l in {0, 1}
+        fired = torch.empty_like(parts, memory_format=torch.contiguous_format)  # R (B, H, L, d, d)
+        membrane = torch.zeros_like(base)
+        for step in range(steps):
+            a = torch.sub(base, parts[:, :, step], out=before_fire[step]).add_(membrane, alpha=lam)
+            over = a - theta
+            torch.div(over, theta, out=fired[:, :, step]).relu_()
+            spiked = torch.sign(over.relu_(), out=spikes[step])
+            membrane = torch.add(a, spiked, alpha=-theta)
+        ctx.save_for_backward(before_fire, spikes, fired, leak, threshold)
+        return fired
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        before_fire, spikes, fired, leak, threshold = ctx.saved_tensors
+        lam, theta = float(leak), float(threshold)
+        steps = before_fire.shape[0]
+        grad_parts = torch.empty_like(fired)
+        grad_base = torch.zeros_like(before_fire[0])            # Σ h_l
+        dots = before_fire.new_zeros(3, steps)                  # per step: p dR . a, h' . s, h' . a
+        h = torch.zeros_like(before_fire[0])                    # h_{l+1} while step l is processed
+        for step in range(steps - 1, -1, -1):
+            a, flat_h = before_fire[step].flatten(), h.flatten()
+            local = grad_out[:, :, step] * torch.sign(fired[:, :, step])
+            torch.vdot(local.flatten(), a, out=dots[0, step])
+            torch.vdot(flat_h, spikes[step].flatten(), out=dots[1, step])
+            torch.vdot(flat_h, a, out=dots[2, step])
+            h = torch.add(local, h, alpha=lam)
+            grad_base.add_(h)
+            torch.div(h, -theta, out=grad_parts[:, :, step])
+        fire_dot, h_dot_spike, h_dot_before = dots.sum(1)
+        grad_leak = (h_dot_before - theta * h_dot_spike) / theta   # Σ dA_{l+1} (a_l - θ s_l)
+        grad_threshold = -fire_dot / theta**2 - lam * h_dot_spike / theta
+        return (grad_base.div_(theta), grad_parts, grad_leak.to(leak.dtype).reshape(leak.shape),
+                grad_threshold.to(threshold.dtype).reshape(threshold.shape))
+
+
+def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
+                    weight: torch.Tensor, clamp: float | None, total_w: torch.Tensor | None = None):
+    """X_σ = C_σ Wᵀ = (P - P_σ) Wᵀ split as (base, parts): X_σ = base - parts_σ, both products linear in W.
+
+    total: P (B, H, d, d); seg_keys/seg_values (B, H, L, S', d), or None for ablation IV (C = P: parts
+    None). Without a clamp parts_σ = K_σᵀ (V_σ Wᵀ): s d² work per segment instead of s d² + d³ (the
+    d x d x d product per segment dominates at small s). With a clamp (BART) P and P_σ are clamped first,
+    so parts_σ = clamp(P_σ) Wᵀ. ``total_w`` = base if the caller keeps it (a decoder computes it once).
+    Returns base (B, H, d, d) and parts (B, H, L, d, d) or None.
+    """
+    w_t = weight.float().t()
+    if total_w is None:
+        total_w = torch.matmul(total if clamp is None else total.clamp(-clamp, clamp), w_t)
     if seg_keys is None:
-        return raf_input(complement(total, None, clamp), weight)
+        return total_w, None
     if clamp is None:
-        w_t = weight.float().t()
-        total_w = torch.matmul(total, w_t) if total_w is None else total_w
-        return total_w[:, :, None] - kv_product(seg_keys, torch.matmul(seg_values.float(), w_t))
-    return raf_input(complement(total, kv_product(seg_keys, seg_values), clamp), weight)
+        return total_w, kv_product(seg_keys, torch.matmul(seg_values.float(), w_t))
+    return total_w, torch.matmul(kv_product(seg_keys, seg_values).clamp(-clamp, clamp), w_t)
 
 
 def recurrent_output(query: torch.Tensor, recurrent: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:

@@ -78,6 +78,20 @@ def _one_head(q, k, v, settings, weight, leak, threshold):
     return torch.stack(rows)
 
 
+def raf_scan_loop(inputs, leak, threshold):
+    """The RAF over a sequence, one ``raf_step`` per segment under autograd: (B, H, L, d, d) -> R.
+
+    The plain version of ``ops.raf_scan`` (whose backward is written by hand); tests compare the two,
+    outputs and gradients with respect to X, λ and θ."""
+    U = torch.zeros_like(inputs[:, :, 0])
+    outputs = []
+    for l in range(inputs.shape[2]):
+        U = leak * U + inputs[:, :, l]
+        outputs.append(torch.clamp(U / threshold - 1, min=0))
+        U = U - threshold * (U > threshold).to(U.dtype).detach()
+    return torch.stack(outputs, dim=2)
+
+
 def _softmax_attend(q, k, v):
     weights = torch.softmax(k @ q, dim=0)
     return weights @ v
