@@ -82,7 +82,8 @@ class SharedStateDecoder:
         states = {}
         for layer in model.modules():
             if isinstance(layer, SRformerCrossAttention):
-                states[layer.layer_idx] = layer.start_decoding(self.encoder_states, key_valid, rows_per_example)
+                states[layer.layer_idx] = layer.start_decoding(self.encoder_states, key_valid, rows_per_example,
+                                                               shared=states)
         setattr(self.cache, STATE_ATTRIBUTE, states)
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -262,7 +262,7 @@ def raf_steps(shape: CostShape, schedule_length: int | None = None) -> int:
 
 
 def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int | None = None, *,
-                           clamp: bool = False) -> dict[str, int]:
+                           clamp: bool = False, decode: bool = False) -> dict[str, int]:
     """Every matrix product the variant computes, in FLOPs (2 per multiply-accumulate), per head-layer,
     the way srsum's engine computes them.
 
@@ -278,7 +278,10 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
 
     The paper's table keeps only n d² of all this; SPEC's left-out W term (M d³) is what the clamp
     path pays and the linear path avoids. The teacher-forced pass and m decode steps do the same
-    products (the decoder computes P, ν and P·Wᵀ once, at its first step).
+    products (the decoder computes P, ν and P·Wᵀ once, at its first step), except that with
+    ``decode`` P comes from the encoder rows' Gram matrix [E 1]ᵀ[E 1] (2 n D² once per example for
+    all heads and layers, shown here per head-layer; D = heads x d) and W_k·G·W_vᵀ per head, instead
+    of from n projected keys (the decoder projects only the segments it visits).
     """
     _check_variant(variant)
     n, m, s, d = shape.n, shape.m, shape.local_keys, shape.head_dim
@@ -287,7 +290,14 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
     if variant != "srformer":
         return products
     steps = raf_steps(shape, schedule_length)
-    products["P=Kᵀ·V"] = 2 * shape.segments * s * d * d
+    if decode:
+        width = shape.heads * d  # D
+        rows = shape.segments * s if shape.segments > 1 else n  # the zero-padded rows of the Gram matrix
+        products["G=[E 1]ᵀ·[E 1]"] = 2 * rows * width * width // (shape.heads * shape.layers)
+        products["W_k·G"] = 2 * d * (width + 1) ** 2
+        products["P=(W_k·G)·W_vᵀ"] = 2 * d * d * (width + 1)
+    else:
+        products["P=Kᵀ·V"] = 2 * shape.segments * s * d * d
     products["q·R"] = 2 * m * d * d
     if clamp:
         products["P_σ=K_σᵀ·V_σ"] = 2 * steps * s * d * d
@@ -1109,7 +1119,7 @@ def analytic_profile(variant: str, shape: CostShape, schedule_length: int | None
         left_out=left_out_terms(variant, shape),
         values_read_per_step=decode_values_read(variant, shape),
         products=analytic_product_flops(variant, shape, schedule_length, clamp=clamp),
-        decode_products=analytic_product_flops(variant, shape, schedule_length, clamp=clamp),
+        decode_products=analytic_product_flops(variant, shape, schedule_length, clamp=clamp, decode=True),
     )
 
 

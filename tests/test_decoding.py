@@ -34,7 +34,7 @@ def test_beams_share_one_state_per_example():
     ids, mask = padded_batch("t5", lengths=(40, 29))
     decoder = SharedStateDecoder(model, ids, mask, rows_per_example=4)
     state = getattr(decoder.cache, STATE_ATTRIBUTE)[0]
-    assert state.seg.keys.shape[0] == 2 and state.membrane.shape[0] == 2  # per example, not per beam
+    assert state.segments.seg.keys.shape[0] == 2 and state.membrane.shape[0] == 2  # per example, not per beam
     logits = decoder.logits(torch.zeros(8, 1, dtype=torch.long))
     assert logits.shape[0] == 8
     torch.testing.assert_close(logits[0], logits[3])  # identical beams of one example agree

@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import srsum
 from srsum.engine import VARIANTS, SRformerCrossAttention, convert, count_srformer_parameters, load_model
 from srsum.engine import ops
-from srsum.engine.attention import STATE_ATTRIBUTE, DecodeState, parallel_attention
+from srsum.engine.attention import (ENCODER_ROWS, STATE_ATTRIBUTE, DecodeState, EncoderRows, EncoderSegments, ProjectedSegments,
+                                    parallel_attention)
 from srsum.engine.reference import raf_scan_loop, reference_cross_attention
 from srsum.errors import SrsumError
 
@@ -260,15 +261,19 @@ def test_raf_step_threshold_below_zero_follows_the_formula():
     torch.testing.assert_close(membrane, x - theta * (x > theta).float())
 
 
+@pytest.mark.parametrize("reader", ["keys", "encoder"])
 @pytest.mark.parametrize("variant", ["srformer", "segmented", "xl", "global"])
-def test_decode_step_work_does_not_grow_with_n(variant):
+def test_decode_step_work_does_not_grow_with_n(variant, reader):
     # G = 1: both lengths change segment exactly once in the measured steps (t = 1), so the same work
     model = excite(convert(tiny_model("t5"), variant, seg_size=8, schedule_length=1))
     layer = cross_layers(model)[0]
 
     def step_flops(n):
-        keys = torch.randn(1, layer.n_heads, n, layer.head_dim)
-        state = DecodeState(layer, keys, torch.randn(keys.shape), None, 1)
+        if reader == "keys":  # a state over projected keys/values
+            keys = torch.randn(1, layer.n_heads, n, layer.head_dim)
+            state = DecodeState(layer, keys, torch.randn(keys.shape), None, 1)
+        else:  # the state generation uses: encoder rows, projected per segment
+            state = layer.start_decoding(torch.randn(1, n, model.config.d_model), None)
         query = torch.randn(1, layer.n_heads, 1, layer.head_dim)
         with torch.no_grad():
             state.attend(layer, query)
@@ -281,6 +286,64 @@ def test_decode_step_work_does_not_grow_with_n(variant):
         assert step_flops(64) < step_flops(4096)
     else:
         assert step_flops(64) == step_flops(4096) > 0
+
+
+def _linear_products(layer, encoder, key_valid):
+    keys, values = layer._keys_values(encoder)
+    return ProjectedSegments(keys, values, key_valid, layer.settings).products()
+
+
+@pytest.mark.parametrize("plain_linear", [True, False])
+def test_products_from_encoder_rows_equal_projected_keys(family, plain_linear):
+    """P and ν from the rows' Gram matrix (or chunked projection) equal those of the projected keys,
+    with BART's biases and with left and right padding (padding rows must add nothing)."""
+    model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
+    layer = cross_layers(model)[0]
+    if not plain_linear:  # an adapter-like wrapper: not an nn.Linear, so no weight to read
+        name = layer.projection_names[1]
+        setattr(layer, name, torch.nn.Sequential(getattr(layer, name)))
+    gen = torch.Generator().manual_seed(5)
+    encoder = torch.randn(3, 37, model.config.d_model, generator=gen)
+    key_valid = torch.ones(3, 37, dtype=torch.bool)
+    key_valid[1, 25:] = False
+    key_valid[2, :6] = False
+    with torch.no_grad():
+        expected = _linear_products(layer, encoder, key_valid)
+        rows = EncoderRows(encoder, key_valid, layer.settings.seg_size)
+        got = EncoderSegments(layer, rows).products()
+    assert (layer.linear_weight(1) is not None) == plain_linear
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _tensors_held(obj, seen=None):
+    """Every tensor reachable from obj's attributes (modules excluded), each once."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, torch.nn.Module):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    children = obj if isinstance(obj, (list, tuple)) else obj.values() if isinstance(obj, dict) else \
+        vars(obj).values() if hasattr(obj, "__dict__") else []
+    return [t for child in children for t in _tensors_held(child, seen)]
+
+
+def test_decode_state_holds_nothing_n_long():
+    """Beyond the encoder rows all layers share, a layer's decoding state is the same size at any n:
+    no projected keys or values of the whole input are kept."""
+    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
+    layer = cross_layers(model)[0]
+
+    def state_numel(n):
+        shared = {}
+        state = layer.start_decoding(torch.randn(2, n, model.config.d_model), None, 1, shared)
+        with torch.no_grad():
+            state.attend(layer, torch.randn(2, layer.n_heads, 1, layer.head_dim))
+        rows = {id(t) for t in _tensors_held(shared[ENCODER_ROWS])}
+        return sum(t.numel() for t in _tensors_held(state) if id(t) not in rows)
+
+    assert state_numel(64) == state_numel(4096) > 0
 
 
 def test_decode_state_memory_does_not_grow_with_steps():

@@ -17,6 +17,7 @@ from . import ops
 from .settings import SRformerSettings
 
 STATE_ATTRIBUTE = "srformer_states"  # where decoding states live on a transformers cache object
+ENCODER_ROWS = "encoder_rows"  # the key, in that dict of states, of the rows every layer shares
 _WARNED_UNVISITED: set = set()
 
 
@@ -32,6 +33,86 @@ def warn_if_segments_unvisited(settings: SRformerSettings, seg: ops.SegmentedKey
                       f"locally (use seg_size >= {-(-n_max // settings.schedule_length)})", stacklevel=3)
 
 
+# --------------------------------------------------------------------------- segment readers
+class ProjectedSegments:
+    """Reads segments of keys and values that were all projected up front: (B, H, n, d) each."""
+
+    def __init__(self, keys, values, key_valid, settings: SRformerSettings):
+        self.seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
+        self.globals = ops.global_tokens(self.seg) if settings.attention == "global" else None
+
+    def context(self, variant: str, segment_index: torch.Tensor):
+        """(B, L) -> keys, values (B, H, L, k, d), valid (B, 1, L, 1, k): what each group attends to."""
+        return ops.segment_context(self.seg, variant, segment_index, self.globals)
+
+    def products(self):
+        """P = Kᵀ V (B, H, d, d) and ν (B, H, d)."""
+        return ops.kv_product(self.seg.keys, self.seg.values), ops.key_norm(self.seg.keys)
+
+
+class EncoderRows:
+    """The encoder output cut into segments once for every layer, with its Gram matrix (computed when
+    the first layer asks for it): (B, n, D) rows, key_valid (B, n) or None."""
+
+    def __init__(self, encoder_states: torch.Tensor, key_valid, seg_size: int):
+        rows = encoder_states[:, None]  # (B, 1, n, D): one "head" of width D
+        self.seg = ops.segment_keys(rows, rows, key_valid, seg_size)
+        self._gram = None
+
+    @property
+    def gram(self) -> torch.Tensor:  # (B, D+1, D+1)
+        if self._gram is None:
+            self._gram = ops.row_gram(self.seg.keys, self.seg.lengths)
+        return self._gram
+
+
+class EncoderSegments:
+    """Reads segments by projecting their encoder rows when the decoder reaches them.
+
+    A decoder visits at most G segments, so this projects at most G*s rows instead of all n, holds no
+    n-long keys or values, and takes P and ν from the rows' Gram matrix: D³ work per layer instead of
+    the 2 n D² of projecting every key and value (layers whose projections are not plain ``nn.Linear``
+    project the rows a chunk at a time instead)."""
+
+    def __init__(self, layer: "SRformerCrossAttention", rows: EncoderRows):
+        self.layer, self.rows, self.seg = layer, rows, rows.seg
+        self.globals = None
+        if layer.settings.attention == "global":  # project each segment's mean row once (linear: = mean key)
+            mean_rows, _, real = ops.global_tokens(self.seg)  # (B, 1, M, D)
+            self.globals = (self._project(layer.key_proj, mean_rows), self._project(layer.value_proj, mean_rows),
+                            real)
+
+    def _project(self, projection, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows (B, 1, ..., D) -> (B, H, ..., d); rows where ``valid`` (B, 1, ..., 1) is False become zero."""
+        out = projection(rows[:, 0])
+        out = out.view(*out.shape[:-1], self.layer.n_heads, self.layer.head_dim).movedim(-2, 1)
+        return out if valid is None else out * valid.to(out.dtype)
+
+    def context(self, variant: str, segment_index: torch.Tensor):
+        """As ``ProjectedSegments.context``."""
+        rows, _, valid = ops.segment_context(self.seg, "segmented" if variant == "global" else variant,
+                                             segment_index)  # rows (B, 1, L, k, D), valid (B, 1, L, 1, k)
+        row_valid = valid.transpose(-1, -2)  # (B, 1, L, k, 1): padding rows give zero keys, even with a bias
+        keys = self._project(self.layer.key_proj, rows, row_valid)
+        values = self._project(self.layer.value_proj, rows, row_valid)
+        if variant == "global":
+            return ops.with_global_tokens(keys, values, valid[:, :, :, 0], self.globals)
+        return keys, values, valid
+
+    def products(self):
+        """P = Kᵀ V (B, H, d, d) and ν (B, H, d), from the Gram matrix when the projections are linear."""
+        key_weight, value_weight = self.layer.linear_weight(1), self.layer.linear_weight(2)
+        if key_weight is not None and value_weight is not None:
+            return ops.products_from_gram(self.rows.gram, key_weight, value_weight, self.layer.n_heads)
+        total = squares = 0.0
+        row_valid = self.seg.key_valid[:, None, :, None]  # (B, 1, n', 1)
+        for rows, valid in zip(self.seg.keys.split(ops.KV_CHUNK, 2), row_valid.split(ops.KV_CHUNK, 2)):
+            keys = self._project(self.layer.key_proj, rows, valid)  # (B, H, chunk, d)
+            total = total + ops.kv_product(keys, self._project(self.layer.value_proj, rows, valid))
+            squares = squares + keys.float().square().sum(2)
+        return total, squares.sqrt() + ops.NORM_EPS
+
+
 # --------------------------------------------------------------------------- decoding state
 class DecodeState:
     """What one layer keeps between decode steps (SPEC section 8).
@@ -39,9 +120,13 @@ class DecodeState:
     Built once from the encoder output (the only work that grows with n); afterwards a step reads one
     segment (s x d) and one d x d matrix per head. Held once per *example*: the ``rows_per_example``
     query rows of an example (its beams) share it, since R never depends on generated tokens.
+    Full attention keeps the projected keys/values (B, H, n, d); the other variants read segments
+    through ``segments`` (``EncoderSegments`` from ``start_decoding``), or through a
+    ``ProjectedSegments`` over the given keys/values.
     """
 
-    def __init__(self, layer: "SRformerCrossAttention", keys, values, key_valid, rows_per_example: int):
+    def __init__(self, layer: "SRformerCrossAttention", keys, values, key_valid, rows_per_example: int,
+                 segments: "ProjectedSegments | EncoderSegments | None" = None):
         settings = layer.settings
         self.settings = settings
         self.rows_per_example = rows_per_example
@@ -53,16 +138,17 @@ class DecodeState:
             if bool((~self.key_valid).all(-1).any()):
                 raise ValueError("encoder input is empty after masking (n = 0)")
             return
-        self.seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
-        warn_if_segments_unvisited(settings, self.seg)
-        self.n_segments = self.seg.n_segments.tolist()  # host copy: the schedule is computed on the host
+        self.segments = segments or ProjectedSegments(keys, values, key_valid, settings)
+        seg = self.segments.seg
+        warn_if_segments_unvisited(settings, seg)
+        self.device = seg.keys.device
+        self.n_segments = seg.n_segments.tolist()  # host copy: the schedule is computed on the host
         self.segment = [-1] * len(self.n_segments)  # σ of the last position entered
         self.segment_index = None  # the same as a (B, 1) device tensor
         self.context = None  # keys, values, validity the current segment attends locally
-        self.globals = ops.global_tokens(self.seg) if settings.attention == "global" else None
         if settings.has_recurrent:
-            self.kv_total = ops.kv_product(self.seg.keys, self.seg.values)  # P: (B, H, d, d)
-            self.norm = None if settings.attention == "no_norm" else ops.key_norm(self.seg.keys)  # ν: (B, H, d)
+            self.kv_total, norm = self.segments.products()  # P: (B, H, d, d), ν: (B, H, d)
+            self.norm = None if settings.attention == "no_norm" else norm
             self.total_w = None  # P Wᵀ (clamped P for BART), computed at the first RAF step
             self.membrane = torch.zeros_like(self.kv_total)  # U
             self.recurrent = torch.zeros_like(self.kv_total)  # R of the current segment
@@ -81,22 +167,20 @@ class DecodeState:
         changed = [a != b for a, b in zip(new, self.segment)]
         if not any(changed):
             return
-        device = self.seg.keys.device
         self.segment = new
-        self.segment_index = torch.tensor(new, device=device)[:, None]  # (B, 1)
+        self.segment_index = torch.tensor(new, device=self.device)[:, None]  # (B, 1)
         if self.settings.has_local:  # read the segment once per change, reuse it until σ moves on
-            self.context = ops.segment_context(self.seg, self.settings.attention, self.segment_index, self.globals)
+            self.context = self.segments.context(self.settings.attention, self.segment_index)
         if self.settings.has_recurrent:
-            self._step_recurrent(layer, torch.tensor(changed, device=device))
+            self._step_recurrent(layer, None if all(changed) else torch.tensor(changed, device=self.device))
 
-    def _step_recurrent(self, layer: "SRformerCrossAttention", changed: torch.Tensor) -> None:
-        seg = self.seg
+    def _step_recurrent(self, layer: "SRformerCrossAttention", changed: torch.Tensor | None) -> None:
+        """Step the RAF of the examples whose segment changed ((B,) bool, or None for all of them)."""
         keys = values = None
-        if self.settings.attention != "full_product" and self.settings.has_local:
-            keys, values = self.context[:2]  # the own segment (recurrent variants attend no other keys)
-        elif self.settings.attention != "full_product":
-            keys = ops.gather_segments(seg.segment_view(seg.keys), self.segment_index)  # (B, H, 1, S', d)
-            values = ops.gather_segments(seg.segment_view(seg.values), self.segment_index)
+        if self.settings.attention != "full_product":  # recurrent variants attend only their own segment
+            context = self.context if self.settings.has_local else self.segments.context("segmented",
+                                                                                         self.segment_index)
+            keys, values = context[:2]  # (B, H, 1, S', d)
         self.total_w, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight,
                                                   self.settings.clamp, self.total_w)  # P Wᵀ: computed once
         x = self.total_w if parts is None else self.total_w - parts[:, :, 0]  # X_σ (B, H, d, d)
@@ -104,9 +188,12 @@ class DecodeState:
             membrane, fired = ops.raf_step(self.membrane, x, layer.raf_leak.float(), layer.raf_threshold.float())
         else:
             membrane, fired = self.membrane, x
-        keep = changed[:, None, None, None]
-        self.membrane = torch.where(keep, membrane, self.membrane)
-        self.recurrent = torch.where(keep, fired, self.recurrent)
+        if changed is None:
+            self.membrane, self.recurrent = membrane, fired
+        else:
+            keep = changed[:, None, None, None]
+            self.membrane = torch.where(keep, membrane, self.membrane)
+            self.recurrent = torch.where(keep, fired, self.recurrent)
 
     def attend(self, layer: "SRformerCrossAttention", query: torch.Tensor) -> torch.Tensor:
         """One decoder position: query (B, H, k, d) scaled, k = rows per example -> (B, H, k, d) float32."""
@@ -220,6 +307,15 @@ class SRformerCrossAttention(nn.Module):
     def output_proj(self, x):
         return getattr(self, self.projection_names[3])(x)
 
+    def linear_weight(self, which: int) -> torch.Tensor | None:
+        """[W b] (out, in + 1) of projection ``which`` (0 q, 1 k, 2 v, 3 o) when it is a plain
+        ``nn.Linear`` (b = 0 without a bias); None for anything else (quantised, adapters, ...)."""
+        module = getattr(self, self.projection_names[which])
+        if type(module) is not nn.Linear:
+            return None
+        bias = module.bias if module.bias is not None else module.weight.new_zeros(module.weight.shape[0])
+        return torch.cat([module.weight, bias[:, None]], dim=1)
+
     # ---- shared forward
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, H*d) -> (B, H, T, d)."""
@@ -243,10 +339,10 @@ class SRformerCrossAttention(nn.Module):
             if states is None or (steps > 1 and rows_per_example == 1):  # teacher forcing or a prefill
                 out = self._parallel(query, encoder_states, key_valid)
                 if states is not None:
-                    state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, 1)
+                    state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, 1, states)
                     state.skip_to(self, steps)
                 return self.output_proj(self._merge(out, hidden_states.dtype))
-            state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, rows_per_example)
+            state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, rows_per_example, states)
         out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(steps)], dim=2)
         return self.output_proj(self._merge(out, hidden_states.dtype))
 
@@ -263,11 +359,20 @@ class SRformerCrossAttention(nn.Module):
             raise SrsumError(str(error)) from None
 
     def start_decoding(self, encoder_states: torch.Tensor, key_valid: torch.Tensor | None,
-                       rows_per_example: int = 1) -> DecodeState:
-        """A decoding state for this layer from the encoder output (B, n, D), held once per example."""
-        keys, values = self._keys_values(encoder_states)
+                       rows_per_example: int = 1, shared: dict | None = None) -> DecodeState:
+        """A decoding state for this layer from the encoder output (B, n, D), held once per example.
+
+        ``shared`` (a dict that lives as long as the decoding, the same for every layer) keeps the
+        segmented encoder rows and their Gram matrix, so they are made once for all layers."""
         try:
-            return DecodeState(self, keys, values, key_valid, rows_per_example)
+            if self.settings.attention == "full":
+                keys, values = self._keys_values(encoder_states)
+                return DecodeState(self, keys, values, key_valid, rows_per_example)
+            shared = {} if shared is None else shared
+            rows = shared.get(ENCODER_ROWS)
+            if rows is None:
+                rows = shared[ENCODER_ROWS] = EncoderRows(encoder_states, key_valid, self.settings.seg_size)
+            return DecodeState(self, None, None, key_valid, rows_per_example, EncoderSegments(self, rows))
         except ValueError as error:
             raise SrsumError(str(error)) from None
 

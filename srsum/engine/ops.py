@@ -45,7 +45,8 @@ def segment_keys(keys: torch.Tensor, values: torch.Tensor, key_valid: torch.Tens
                  seg_size: int) -> SegmentedKeys:
     """Move each example's real keys to the front (left padding allowed) and pad to whole segments.
 
-    keys, values: (B, H, n, d); key_valid: (B, n) bool or None (all real).
+    keys, values: (B, H, n, d); key_valid: (B, n) bool or None (all real). Pass ``values=keys`` to
+    segment one tensor (say encoder rows, H = 1): it is then copied once and returned as both.
     Raises ValueError when an example has no real key: attention over nothing is undefined.
     """
     batch, _, n_keys, _ = keys.shape
@@ -60,18 +61,22 @@ def segment_keys(keys: torch.Tensor, values: torch.Tensor, key_valid: torch.Tens
     if not torch.equal(prefix, key_valid):  # left padding or holes: stable-sort real keys first
         order = torch.argsort((~key_valid).to(torch.int8), dim=-1, stable=True)
         index = order[:, None, :, None].expand_as(keys)
-        keys, values = keys.gather(2, index), values.gather(2, index)
+        keys, values = keys.gather(2, index), (None if values is keys else values.gather(2, index))
+        values = keys if values is None else values
     n_max = int(lengths.max())
     n_segments = (lengths + seg_size - 1) // seg_size
     max_segments = int(n_segments.max())
     seg_len = seg_size if max_segments > 1 else n_max
     total = max_segments * seg_len
-    keys, values = _fit_length(keys, total), _fit_length(values, total)
+    same = values is keys  # encoder rows segmented once (``values`` is ``keys``)
+    keys = _fit_length(keys, total)
+    values = keys if same else _fit_length(values, total)
     valid = torch.arange(total, device=keys.device)[None, :] < lengths[:, None]
     keep = valid[:, None, :, None].to(keys.dtype)
     # contiguous (B, H, n, d): a decode step then reads each segment as one block
-    return SegmentedKeys((keys * keep).contiguous(), (values * keep).contiguous(), valid, lengths, n_segments,
-                         seg_len)
+    keys_out = (keys * keep).contiguous()
+    values_out = keys_out if values is keys else (values * keep).contiguous()
+    return SegmentedKeys(keys_out, values_out, valid, lengths, n_segments, seg_len)
 
 
 def _fit_length(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -170,12 +175,19 @@ def segment_context(seg: SegmentedKeys, variant: str, segment_index: torch.Tenso
         own_v = torch.cat([gather_segments(values, previous), own_v], dim=3)
         own_valid = torch.cat([prev_valid, own_valid], dim=3)
     elif variant == "global":
-        glob_k, glob_v, glob_valid = globals_ if globals_ is not None else global_tokens(seg)
-        n_groups = segment_index.shape[1]
-        own_k = torch.cat([own_k, glob_k[:, :, None].expand(-1, -1, n_groups, -1, -1)], dim=3)
-        own_v = torch.cat([own_v, glob_v[:, :, None].expand(-1, -1, n_groups, -1, -1)], dim=3)
-        own_valid = torch.cat([own_valid, glob_valid[:, None, None, :].expand(-1, 1, n_groups, -1)], dim=3)
+        return with_global_tokens(own_k, own_v, own_valid, globals_ if globals_ is not None else global_tokens(seg))
     return own_k, own_v, own_valid[:, :, :, None, :]
+
+
+def with_global_tokens(keys, values, valid, globals_):
+    """Append the global tokens to every group's segment: keys/values (B, H, L, S', d), valid (B, 1, L, S')
+    and globals (B, H, M, d) x2, (B, M) -> keys/values (B, H, L, S' + M, d), valid (B, 1, L, 1, S' + M)."""
+    glob_k, glob_v, glob_valid = globals_
+    n_groups = keys.shape[2]
+    keys = torch.cat([keys, glob_k[:, :, None].expand(-1, -1, n_groups, -1, -1)], dim=3)
+    values = torch.cat([values, glob_v[:, :, None].expand(-1, -1, n_groups, -1, -1)], dim=3)
+    valid = torch.cat([valid, glob_valid[:, None, None, :].expand(-1, 1, n_groups, -1)], dim=3)
+    return keys, values, valid[:, :, :, None, :]
 
 
 def global_tokens(seg: SegmentedKeys):
@@ -209,6 +221,33 @@ def kv_product(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 def key_norm(keys: torch.Tensor) -> torch.Tensor:
     """ν[c] = ||K[:, c]||₂ over the real keys (padding rows are zero) + eps: (B, H, n, d) -> (B, H, d)."""
     return torch.linalg.vector_norm(keys, dim=2, dtype=torch.float32) + NORM_EPS
+
+
+def row_gram(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[E 1]ᵀ [E 1] over each example's real rows, float32: rows (B, 1, n, D) zero padded -> (B, D+1, D+1).
+
+    The keys and values of any linear projection are K = [E 1] [W_k b_k]ᵀ, so P = Kᵀ V and ν follow
+    from this one matrix for every layer (``products_from_gram``) without projecting the n rows."""
+    gram = kv_product(rows, rows)[:, 0]  # (B, D, D)
+    column_sum = rows.sum(2, dtype=torch.float32)[:, 0]  # (B, D)
+    count = lengths.to(torch.float32)[:, None, None]
+    top = torch.cat([gram, column_sum[:, :, None]], dim=2)
+    bottom = torch.cat([column_sum[:, None, :], count], dim=2)
+    return torch.cat([top, bottom], dim=1)
+
+
+def products_from_gram(gram: torch.Tensor, key_weight: torch.Tensor, value_weight: torch.Tensor, n_heads: int):
+    """P = Kᵀ V and ν = ||K[:, c]||₂ (+ eps) per head from the rows' Gram matrix.
+
+    gram (B, D+1, D+1); key_weight/value_weight (H*d, D+1): a projection's weight with its bias as the
+    last column -> P (B, H, d, d), ν (B, H, d). D³ work per layer instead of 2 n D² for projecting."""
+    hd = key_weight.shape[0]
+    wk = key_weight.float().view(n_heads, hd // n_heads, -1)  # (H, d, D+1)
+    wv = value_weight.float().view(n_heads, hd // n_heads, -1)
+    weighted = torch.matmul(wk, gram[:, None])  # W_k G: (B, H, d, D+1)
+    total = torch.matmul(weighted, wv.transpose(-1, -2))  # (B, H, d, d)
+    norm = (weighted * wk).sum(-1).clamp(min=0).sqrt() + NORM_EPS  # sqrt(diag(W_k G W_kᵀ))
+    return total, norm
 
 
 # --------------------------------------------------------------------------- the RAF neuron
