@@ -1083,6 +1083,8 @@ def _counted_rows(report: ProfileReport) -> list[ReportRow]:
                   _per_variant(report, lambda p: _counted(p.counted_decode, "other"))),
         ReportRow(section, "q/k/v/o projections, teacher-forced", "FLOP",
                   _per_variant(report, lambda p: _counted(p.counted_teacher_forced, "projections"))),
+        ReportRow(section, "q/k/v/o projections, m decode steps", "FLOP",  # srsum projects only visited segments
+                  _per_variant(report, lambda p: _counted(p.counted_decode, "projections"))),
     ]
 
 

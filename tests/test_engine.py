@@ -87,8 +87,9 @@ def test_recurrent_branch_is_not_trivially_zero():
 
 # --------------------------------------------------------------------------- SPEC section 8 oracles
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_oracle1_teacher_forcing_equals_step_by_step(family, variant):
-    model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=12))
+@pytest.mark.parametrize("schedule_length", [12, 3])  # M <= G and M > G (the schedule skips segments)
+def test_oracle1_teacher_forcing_equals_step_by_step(family, variant, schedule_length):
+    model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=schedule_length))
     ids, mask = padded_batch(family, lengths=(40, 29, 17))
     sequences, step_logits = greedy_logits(model, ids, mask, steps=12)
     forced = teacher_logits(model, ids, mask, sequences[:, :12])
@@ -332,7 +333,7 @@ def _tensors_held(obj, seen=None):
 def test_decode_state_holds_nothing_n_long():
     """Beyond the encoder rows all layers share, a layer's decoding state is the same size at any n:
     no projected keys or values of the whole input are kept."""
-    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
+    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=4))  # M > G at both n
     layer = cross_layers(model)[0]
 
     def state_numel(n):

@@ -188,6 +188,19 @@ def test_bart_counts_match_analytic(tmp_path):
         assert _within(result.counted_decode.products, analytic), result.variant
 
 
+@pytest.mark.parametrize("tiny", [TINY_T5, TINY_BART])
+def test_decode_counts_match_analytic_when_segments_are_skipped(tmp_path, tiny):
+    """M > G: the decoder projects only the segments it visits and takes P from the Gram matrix."""
+    config = write_config(tmp_path, tiny)
+    report = profiling.profile(model=config, n=160, m=8, seg_size=8, bandwidth="100", measure=False,
+                               variants=("full", "srformer"))
+    srformer, full = report.variants["srformer"], report.variants["full"]
+    assert "W_k·G" in srformer.decode_products and "W_k·G" not in srformer.products
+    analytic = sum(srformer.decode_products.values()) * report.shape.decode_rows
+    assert _within(srformer.counted_decode.products, analytic)
+    assert srformer.counted_decode.projections < full.counted_decode.projections / 2  # 8 of 20 segments
+
+
 def test_checkpoint_folder_is_profiled_from_its_config(tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
 

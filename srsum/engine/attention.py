@@ -362,6 +362,10 @@ class SRformerCrossAttention(nn.Module):
                        rows_per_example: int = 1, shared: dict | None = None) -> DecodeState:
         """A decoding state for this layer from the encoder output (B, n, D), held once per example.
 
+        Full attention projects all keys and values now; the other variants read encoder rows a segment
+        at a time (``EncoderSegments``), so no n-long keys or values exist and a step's work is the same
+        at every n (even where the schedule reads every segment, and projecting all keys up front would
+        spare the first step the Gram matrix's D³ per layer).
         ``shared`` (a dict that lives as long as the decoding, the same for every layer) keeps the
         segmented encoder rows and their Gram matrix, so they are made once for all layers."""
         try:
