@@ -96,6 +96,19 @@ def test_oracle1_teacher_forcing_equals_step_by_step(family, variant, schedule_l
     torch.testing.assert_close(forced, step_logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("schedule_length", [12, 3])
+def test_oracle1_holds_in_bfloat16(family, schedule_length):
+    """bf16 models (what a GPU user runs): the decoder's state (Gram matrix, per-segment projections,
+    float32 products) agrees with teacher forcing up to bf16 rounding."""
+    model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=schedule_length))
+    model = model.to(torch.bfloat16)
+    ids, mask = padded_batch(family, lengths=(40, 29, 17))
+    sequences, step_logits = greedy_logits(model, ids, mask, steps=12)
+    forced = teacher_logits(model, ids, mask, sequences[:, :12]).float()
+    scale = forced.abs().max().item()
+    torch.testing.assert_close(forced, step_logits.float(), atol=0.03 * scale, rtol=0.0)
+
+
 @pytest.mark.parametrize("variant", ["srformer", "segmented", "xl", "global", "full"])
 def test_oracle2_alone_equals_in_padded_batch(family, variant):
     model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=12))
