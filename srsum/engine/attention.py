@@ -51,19 +51,27 @@ class ProjectedSegments:
 
 
 class EncoderRows:
-    """The encoder output cut into segments once for every layer, with its Gram matrix (computed when
-    the first layer asks for it): (B, n, D) rows, key_valid (B, n) or None."""
+    """The encoder output cut into segments once for every layer, with what every layer derives from
+    it the same way, computed when the first layer asks: the Gram matrix and each segment's mean row.
+    (B, n, D) rows, key_valid (B, n) or None."""
 
     def __init__(self, encoder_states: torch.Tensor, key_valid, seg_size: int):
         rows = encoder_states[:, None]  # (B, 1, n, D): one "head" of width D
         self.seg = ops.segment_keys(rows, rows, key_valid, seg_size)
-        self._gram = None
+        self._gram = self._mean_rows = None
 
     @property
     def gram(self) -> torch.Tensor:  # (B, D+1, D+1)
         if self._gram is None:
             self._gram = ops.row_gram(self.seg.keys, self.seg.lengths)
         return self._gram
+
+    @property
+    def mean_rows(self):  # (B, 1, M, D) mean real row of each segment, (B, M) which segments are real
+        if self._mean_rows is None:
+            mean, _, real = ops.global_tokens(self.seg)
+            self._mean_rows = (mean, real)
+        return self._mean_rows
 
 
 class EncoderSegments:
@@ -78,7 +86,7 @@ class EncoderSegments:
         self.layer, self.rows, self.seg = layer, rows, rows.seg
         self.globals = None
         if layer.settings.attention == "global":  # project each segment's mean row once (linear: = mean key)
-            mean_rows, _, real = ops.global_tokens(self.seg)  # (B, 1, M, D)
+            mean_rows, real = rows.mean_rows
             self.globals = (self._project(layer.key_proj, mean_rows), self._project(layer.value_proj, mean_rows),
                             real)
 

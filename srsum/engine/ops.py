@@ -58,24 +58,25 @@ def segment_keys(keys: torch.Tensor, values: torch.Tensor, key_valid: torch.Tens
         raise ValueError(f"encoder input is empty after masking (n = 0) for batch row(s) {empty}")
     positions = torch.arange(n_keys, device=keys.device)
     prefix = positions[None, :] < lengths[:, None]
+    order = None
     if not torch.equal(prefix, key_valid):  # left padding or holes: stable-sort real keys first
         order = torch.argsort((~key_valid).to(torch.int8), dim=-1, stable=True)
-        index = order[:, None, :, None].expand_as(keys)
-        keys, values = keys.gather(2, index), (None if values is keys else values.gather(2, index))
-        values = keys if values is None else values
     n_max = int(lengths.max())
     n_segments = (lengths + seg_size - 1) // seg_size
     max_segments = int(n_segments.max())
     seg_len = seg_size if max_segments > 1 else n_max
     total = max_segments * seg_len
-    same = values is keys  # encoder rows segmented once (``values`` is ``keys``)
-    keys = _fit_length(keys, total)
-    values = keys if same else _fit_length(values, total)
     valid = torch.arange(total, device=keys.device)[None, :] < lengths[:, None]
     keep = valid[:, None, :, None].to(keys.dtype)
-    # contiguous (B, H, n, d): a decode step then reads each segment as one block
-    keys_out = (keys * keep).contiguous()
-    values_out = keys_out if values is keys else (values * keep).contiguous()
+
+    def arrange(x: torch.Tensor) -> torch.Tensor:
+        if order is not None:
+            x = x.gather(2, order[:, None, :, None].expand_as(x))
+        # contiguous (B, H, n, d): a decode step then reads each segment as one block
+        return (_fit_length(x, total) * keep).contiguous()
+
+    keys_out = arrange(keys)
+    values_out = keys_out if values is keys else arrange(values)
     return SegmentedKeys(keys_out, values_out, valid, lengths, n_segments, seg_len)
 
 
@@ -164,19 +165,25 @@ def segment_context(seg: SegmentedKeys, variant: str, segment_index: torch.Tenso
     segment_index (B, L) -> keys/values (B, H, L, k, d), valid (B, 1, L, 1, k) where k is seg_len for
     segmented/srformer, 2*seg_len for xl (previous + own segment) and seg_len + M_max for global.
     """
-    keys, values = seg.segment_view(seg.keys), seg.segment_view(seg.values)
     valid = seg.key_valid.view(seg.key_valid.shape[0], 1, seg.max_segments, seg.seg_len)  # (B,1,M,S')
-    own_k, own_v = gather_segments(keys, segment_index), gather_segments(values, segment_index)
+    own_k, own_v = _gather_keys_values(seg, segment_index)
     own_valid = gather_segments(valid, segment_index)  # (B, 1, L, S')
     if variant == "xl":
         previous = (segment_index - 1).clamp(min=0)
         prev_valid = gather_segments(valid, previous) & (segment_index > 0)[:, None, :, None]
-        own_k = torch.cat([gather_segments(keys, previous), own_k], dim=3)
-        own_v = torch.cat([gather_segments(values, previous), own_v], dim=3)
+        prev_k, prev_v = _gather_keys_values(seg, previous)
+        own_k = torch.cat([prev_k, own_k], dim=3)
+        own_v = own_k if prev_v is prev_k else torch.cat([prev_v, own_v], dim=3)
         own_valid = torch.cat([prev_valid, own_valid], dim=3)
     elif variant == "global":
         return with_global_tokens(own_k, own_v, own_valid, globals_ if globals_ is not None else global_tokens(seg))
     return own_k, own_v, own_valid[:, :, :, None, :]
+
+
+def _gather_keys_values(seg: SegmentedKeys, segment_index: torch.Tensor):
+    """Keys and values of the given segments (B, H, L, S', d); one gather when they are one tensor."""
+    keys = gather_segments(seg.segment_view(seg.keys), segment_index)
+    return keys, (keys if seg.values is seg.keys else gather_segments(seg.segment_view(seg.values), segment_index))
 
 
 def with_global_tokens(keys, values, valid, globals_):
@@ -195,7 +202,7 @@ def global_tokens(seg: SegmentedKeys):
     valid = seg.key_valid.view(-1, 1, seg.max_segments, seg.seg_len, 1).to(seg.keys.dtype)
     count = valid.sum(3).clamp(min=1)  # (B, 1, M, 1)
     glob_k = seg.segment_view(seg.keys).sum(3) / count
-    glob_v = seg.segment_view(seg.values).sum(3) / count
+    glob_v = glob_k if seg.values is seg.keys else seg.segment_view(seg.values).sum(3) / count
     seg_ids = torch.arange(seg.max_segments, device=seg.keys.device)
     return glob_k, glob_v, seg_ids[None, :] < seg.n_segments[:, None]
 
