@@ -241,12 +241,12 @@ GENERATION_HELP = "Generation"
 
 
 def _generation(num_beams: int, max_length: int, min_length: int, length_penalty: float, no_repeat_ngram_size: int,
-                batch_size: int, max_source_length: Optional[int]):
+                batch_size: int, max_source_length: Optional[int], step: str = "auto"):
     from srsum.summarize import SummarizeSettings
 
     return SummarizeSettings(num_beams=num_beams, max_length=max_length, min_length=min_length,
                               length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                              batch_size=batch_size, max_source_length=max_source_length).validate()
+                              batch_size=batch_size, max_source_length=max_source_length, step=step).validate()
 
 
 ModelOption = typer.Option(None, "--model", "-m", help="An srsum checkpoint folder, a T5/BART model folder or a Hub "
@@ -261,6 +261,9 @@ NoRepeat = typer.Option(3, "--no-repeat-ngram-size", help="Never repeat an n-gra
 BatchSize = typer.Option(8, "--batch-size", help="Articles generated together.", rich_help_panel=GENERATION_HELP)
 MaxSource = typer.Option(None, "--max-source-length", help="Truncate articles to this many tokens (default: what "
                          "the checkpoint was trained with, else 1024).", rich_help_panel=GENERATION_HELP)
+StepOption = typer.Option("auto", "--step", help="How each decoder step runs: eager, compiled (torch.compile, "
+                          "one static graph; CUDA graphs on CUDA; the first batch pays the compile), or auto "
+                          "(compiled on CUDA, eager on CPU).", rich_help_panel=GENERATION_HELP)
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: cuda if available).")
 DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (not for T5).")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")
@@ -295,6 +298,7 @@ def summarize(
     no_repeat_ngram_size: int = NoRepeat,
     batch_size: int = BatchSize,
     max_source_length: Optional[int] = MaxSource,
+    step: str = StepOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON Lines {id, summary} instead of plain text."),
@@ -309,7 +313,7 @@ def summarize(
     reporter = RichReporter(quiet)
     with _handled(reporter):
         settings = _generation(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size, batch_size,
-                               max_source_length)
+                               max_source_length, step)
         if output is not None:
             from srsum.checkpoints import ensure_writable_dir
 
@@ -389,6 +393,7 @@ def evaluate(
     no_repeat_ngram_size: int = NoRepeat,
     batch_size: int = BatchSize,
     max_source_length: Optional[int] = MaxSource,
+    step: str = StepOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where predictions.jsonl and metrics.json go "
@@ -406,7 +411,7 @@ def evaluate(
     reporter = RichReporter(quiet)
     with _handled(reporter):
         settings = _generation(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size, batch_size,
-                               max_source_length)
+                               max_source_length, step)
         target = output_dir or default_eval_dir(model, baseline, dataset, split)
         metrics = run_evaluation(dataset, model=model, baseline=baseline, split=split, text_column=text_column,
                                  summary_column=summary_column, limit=limit, generation=settings, device=device,

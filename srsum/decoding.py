@@ -10,16 +10,20 @@ beam bookkeeping, length penalty, early stopping) so the tokens are the same.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
+import torch._dynamo.exc
+from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
-from .engine.attention import STATE_ATTRIBUTE, SRformerCrossAttention
+from .engine.attention import SRformerCrossAttention, decoding_states, held_tensors
 from .errors import SrsumError
 
 NEG_INF = float("-inf")
 DEAD = -1.0e9  # the score HF gives to beams that must not be chosen
+STEP_MODES = ("auto", "eager", "compiled")
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class GenerationSettings:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     early_stopping: bool | str | None = None  # True, False or "never" as in generate; None: the model's
+    step: str = "auto"  # how a decoder step runs: "eager", "compiled" (torch.compile), "auto" (compiled on CUDA)
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -44,6 +49,8 @@ class GenerationSettings:
             raise SrsumError(f"max_length ({self.max_new_tokens}) is below min_length ({self.min_new_tokens})")
         if self.no_repeat_ngram_size < 0:
             raise SrsumError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.step not in STEP_MODES:
+            raise SrsumError(f"step: must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
         return self
 
 
@@ -68,33 +75,121 @@ class SpecialTokens:
 
 
 # --------------------------------------------------------------------------- one decoder step
-class SharedStateDecoder:
-    """Runs the decoder one token at a time over ``rows_per_example`` query rows per example."""
+def compile_options(device: torch.device) -> dict:
+    """How ``torch.compile`` builds the step: one static-shape graph, replayed as a CUDA graph on CUDA."""
+    options = {"fullgraph": True, "dynamic": False}
+    if device.type == "cuda":
+        options["mode"] = "reduce-overhead"  # CUDA graphs
+    return options
 
-    def __init__(self, model, input_ids, attention_mask, rows_per_example: int, encoder_states=None):
+
+class SharedStateDecoder:
+    """Runs the decoder one token at a time over ``rows_per_example`` query rows per example.
+
+    Everything a step touches is allocated before the first step and then updated in place: the
+    decoder's self-attention cache is a ``StaticCache`` of ``max_steps`` positions, and each SRformer
+    layer's ``DecodeState`` (fixed size, whatever n and the step) is moved to the next position here, on
+    the host, before the step runs (``DecodeState.enter``: a segment read and a RAF step where the
+    schedule changes segment). The step itself is then the same kernels on the same tensors every time,
+    so ``compiled`` can hand it to ``torch.compile`` as one static graph (CUDA graphs on CUDA).
+    """
+
+    def __init__(self, model, input_ids, attention_mask, rows_per_example: int, encoder_states=None,
+                 max_steps: int = 128, step: str = "auto"):
         self.model = model
         if encoder_states is None:
             encoder = model.get_encoder()
             encoder_states = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         self.encoder_states = encoder_states  # (B, n, D), one copy per example
-        self.cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+        self.max_steps = max_steps
+        self.cache = EncoderDecoderCache(StaticCache(config=model.config, max_cache_len=max_steps),
+                                         DynamicCache(config=model.config))
         key_valid = None if attention_mask is None else attention_mask.bool()
-        states = {}
+        states = decoding_states(self.cache)
+        self.layers = []  # (layer, its DecodeState)
         for layer in model.modules():
             if isinstance(layer, SRformerCrossAttention):
-                states[layer.layer_idx] = layer.start_decoding(self.encoder_states, key_valid, rows_per_example,
-                                                               shared=states)
-        setattr(self.cache, STATE_ATTRIBUTE, states)
+                state = layer.start_decoding(self.encoder_states, key_valid, rows_per_example, shared=states)
+                state.external_clock = True
+                states[layer.layer_idx] = state
+                self.layers.append((layer, state))
+        # Once decoding started the layers read their states, never the encoder output: a one-row copy
+        # keeps the step's input shapes (and strides) the same at every n.
+        self.step_encoder_states = self.encoder_states[:, :1].clone()
+        self.position = 0  # the decoder position the next step computes
+        full = any(state.settings.attention == "full" for _, state in self.layers)
+        self.compiled = resolve_step(step, self.encoder_states.device, full) == "compiled"
+        self._step = self._forward
+        if self.compiled:
+            self._enter_position()  # allocate every buffer the step reads before it is compiled
+            for _, state in self.layers:
+                for tensor in state.step_inputs():
+                    torch._dynamo.mark_static_address(tensor)
+            self._step = torch.compile(self._forward, **compile_options(self.encoder_states.device))
+            rows = self.encoder_states.shape[0] * rows_per_example
+            self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.encoder_states.device)
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (rows, 1) -> next-token logits (rows, V) in float32."""
-        out = self.model(encoder_outputs=(self.encoder_states,), decoder_input_ids=tokens, cache=self.cache,
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.model(encoder_outputs=(self.step_encoder_states,), decoder_input_ids=tokens, cache=self.cache,
                          use_cache=True, return_dict=True)
         return out.logits[:, -1, :].float()
 
+    def _enter_position(self) -> None:
+        for layer, state in self.layers:
+            if state.settings.attention != "full":
+                state.enter(layer, self.position)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (rows, 1) -> next-token logits (rows, V) in float32."""
+        if self.position >= self.max_steps:
+            raise SrsumError(f"decoder: all {self.max_steps} preallocated positions are used")
+        self._enter_position()
+        logits = None
+        if self.compiled and self.position > 0:  # the first step runs eagerly: it allocates the static cache
+            logits = self._compiled_logits(tokens)
+        if logits is None:
+            logits = self._forward(tokens)
+        self.position += 1
+        return logits
+
+    def _compiled_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The step through torch.compile; None (and eager from then on) if it cannot be compiled."""
+        self.tokens.copy_(tokens)
+        if tokens.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            return self._step(self.tokens).clone()  # a CUDA graph overwrites its output at the next replay
+        except COMPILE_ERRORS as error:  # raised while compiling, before the step ran: eager is still right
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            warnings.warn(f"decoder: the compiled step is not available ({reason}); decoding eagerly",
+                          RuntimeWarning, stacklevel=3)
+            self.compiled = False
+            return None
+
     def reorder(self, row_index: torch.Tensor) -> None:
-        """Beams moved: reorder the decoder self-attention cache (SRformer states are per example)."""
-        self.cache.self_attention_cache.reorder_cache(row_index)
+        """Beams moved: reorder the filled part of the self-attention cache in place (SRformer states
+        are per example, so they stay)."""
+        for layer in self.cache.self_attention_cache.layers:
+            if layer.is_initialized:
+                for tensor in (layer.keys, layer.values):
+                    filled = tensor[:, :, :self.position]
+                    filled.copy_(filled.index_select(0, row_index))
+
+    def state_bytes(self) -> int:
+        """Bytes of every tensor the decoding holds between steps: the self-attention cache and the
+        SRformer states (with the encoder rows they read), each storage once."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held_tensors(self.cache)}
+        return sum(storages.values())
+
+
+def resolve_step(step: str, device: torch.device, full_attention: bool = False) -> str:
+    """``auto``: compiled on CUDA, eager elsewhere, and eager for full attention, whose step shapes
+    change with n (each new n would be a new compile)."""
+    if step not in STEP_MODES:
+        raise SrsumError(f"step: must be one of {', '.join(STEP_MODES)}, got {step!r}")
+    if step == "auto":
+        return "compiled" if device.type == "cuda" and not full_attention else "eager"
+    return step
 
 
 # --------------------------------------------------------------------------- logits processors
@@ -136,13 +231,13 @@ def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, size: int
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 128,
              min_new_tokens: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-             early_stopping: bool | None = None, encoder_states: torch.Tensor | None = None,
+             early_stopping: bool | None = None, step: str = "auto", encoder_states: torch.Tensor | None = None,
              **unsupported) -> torch.Tensor:
     """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first.
 
     Greedy when num_beams == 1, beam search otherwise; SRformer models decode with shared state,
     other models fall back to ``model.generate``. ``encoder_states`` (B, n, D), if given, is used
-    instead of running the encoder (``input_ids`` may then be None).
+    instead of running the encoder (``input_ids`` may then be None). ``step``: see ``GenerationSettings``.
     """
     if unsupported:
         raise SrsumError(f"generate: unsupported option(s) {sorted(unsupported)}")
@@ -152,7 +247,7 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
     if early_stopping is None:
         early_stopping = bool(model.generation_config.early_stopping)
     settings = GenerationSettings(num_beams, max_new_tokens, min_new_tokens, length_penalty,
-                                  no_repeat_ngram_size, early_stopping).validate()
+                                  no_repeat_ngram_size, early_stopping, step).validate()
     if not any(isinstance(m, SRformerCrossAttention) for m in model.modules()):
         if encoder_states is not None:
             raise SrsumError("generate: encoder_states needs an SRformer model (srsum.engine.convert)")
@@ -161,7 +256,8 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
                               length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                               early_stopping=early_stopping, do_sample=False)
     special = SpecialTokens.of(model)
-    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states)
+    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states,
+                                 max_steps=settings.max_new_tokens, step=settings.step)
     if settings.num_beams == 1:
         return greedy_search(decoder, batch, settings, special)
     return beam_search(decoder, batch, settings, special)

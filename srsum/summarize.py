@@ -82,6 +82,7 @@ class SummarizeSettings:
     no_repeat_ngram_size: int = 3
     batch_size: int = 8
     max_source_length: int | None = None  # None: what the model was trained with, else 1024
+    step: str = "auto"  # decoder step: "eager", "compiled" (torch.compile; CUDA graphs on CUDA), "auto"
 
     def validate(self) -> SummarizeSettings:
         checks = [("--num-beams", self.num_beams, 1), ("--max-length", self.max_length, 1),
@@ -94,6 +95,10 @@ class SummarizeSettings:
                 raise SrsumError(f"{name} must be at least {low}, got {value}")
         if self.min_length > self.max_length:
             raise SrsumError(f"--min-length {self.min_length} is larger than --max-length {self.max_length}")
+        from srsum.decoding import STEP_MODES
+
+        if self.step not in STEP_MODES:
+            raise SrsumError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,7 +110,7 @@ class SummarizeSettings:
 
         return GenerationSettings(num_beams=self.num_beams, max_new_tokens=self.max_length,
                                   min_new_tokens=self.min_length, length_penalty=self.length_penalty,
-                                  no_repeat_ngram_size=self.no_repeat_ngram_size).validate()
+                                  no_repeat_ngram_size=self.no_repeat_ngram_size, step=self.step).validate()
 
 
 def resolve_device(name: str | None):

@@ -56,3 +56,110 @@ def test_empty_batch_is_an_error():
     model = convert(tiny_model("t5"), "srformer", seg_size=8)
     with pytest.raises(SrsumError, match="no articles"):
         generate(model, torch.zeros(0, 5, dtype=torch.long), torch.zeros(0, 5, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- the fixed-shape (compiled) step
+@pytest.fixture
+def compile_count(monkeypatch):
+    """Compile the step with a backend that runs the traced graph as is and counts the graphs traced."""
+    import srsum.decoding
+
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(srsum.decoding, "compile_options",
+                        lambda device: {"fullgraph": True, "dynamic": False, "backend": counting_backend})
+    yield graphs
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", ["srformer", "global", "full"])
+@pytest.mark.parametrize("kwargs", [dict(num_beams=1, min_new_tokens=14),
+                                    dict(num_beams=3, no_repeat_ngram_size=2, min_new_tokens=6),
+                                    dict(num_beams=2, length_penalty=2.0, min_new_tokens=5)],
+                         ids=["greedy", "beams3", "beams2-lp2"])
+def test_compiled_step_equals_generate(family, variant, kwargs, compile_count):
+    """The step traced whole (fullgraph) once, then replayed for every later step, gives generate's tokens."""
+    model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=12))
+    ids, mask = padded_batch(family, lengths=(40, 29, 17))
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False, **kwargs)
+    assert expected.shape[1] > 3  # several compiled steps ran
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=14, step="compiled", **kwargs), expected)
+    assert len(compile_count) == 1  # one static graph for every step and position
+
+
+def test_compiled_step_does_not_recompile_for_a_new_input_length(compile_count):
+    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
+    for longest in (40, 57, 96):
+        ids, mask = padded_batch("t5", lengths=(longest, 29))
+        expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
+                                  do_sample=False)
+        assert torch.equal(generate(model, ids, mask, max_new_tokens=8, min_new_tokens=8, step="compiled"), expected)
+    assert len(compile_count) == 1
+
+
+def test_compiled_step_with_the_real_compiler():
+    """torch.compile's default backend (inductor: generated C++ on CPU, the same graph CUDA graphs replay)."""
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        pytest.skip("inductor needs a C++ compiler on CPU; none on PATH")
+    torch._dynamo.reset()
+    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
+    ids, mask = padded_batch("t5", lengths=(40, 29, 17))
+    kwargs = dict(num_beams=2, max_new_tokens=10, min_new_tokens=10)
+    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
+    assert torch.equal(generate(model, ids, mask, step="compiled", **kwargs), expected)
+    torch._dynamo.reset()
+
+
+def test_a_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
+    import srsum.decoding
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(srsum.decoding, "compile_options", lambda device: {"fullgraph": True, "backend": failing_backend})
+    model = excite(convert(tiny_model("bart"), "srformer", seg_size=8, schedule_length=12))
+    ids, mask = padded_batch("bart", lengths=(40, 29))
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, do_sample=False)
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        got = generate(model, ids, mask, max_new_tokens=9, min_new_tokens=9, step="compiled")
+    assert torch.equal(got, expected)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("variant", ["srformer", "xl", "full"])
+def test_state_is_preallocated_and_does_not_grow_with_steps(family, variant):
+    """After the first step nothing the decoding holds grows, and every tensor a step reads stays the
+    same tensor (updated in place): what a captured CUDA graph needs."""
+    model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=12))
+    ids, mask = padded_batch(family, lengths=(40, 29))
+    decoder = SharedStateDecoder(model, ids, mask, rows_per_example=2, max_steps=20, step="eager")
+    rows = torch.arange(4).flip(0)  # beams swap places every step
+    with torch.no_grad():
+        decoder.logits(torch.zeros(4, 1, dtype=torch.long))
+        held = decoder.state_bytes()
+        read = [t.data_ptr() for _, state in decoder.layers for t in state.step_inputs()]
+        cache = [t.data_ptr() for layer in decoder.cache.self_attention_cache.layers for t in (layer.keys, layer.values)]
+        for step in range(1, 20):  # every segment of the schedule is entered (G = 12)
+            decoder.reorder(rows)
+            decoder.logits(torch.full((4, 1), step, dtype=torch.long))
+            assert decoder.state_bytes() == held
+        assert [t.data_ptr() for _, state in decoder.layers for t in state.step_inputs()] == read
+        assert [t.data_ptr() for layer in decoder.cache.self_attention_cache.layers
+                for t in (layer.keys, layer.values)] == cache
+        with pytest.raises(SrsumError, match="preallocated"):
+            decoder.logits(torch.zeros(4, 1, dtype=torch.long))
+
+
+def test_bad_step_mode():
+    model = convert(tiny_model("t5"), "srformer", seg_size=8)
+    ids, mask = padded_batch("t5")
+    with pytest.raises(SrsumError, match="step: must be one of auto, eager, compiled"):
+        generate(model, ids, mask, step="graph")

@@ -11,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import srsum
 from srsum.engine import VARIANTS, SRformerCrossAttention, convert, count_srformer_parameters, load_model
 from srsum.engine import ops
-from srsum.engine.attention import (ENCODER_ROWS, STATE_ATTRIBUTE, DecodeState, EncoderRows, EncoderSegments, ProjectedSegments,
-                                    parallel_attention)
+from srsum.engine.attention import (ENCODER_ROWS, STATE_ATTRIBUTE, DecodeState, EncoderRows, EncoderSegments,
+                                    ProjectedSegments, held_tensors, parallel_attention)
 from srsum.engine.reference import raf_scan_loop, reference_cross_attention
 from srsum.errors import SrsumError
 
@@ -330,19 +330,6 @@ def test_products_from_encoder_rows_equal_projected_keys(family, plain_linear):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def _tensors_held(obj, seen=None):
-    """Every tensor reachable from obj's attributes (modules excluded), each once."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or isinstance(obj, torch.nn.Module):
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    children = obj if isinstance(obj, (list, tuple)) else obj.values() if isinstance(obj, dict) else \
-        vars(obj).values() if hasattr(obj, "__dict__") else []
-    return [t for child in children for t in _tensors_held(child, seen)]
-
-
 def test_decode_state_holds_nothing_n_long():
     """Beyond the encoder rows all layers share, a layer's decoding state is the same size at any n:
     no projected keys or values of the whole input are kept."""
@@ -354,8 +341,8 @@ def test_decode_state_holds_nothing_n_long():
         state = layer.start_decoding(torch.randn(2, n, model.config.d_model), None, 1, shared)
         with torch.no_grad():
             state.attend(layer, torch.randn(2, layer.n_heads, 1, layer.head_dim))
-        rows = {id(t) for t in _tensors_held(shared[ENCODER_ROWS])}
-        return sum(t.numel() for t in _tensors_held(state) if id(t) not in rows)
+        rows = {id(t) for t in held_tensors(shared[ENCODER_ROWS])}
+        return sum(t.numel() for t in held_tensors(state) if id(t) not in rows)
 
     assert state_numel(64) == state_numel(4096) > 0
 

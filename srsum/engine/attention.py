@@ -139,6 +139,7 @@ class DecodeState:
         self.settings = settings
         self.rows_per_example = rows_per_example
         self.position = 0  # next decoder position t
+        self.external_clock = False  # True: the decoder calls ``enter`` before each step (static step)
         if settings.attention == "full":
             self.keys, self.values = keys.contiguous(), values.contiguous()  # (B, H, n, d)
             self.key_valid = (torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
@@ -178,7 +179,7 @@ class DecodeState:
         self.segment = new
         self.segment_index = torch.tensor(new, device=self.device)[:, None]  # (B, 1)
         if self.settings.has_local:  # read the segment once per change, reuse it until σ moves on
-            self.context = self.segments.context(self.settings.attention, self.segment_index)
+            self._store_context(self.segments.context(self.settings.attention, self.segment_index))
         if self.settings.has_recurrent:
             self._step_recurrent(layer, None if all(changed) else torch.tensor(changed, device=self.device))
 
@@ -197,18 +198,42 @@ class DecodeState:
         else:
             membrane, fired = self.membrane, x
         if changed is None:
-            self.membrane, self.recurrent = membrane, fired
+            self.membrane = membrane
+            self.recurrent.copy_(fired)
         else:
             keep = changed[:, None, None, None]
             self.membrane = torch.where(keep, membrane, self.membrane)
-            self.recurrent = torch.where(keep, fired, self.recurrent)
+            self.recurrent.copy_(torch.where(keep, fired, self.recurrent))
+
+    def _store_context(self, context) -> None:
+        """Keep the local context in the same tensors from the first segment on (a captured step reads them)."""
+        if self.context is None:
+            self.context = tuple(part.clone(memory_format=torch.contiguous_format) for part in context)
+        else:
+            for buffer, part in zip(self.context, context):
+                buffer.copy_(part)
+
+    def step_inputs(self) -> list[torch.Tensor]:
+        """The tensors a step reads (updated in place, never replaced, while decoding runs)."""
+        if self.settings.attention == "full":
+            return [self.keys, self.values, self.key_valid]
+        tensors = list(self.context) if self.context is not None else []
+        if self.settings.has_recurrent:
+            tensors += [self.recurrent] + ([] if self.norm is None else [self.norm])
+        return tensors
 
     def attend(self, layer: "SRformerCrossAttention", query: torch.Tensor) -> torch.Tensor:
-        """One decoder position: query (B, H, k, d) scaled, k = rows per example -> (B, H, k, d) float32."""
-        self.position += 1
+        """One decoder position: query (B, H, k, d) scaled, k = rows per example -> (B, H, k, d) float32.
+
+        With ``external_clock`` the decoder has already entered the position (``enter``) and advances
+        ``position`` itself, so this only reads the state: a step without host-side work, fit for a
+        CUDA graph."""
+        if not self.external_clock:
+            if self.settings.attention != "full":
+                self.enter(layer, self.position)
+            self.position += 1
         if self.settings.attention == "full":
             return ops.softmax_attention(query, self.keys, self.values, self.key_valid).float()
-        self.enter(layer, self.position - 1)
         out = 0.0
         if self.settings.has_local:
             keys, values, valid = self.context  # (B, H, 1, k', d)
@@ -339,7 +364,7 @@ class SRformerCrossAttention(nn.Module):
             raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
         query = self._heads(self.query_proj(hidden_states)) * self.scale  # (Bq, H, T, d)
         steps = query.shape[2]
-        states = None if (cache is None or self.training) else cache.__dict__.setdefault(STATE_ATTRIBUTE, {})
+        states = None if (cache is None or self.training) else decoding_states(cache)
         state = None if states is None else states.get(self.layer_idx)
         if state is None:
             key_valid = key_padding_mask(mask, encoder_states.shape[0], encoder_states.shape[1])
@@ -399,6 +424,34 @@ class SRformerCrossAttention(nn.Module):
     def _merge(self, out: torch.Tensor, dtype) -> torch.Tensor:
         """(B, H, T, d) -> (B, T, H*d) in the model's dtype."""
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1).to(dtype)
+
+
+def decoding_states(cache) -> dict:
+    """The per-layer decoding states kept on a transformers cache object (made empty on first use)."""
+    states = getattr(cache, STATE_ATTRIBUTE, None)
+    if states is None:
+        states = {}
+        setattr(cache, STATE_ATTRIBUTE, states)
+    return states
+
+
+def held_tensors(obj) -> list[torch.Tensor]:
+    """Every tensor reachable from obj through attributes, lists, tuples and dicts (modules excluded), each once."""
+    found, stack, seen = [], [obj], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, (nn.Module, type)):
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif hasattr(item, "__dict__"):
+            stack.extend(vars(item).values())
+    return found
 
 
 def key_padding_mask(mask, batch: int, n_keys: int) -> torch.Tensor | None:
