@@ -2,6 +2,7 @@
 
     python benchmarks/decode.py                                   # CPU grid (t5-small), one run
     python benchmarks/decode.py --device cuda --dtype bfloat16 --batch 1,8,32 --models t5-small,bart-base
+    python benchmarks/decode.py --systems peer,srformer --step eager,compiled     # the step both ways
 
 Systems, same random weights: ``peer`` = Hugging Face ``generate`` on the unconverted model (ordinary
 full cross-attention: what users run today); ``full``, ``segmented``, ``srformer`` = srsum's decoder
@@ -9,7 +10,9 @@ full cross-attention: what users run today); ``full``, ``segmented``, ``srformer
 ``--new-tokens`` tokens (EOS banned until then) from a random encoder output of length n; the encoder
 is timed apart (batch 1: its self-attention is O(n^2) and identical for every system). On CPU each
 cell runs in its own process so that peak memory (RSS high-water mark above the pre-decode level) is
-its own; on CUDA peak memory is ``max_memory_allocated`` above the pre-decode level.
+its own; on CUDA peak memory is ``max_memory_allocated`` above the pre-decode level. ``--step``
+picks how srsum's decoder runs a step (eager, or compiled: torch.compile, CUDA graphs on CUDA); a
+compiled cell first decodes once in full untimed, so compiling and graph recording are not timed.
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
     mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=device)
     tokens = cell["new_tokens"]
     options = dict(num_beams=cell["beams"], max_new_tokens=tokens, min_new_tokens=tokens)
+    if cell["system"] != "peer":
+        options["step"] = cell["step"]
 
     def decode(steps=tokens):
         opts = dict(options, max_new_tokens=steps, min_new_tokens=steps)
@@ -87,7 +92,7 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
         return generate(model, None, mask, encoder_states=encoder, **opts)
 
     with torch.no_grad():
-        decode(steps=2)  # warm up kernels and allocator
+        decode(steps=tokens if cell["step"] == "compiled" else 2)  # warm up kernels, allocator (and compile)
         sync(device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -102,8 +107,10 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
         peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
     assert out.shape[1] == tokens + 1, out.shape
+    if device.type != "cuda" and cell["step"] == "compiled":
+        peak = None  # the compile's own memory already set the process's RSS high-water mark
     return dict(cell, decode_s=seconds, ms_per_step=seconds / tokens * 1000,
-                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=max(peak, 0) / 2**20,
+                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
                 bytes_per_step=bytes_per_step(model, cell))
 
 
@@ -155,6 +162,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--seg-size", type=int, default=64)
+    parser.add_argument("--step", default="auto", help="srsum's decoder step(s): auto, eager, compiled (a list "
+                        "runs each); auto is compiled on CUDA for segment variants, else eager")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-gb", type=float, default=14.0, help="skip cells whose buffers would exceed this")
@@ -185,8 +194,8 @@ def main() -> None:
                   flush=True)
             for batch in parse_list(args.batch):
                 for beams in parse_list(args.beams):
-                    for system in parse_list(args.systems, str):
-                        cell = dict(model=model_name, n=n, batch=batch, beams=beams, system=system,
+                    for system, step in runs(parse_list(args.systems, str), parse_list(args.step, str), args.device):
+                        cell = dict(model=model_name, n=n, batch=batch, beams=beams, system=system, step=step,
                                     new_tokens=args.new_tokens, seg_size=args.seg_size, device=args.device,
                                     dtype=args.dtype, threads=args.threads)
                         need = estimate_gb(cell, shape.d_model, layers)
@@ -196,7 +205,7 @@ def main() -> None:
                             continue
                         figures = measure(cell, args.device)
                         results["cells"].append(figures)
-                        print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system",
+                        print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system", "step",
                               "ms_per_step", "tokens_per_s", "peak_mb", "error")}), flush=True)
     print()
     print(report(results))
@@ -205,6 +214,23 @@ def main() -> None:
 
 
 CUDA_MODELS: dict = {}
+
+
+def runs(systems: list[str], steps: list[str], device: str) -> list[tuple[str, str]]:
+    """(system, step) pairs: the peer once (``generate`` has no step option), srsum once per step,
+    with ``auto`` resolved as srsum resolves it."""
+    from srsum.decoding import resolve_step
+
+    pairs = []
+    for system in systems:
+        if system == "peer":
+            pairs.append((system, "hf"))
+            continue
+        for step in steps:
+            pair = (system, resolve_step(step, torch.device(device), system == "full"))
+            if pair not in pairs:
+                pairs.append(pair)
+    return pairs
 
 
 def measure(cell: dict, device: str) -> dict:
@@ -225,17 +251,18 @@ def report(results: dict) -> str:
     rows, cells = [], results["cells"]
     for cell in cells:
         if "skipped" in cell or "error" in cell:
-            rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"],
+            rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"], cell.get("step", ""),
                          cell.get("skipped") or cell.get("error"), "", "", "", "", ""])
             continue
         peer = next((c for c in cells if c["system"] == "peer" and "ms_per_step" in c and
                      all(c[k] == cell[k] for k in ("model", "n", "batch", "beams"))), None)
         speed = f"{peer['ms_per_step'] / cell['ms_per_step']:.2f}x" if peer else "-"
-        memory = f"{cell['peak_mb'] / peer['peak_mb']:.2f}" if peer and peer["peak_mb"] > 0 else "-"
-        rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"],
+        known = cell["peak_mb"] is not None
+        memory = f"{cell['peak_mb'] / peer['peak_mb']:.2f}" if known and peer and peer["peak_mb"] > 0 else "-"
+        rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"], cell.get("step", ""),
                      f"{cell['decode_s']:.2f}", f"{cell['ms_per_step']:.1f}", f"{cell['tokens_per_s']:.0f}",
-                     f"{cell['peak_mb']:.0f}", speed, memory])
-    headers = ["model", "n", "batch", "beams", "system", "decode s", "ms/step", "tokens/s", "peak MB",
+                     f"{cell['peak_mb']:.0f}" if known else "n/a", speed, memory])
+    headers = ["model", "n", "batch", "beams", "system", "step", "decode s", "ms/step", "tokens/s", "peak MB",
                "speed vs peer", "memory vs peer"]
     bandwidth = results.get("bandwidth_gbps")
     if bandwidth:

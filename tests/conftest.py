@@ -114,3 +114,21 @@ def trained_t5(tmp_path_factory, tiny_t5_dir):
 
     root = tmp_path_factory.mktemp("workdir")
     return train(tiny_training_config(tiny_t5_dir, root / "models" / "run-t5"))
+
+
+@pytest.fixture
+def compile_count(monkeypatch):
+    """Compile the step with a backend that runs the traced graph as is and counts the graphs traced."""
+    import srsum.decoding
+
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(srsum.decoding, "compile_options",
+                        lambda device: {"fullgraph": True, "dynamic": False, "backend": counting_backend})
+    yield graphs
+    torch._dynamo.reset()

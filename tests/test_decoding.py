@@ -59,24 +59,6 @@ def test_empty_batch_is_an_error():
 
 
 # --------------------------------------------------------------------------- the fixed-shape (compiled) step
-@pytest.fixture
-def compile_count(monkeypatch):
-    """Compile the step with a backend that runs the traced graph as is and counts the graphs traced."""
-    import srsum.decoding
-
-    graphs = []
-
-    def counting_backend(graph_module, example_inputs):
-        graphs.append(graph_module)
-        return graph_module.forward
-
-    torch._dynamo.reset()
-    monkeypatch.setattr(srsum.decoding, "compile_options",
-                        lambda device: {"fullgraph": True, "dynamic": False, "backend": counting_backend})
-    yield graphs
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("variant", ["srformer", "global", "full"])
 @pytest.mark.parametrize("kwargs", [dict(num_beams=1, min_new_tokens=14),
                                     dict(num_beams=3, no_repeat_ngram_size=2, min_new_tokens=6),
@@ -163,3 +145,17 @@ def test_bad_step_mode():
     ids, mask = padded_batch("t5")
     with pytest.raises(SrsumError, match="step: must be one of auto, eager, compiled"):
         generate(model, ids, mask, step="graph")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs); CPU runs the same "
+                    "compiled graph through inductor in test_compiled_step_with_the_real_compiler")
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cuda_graph_step_equals_generate(family, num_beams):
+    torch._dynamo.reset()
+    model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12)).cuda()
+    ids, mask = (t.cuda() for t in padded_batch(family, lengths=(40, 29, 17)))
+    kwargs = dict(num_beams=num_beams, max_new_tokens=12, min_new_tokens=12)
+    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
+    for _ in range(2):  # the second decoding replays the recorded graph
+        assert torch.equal(generate(model, ids, mask, step="auto", **kwargs), expected)
+    torch._dynamo.reset()

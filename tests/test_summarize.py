@@ -94,6 +94,15 @@ def test_summarize_warns_about_truncation_naming_both_lengths(trained_t5):
     assert f"is {length} tokens long" in reporter.warnings[0] and "truncated to 64 tokens" in reporter.warnings[0]
 
 
+def test_compiled_step_summarizes_like_the_eager_one(trained_t5, compile_count):
+    texts = [" ".join(f"Sentence number {i} is here." for i in range(12)), "A short article. It ends."]
+    summaries = {step: summarize_texts(texts, model=str(trained_t5.checkpoint),
+                                       settings=SummarizeSettings(num_beams=2, max_length=8, min_length=8, step=step))
+                 for step in ("eager", "compiled")}
+    assert summaries["compiled"] == summaries["eager"] and all(summaries["eager"])
+    assert len(compile_count) == 1
+
+
 def test_summarize_texts_with_a_checkpoint(trained_t5):
     summaries = summarize_texts(["One article. It has two sentences.", "Another one."],
                                 model=str(trained_t5.checkpoint), settings=SummarizeSettings(num_beams=2, max_length=5))
@@ -160,6 +169,7 @@ def test_paths_that_are_not_models(tmp_path):
     ("min_length", 200, "--min-length 200 is larger than --max-length 128"),
     ("batch_size", 0, "--batch-size must be at least 1"),
     ("no_repeat_ngram_size", -1, "--no-repeat-ngram-size must be at least 0"),
+    ("step", "graph", "--step must be one of auto, eager, compiled"),
 ])
 def test_generation_settings_are_checked(field, value, message):
     with pytest.raises(SrsumError, match=message):
