@@ -9,8 +9,8 @@ full cross-attention: what users run today); ``full``, ``segmented``, ``srformer
 (one state per example, shared by its beams) with that cross-attention. Every cell decodes exactly
 ``--new-tokens`` tokens (EOS banned until then) from a random encoder output of length n; the encoder
 is timed apart (batch 1: its self-attention is O(n^2) and identical for every system). On CPU each
-cell runs in its own process so that peak memory (RSS high-water mark above the pre-decode level) is
-its own; on CUDA peak memory is ``max_memory_allocated`` above the pre-decode level. ``--step``
+cell runs in its own process and peak memory is the RSS high-water mark, reset just before the timed
+decode (Linux ``clear_refs``), above the RSS at that moment; on CUDA peak memory is ``max_memory_allocated`` above the pre-decode level. ``--step``
 picks how srsum's decoder runs a step (eager, or compiled: torch.compile, CUDA graphs on CUDA); a
 compiled cell first decodes once in full untimed, so compiling and graph recording are not timed.
 """
@@ -41,6 +41,26 @@ def parse_list(text: str, cast=int) -> list:
 def rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Start the process's RSS high-water mark afresh (Linux: clear_refs 5), so that building the model
+    or compiling does not count; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """The RSS high-water mark (VmHWM) since the last reset."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def estimate_gb(cell: dict, d_model: int, layers: int) -> float:
@@ -94,21 +114,22 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
     with torch.no_grad():
         decode(steps=tokens if cell["step"] == "compiled" else 2)  # warm up kernels, allocator (and compile)
         sync(device)
+        fresh_peak = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
         else:
+            fresh_peak = reset_peak_rss()
             before = rss_bytes()
         start = time.perf_counter()
         out = decode()
         sync(device)
         seconds = time.perf_counter() - start
-        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
+        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()) - before
     assert out.shape[1] == tokens + 1, out.shape
-    if device.type != "cuda" and cell["step"] == "compiled":
-        peak = None  # the compile's own memory already set the process's RSS high-water mark
+    if device.type != "cuda" and not fresh_peak:
+        peak = None  # the high-water mark could not be reset: model building and compiling would count
     return dict(cell, decode_s=seconds, ms_per_step=seconds / tokens * 1000,
                 tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
                 bytes_per_step=bytes_per_step(model, cell))

@@ -23,7 +23,9 @@ from .errors import SrsumError
 NEG_INF = float("-inf")
 DEAD = -1.0e9  # the score HF gives to beams that must not be chosen
 STEP_MODES = ("auto", "eager", "compiled")
-COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit)
+# what torch.compile raises when it cannot compile the step (the last one is newer than torch 2.4)
+COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,
+                  getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", torch._dynamo.exc.TorchDynamoException))
 
 
 @dataclass(frozen=True)
