@@ -11,8 +11,9 @@ full cross-attention: what users run today); ``full``, ``segmented``, ``srformer
 is timed apart (batch 1: its self-attention is O(n^2) and identical for every system). On CPU each
 cell runs in its own process and peak memory is the RSS high-water mark, reset just before the timed
 decode (Linux ``clear_refs``), above the RSS at that moment; on CUDA peak memory is ``max_memory_allocated`` above the pre-decode level. ``--step``
-picks how srsum's decoder runs a step (eager, or compiled: torch.compile, CUDA graphs on CUDA); a
-compiled cell first decodes once in full untimed, so compiling and graph recording are not timed.
+picks how srsum's decoder runs a step (eager; graph: captured in a CUDA graph per decoding, which is
+timed; compiled: torch.compile, whose compiling is not timed: a compiled cell first decodes once in
+full untimed).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
         return generate(model, None, mask, encoder_states=encoder, **opts)
 
     with torch.no_grad():
-        decode(steps=tokens if cell["step"] == "compiled" else 2)  # warm up kernels, allocator (and compile)
+        decode(steps=tokens if cell["step"] == "compiled" else 4)  # warm up kernels, allocator (and compile)
         sync(device)
         fresh_peak = True
         if device.type == "cuda":
@@ -183,8 +184,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--seg-size", type=int, default=64)
-    parser.add_argument("--step", default="auto", help="srsum's decoder step(s): auto, eager, compiled (a list "
-                        "runs each); auto is compiled on CUDA for segment variants, else eager")
+    parser.add_argument("--step", default="auto", help="srsum's decoder step(s): auto, eager, graph, compiled (a "
+                        "list runs each); auto is graph on CUDA, else eager")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-gb", type=float, default=14.0, help="skip cells whose buffers would exceed this")
@@ -248,7 +249,7 @@ def runs(systems: list[str], steps: list[str], device: str) -> list[tuple[str, s
             pairs.append((system, "hf"))
             continue
         for step in steps:
-            pair = (system, resolve_step(step, torch.device(device), system == "full"))
+            pair = (system, resolve_step(step, torch.device(device)))
             if pair not in pairs:
                 pairs.append(pair)
     return pairs

@@ -20,10 +20,10 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 torch.cuda.get_device_name(0))" | tee "$OUT/versions.log"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py -k "cuda_graph" 2>&1 | tail -5 \
     | tee "$OUT/cuda_tests.log"
-# each compiled (system, beams) pair compiles once (its graph does not depend on n), ~30-60 s each
+# graph: captured per decoding (timed); compiled: each (system, beams) pair compiles once, ~30-60 s, untimed
 timeout 200 python3 benchmarks/decode.py --device cuda --dtype bfloat16 --models t5-small --n 1024,16384 \
-    --batch 32 --beams 1,4 --systems peer,srformer --step eager,compiled \
+    --batch 32 --beams 1,4 --systems peer,srformer --step eager,graph,compiled \
     --json "$OUT/decode_gpu_t5-small.json" 2>&1 | tee "$OUT/decode_gpu_t5-small.log" | tail -14
 timeout 150 python3 benchmarks/decode.py --device cuda --dtype bfloat16 --models bart-base --n 16384 \
-    --batch 32 --beams 1,4 --systems peer,srformer --step compiled \
+    --batch 32 --beams 1,4 --systems peer,srformer --step graph \
     --json "$OUT/decode_gpu_bart-base.json" 2>&1 | tee "$OUT/decode_gpu_bart-base.log" | tail -10

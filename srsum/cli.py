@@ -261,9 +261,10 @@ NoRepeat = typer.Option(3, "--no-repeat-ngram-size", help="Never repeat an n-gra
 BatchSize = typer.Option(8, "--batch-size", help="Articles generated together.", rich_help_panel=GENERATION_HELP)
 MaxSource = typer.Option(None, "--max-source-length", help="Truncate articles to this many tokens (default: what "
                          "the checkpoint was trained with, else 1024).", rich_help_panel=GENERATION_HELP)
-StepOption = typer.Option("auto", "--step", help="How each decoder step runs: eager, compiled (torch.compile, "
-                          "one static graph; CUDA graphs on CUDA; the first batch pays the compile), or auto "
-                          "(compiled on CUDA, eager on CPU).", rich_help_panel=GENERATION_HELP)
+StepOption = typer.Option("auto", "--step", help="How each decoder step runs: eager; graph (captured once per "
+                          "batch in a CUDA graph and replayed; CUDA only); compiled (torch.compile, one static "
+                          "graph; the first batch of each shape pays the compile); auto (graph on CUDA, eager "
+                          "elsewhere).", rich_help_panel=GENERATION_HELP)
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: cuda if available).")
 DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (not for T5).")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")

@@ -22,7 +22,7 @@ from .errors import SrsumError
 
 NEG_INF = float("-inf")
 DEAD = -1.0e9  # the score HF gives to beams that must not be chosen
-STEP_MODES = ("auto", "eager", "compiled")
+STEP_MODES = ("auto", "eager", "graph", "compiled")
 # what torch.compile raises when it cannot compile the step (the last one is newer than torch 2.4)
 COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException,
                   getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", torch._dynamo.exc.TorchDynamoException))
@@ -38,7 +38,8 @@ class GenerationSettings:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     early_stopping: bool | str | None = None  # True, False or "never" as in generate; None: the model's
-    step: str = "auto"  # how a decoder step runs: "eager", "compiled" (torch.compile), "auto" (compiled on CUDA)
+    step: str = "auto"  # how a decoder step runs: "eager", "graph" (a captured CUDA graph), "compiled"
+    #                     (torch.compile), "auto" (graph on CUDA, eager elsewhere)
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -85,6 +86,23 @@ def compile_options(device: torch.device) -> dict:
     return options
 
 
+def capture_step(forward, tokens: torch.Tensor):
+    """Capture ``forward(tokens)`` in a CUDA graph; returns ``replay() -> logits`` (the graph's own
+    output tensor, overwritten by the next replay). ``tokens`` is the graph's fixed input buffer."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = forward(tokens)
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return logits
+
+    return replay
+
+
+GRAPH_CHECK_TOLERANCE = 1e-2  # |graph - eager| logits allowed at the one-time check (bf16 rounding)
+
+
 class SharedStateDecoder:
     """Runs the decoder one token at a time over ``rows_per_example`` query rows per example.
 
@@ -92,8 +110,14 @@ class SharedStateDecoder:
     decoder's self-attention cache is a ``StaticCache`` of ``max_steps`` positions, and each SRformer
     layer's ``DecodeState`` (fixed size, whatever n and the step) is moved to the next position here, on
     the host, before the step runs (``DecodeState.enter``: a segment read and a RAF step where the
-    schedule changes segment). The step itself is then the same kernels on the same tensors every time,
-    so ``compiled`` can hand it to ``torch.compile`` as one static graph (CUDA graphs on CUDA).
+    schedule changes segment). The step itself is then the same kernels on the same tensors every time:
+    ``graph`` captures it once in a CUDA graph and replays it, ``compiled`` hands it to ``torch.compile``
+    as one static graph.
+
+    ``graph``: steps 0 and 1 run eagerly (step 0 allocates the static cache, step 1, on a side stream,
+    warms up the kernels), step 2 is captured and replayed, then checked once against the same step run
+    eagerly (the self-attention cache is rolled back one position for that); a capture that fails or
+    disagrees is reported and the decoding goes on eagerly.
     """
 
     def __init__(self, model, input_ids, attention_mask, rows_per_example: int, encoder_states=None,
@@ -119,17 +143,16 @@ class SharedStateDecoder:
         # keeps the step's input shapes (and strides) the same at every n.
         self.step_encoder_states = self.encoder_states[:, :1].clone()
         self.position = 0  # the decoder position the next step computes
-        full = any(state.settings.attention == "full" for _, state in self.layers)
-        self.compiled = resolve_step(step, self.encoder_states.device, full) == "compiled"
-        self._step = self._forward
-        if self.compiled:
+        self.mode = resolve_step(step, self.encoder_states.device)
+        rows = self.encoder_states.shape[0] * rows_per_example
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.encoder_states.device)  # fixed input
+        self._replay = None  # the captured graph's replay, once captured
+        if self.mode == "compiled":
             self._enter_position()  # allocate every buffer the step reads before it is compiled
             for _, state in self.layers:
                 for tensor in state.step_inputs():
                     torch._dynamo.mark_static_address(tensor)
-            self._step = torch.compile(self._forward, **compile_options(self.encoder_states.device))
-            rows = self.encoder_states.shape[0] * rows_per_example
-            self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.encoder_states.device)
+            self._compiled = torch.compile(self._forward, **compile_options(self.encoder_states.device))
 
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.model(encoder_outputs=(self.step_encoder_states,), decoder_input_ids=tokens, cache=self.cache,
@@ -147,12 +170,18 @@ class SharedStateDecoder:
             raise SrsumError(f"decoder: all {self.max_steps} preallocated positions are used")
         self._enter_position()
         logits = None
-        if self.compiled and self.position > 0:  # the first step runs eagerly: it allocates the static cache
+        if self.mode == "compiled" and self.position > 0:  # step 0 runs eagerly: it allocates the static cache
             logits = self._compiled_logits(tokens)
+        elif self.mode == "graph" and self.position > 0:
+            logits = self._graph_logits(tokens)
         if logits is None:
             logits = self._forward(tokens)
         self.position += 1
         return logits
+
+    def _eager_instead(self, what: str, reason: str) -> None:
+        warnings.warn(f"decoder: {what} ({reason}); decoding eagerly", RuntimeWarning, stacklevel=4)
+        self.mode = "eager"
 
     def _compiled_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
         """The step through torch.compile; None (and eager from then on) if it cannot be compiled."""
@@ -160,13 +189,43 @@ class SharedStateDecoder:
         if tokens.is_cuda:
             torch.compiler.cudagraph_mark_step_begin()
         try:
-            return self._step(self.tokens).clone()  # a CUDA graph overwrites its output at the next replay
+            return self._compiled(self.tokens).clone()  # a CUDA graph overwrites its output at the next replay
         except COMPILE_ERRORS as error:  # raised while compiling, before the step ran: eager is still right
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            warnings.warn(f"decoder: the compiled step is not available ({reason}); decoding eagerly",
-                          RuntimeWarning, stacklevel=3)
-            self.compiled = False
+            self._eager_instead("the compiled step is not available", _first_line(error))
             return None
+
+    def _graph_logits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The step as a captured CUDA graph; None where this step is to run eagerly."""
+        self.tokens.copy_(tokens)
+        if self._replay is not None:
+            return self._replay().clone()
+        if self.position == 1:  # warm up on a side stream, as capturing requires
+            return self._on_side_stream(lambda: self._forward(self.tokens))
+        try:
+            replay = self._on_side_stream(lambda: capture_step(self._forward, self.tokens))
+        except RuntimeError as error:  # capturing runs nothing: the step is still to do
+            self._eager_instead("the step cannot be captured in a CUDA graph", _first_line(error))
+            return None
+        captured = replay().clone()
+        for layer in self.cache.self_attention_cache.layers:  # roll back one position, run the step eagerly
+            layer.crop(-1)
+        eager = self._forward(self.tokens)
+        gap = float((captured - eager).abs().max())
+        if not gap <= GRAPH_CHECK_TOLERANCE * max(1.0, float(eager.abs().max())):
+            self._eager_instead("the CUDA graph step disagrees with the eager one", f"max gap {gap:.3g}")
+        else:
+            self._replay = replay
+        return eager
+
+    def _on_side_stream(self, work):
+        if not self.tokens.is_cuda:
+            return work()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = work()
+        torch.cuda.current_stream().wait_stream(side)
+        return out
 
     def reorder(self, row_index: torch.Tensor) -> None:
         """Beams moved: reorder the filled part of the self-attention cache in place (SRformer states
@@ -184,14 +243,22 @@ class SharedStateDecoder:
         return sum(storages.values())
 
 
-def resolve_step(step: str, device: torch.device, full_attention: bool = False) -> str:
-    """``auto``: compiled on CUDA, eager elsewhere, and eager for full attention, whose step shapes
-    change with n (each new n would be a new compile)."""
+def resolve_step(step: str, device: torch.device) -> str:
+    """``auto``: a CUDA graph on CUDA (captured per decoding, about one step's cost), eager elsewhere.
+    ``graph`` needs CUDA; ``compiled`` works anywhere (on CUDA it also replays CUDA graphs)."""
     if step not in STEP_MODES:
         raise SrsumError(f"step: must be one of {', '.join(STEP_MODES)}, got {step!r}")
     if step == "auto":
-        return "compiled" if device.type == "cuda" and not full_attention else "eager"
+        return "graph" if device.type == "cuda" else "eager"
+    if step == "graph" and device.type != "cuda":
+        raise SrsumError(f"step: 'graph' captures CUDA graphs and needs a CUDA device, not {device.type}; "
+                         f"use eager or compiled")
     return step
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # --------------------------------------------------------------------------- logits processors

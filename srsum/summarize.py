@@ -82,7 +82,7 @@ class SummarizeSettings:
     no_repeat_ngram_size: int = 3
     batch_size: int = 8
     max_source_length: int | None = None  # None: what the model was trained with, else 1024
-    step: str = "auto"  # decoder step: "eager", "compiled" (torch.compile; CUDA graphs on CUDA), "auto"
+    step: str = "auto"  # decoder step: "eager", "graph" (CUDA graph), "compiled" (torch.compile), "auto"
 
     def validate(self) -> SummarizeSettings:
         checks = [("--num-beams", self.num_beams, 1), ("--max-length", self.max_length, 1),

@@ -172,7 +172,7 @@ def test_summarize_bad_model_and_unwritable_output(best, article, tmp_path):
     assert_one_line_error(run("summarize", article, "--model", best, "--output", blocker / "s.jsonl"),
                           "cannot write to output folder")
     assert_one_line_error(run("summarize", article, "--model", best, "--num-beams", "0"), "--num-beams must be")
-    assert_one_line_error(run("summarize", article, "--model", best, "--step", "graph"), "--step must be one of")
+    assert_one_line_error(run("summarize", article, "--model", best, "--step", "graphs"), "--step must be one of")
     assert_one_line_error(run("summarize", article, "--model", best, "--device", "cuda:7"), "--device")
 
 

@@ -143,19 +143,77 @@ def test_state_is_preallocated_and_does_not_grow_with_steps(family, variant):
 def test_bad_step_mode():
     model = convert(tiny_model("t5"), "srformer", seg_size=8)
     ids, mask = padded_batch("t5")
-    with pytest.raises(SrsumError, match="step: must be one of auto, eager, compiled"):
-        generate(model, ids, mask, step="graph")
+    with pytest.raises(SrsumError, match="step: must be one of auto, eager, graph, compiled"):
+        generate(model, ids, mask, step="graphs")
+    if not torch.cuda.is_available():
+        with pytest.raises(SrsumError, match="'graph' captures CUDA graphs and needs a CUDA device"):
+            generate(model, ids, mask, step="graph")
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """Run the graph step's bookkeeping on CPU: 'capturing' keeps the step function, a 'replay' calls it
+    on the fixed token buffer. ``corrupt`` makes replays wrong, ``refuse`` makes capturing fail."""
+    import srsum.decoding
+
+    log = {"captures": 0, "replays": 0, "corrupt": False, "refuse": False}
+
+    def capture(forward, tokens):
+        if log["refuse"]:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        log["captures"] += 1
+
+        def replay():
+            log["replays"] += 1
+            logits = forward(tokens)
+            return logits + 5.0 if log["corrupt"] else logits
+
+        return replay
+
+    monkeypatch.setattr(srsum.decoding, "capture_step", capture)
+    monkeypatch.setattr(srsum.decoding, "resolve_step", lambda step, device: "graph")
+    return log
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_beams=1, min_new_tokens=12), dict(num_beams=3, min_new_tokens=6)],
+                         ids=["greedy", "beams3"])
+def test_graph_step_replays_from_the_third_step(family, kwargs, fake_graphs):
+    """Steps 0 and 1 eager, step 2 captured and checked against an eager rerun (cache rolled back one
+    position), every later step replayed from the fixed token buffer: generate's tokens."""
+    model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
+    ids, mask = padded_batch(family, lengths=(40, 29, 17))
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, **kwargs)
+    got = generate(model, ids, mask, max_new_tokens=12, step="graph", **kwargs)
+    assert torch.equal(got, expected)
+    steps = expected.shape[1] - 1 if kwargs["num_beams"] == 1 else 12
+    assert fake_graphs["captures"] == 1 and fake_graphs["replays"] >= steps - 3 > 0
+
+
+@pytest.mark.parametrize("failure", ["corrupt", "refuse"])
+def test_graph_step_that_fails_or_disagrees_falls_back_to_eager(failure, fake_graphs):
+    fake_graphs[failure] = True
+    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
+    ids, mask = padded_batch("t5", lengths=(40, 29))
+    kwargs = dict(num_beams=2, max_new_tokens=10, min_new_tokens=10)
+    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
+    message = "disagrees with the eager one" if failure == "corrupt" else "cannot be captured"
+    with pytest.warns(RuntimeWarning, match=message):
+        got = generate(model, ids, mask, step="graph", **kwargs)
+    assert torch.equal(got, expected)
+    assert fake_graphs["replays"] <= 1  # the one checked replay at most
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs); CPU runs the same "
                     "compiled graph through inductor in test_compiled_step_with_the_real_compiler")
+@pytest.mark.parametrize("step", ["graph", "compiled"])
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_cuda_graph_step_equals_generate(family, num_beams):
+def test_cuda_graph_step_equals_generate(family, num_beams, step, recwarn):
     torch._dynamo.reset()
     model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12)).cuda()
     ids, mask = (t.cuda() for t in padded_batch(family, lengths=(40, 29, 17)))
     kwargs = dict(num_beams=num_beams, max_new_tokens=12, min_new_tokens=12)
     expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
-    for _ in range(2):  # the second decoding replays the recorded graph
-        assert torch.equal(generate(model, ids, mask, step="auto", **kwargs), expected)
+    for _ in range(2):  # the second decoding replays again (a new capture, or the recorded compiled graph)
+        assert torch.equal(generate(model, ids, mask, step=step, **kwargs), expected)
+    assert not [w for w in recwarn if "decoding eagerly" in str(w.message)]  # no silent fallback
     torch._dynamo.reset()

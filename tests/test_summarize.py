@@ -169,7 +169,7 @@ def test_paths_that_are_not_models(tmp_path):
     ("min_length", 200, "--min-length 200 is larger than --max-length 128"),
     ("batch_size", 0, "--batch-size must be at least 1"),
     ("no_repeat_ngram_size", -1, "--no-repeat-ngram-size must be at least 0"),
-    ("step", "graph", "--step must be one of auto, eager, compiled"),
+    ("step", "graphs", "--step must be one of auto, eager, graph, compiled"),
 ])
 def test_generation_settings_are_checked(field, value, message):
     with pytest.raises(SrsumError, match=message):
