@@ -301,12 +301,13 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
 def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], settings: SummarizeSettings,
                        reporter: Reporter | None = None, description: str = "generating") -> list[str]:
     """Decode summaries for tokenized sources, longest first in batches, returned in input order."""
-    from srsum.decoding import generate
+    from srsum.decoding import generate, resolve_step
     from srsum.tokenization import pad_batch
 
     reporter = reporter or Reporter()
     decoder_settings = settings.decoder_settings()
     device = next(model.parameters()).device
+    resolve_step(decoder_settings.step, device)  # a step the device cannot run fails before any work
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     summaries: list[str] = [""] * len(sources)
     was_training = model.training

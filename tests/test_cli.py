@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CNN_SAMPLE
 from typer.testing import CliRunner
 
@@ -173,6 +174,9 @@ def test_summarize_bad_model_and_unwritable_output(best, article, tmp_path):
                           "cannot write to output folder")
     assert_one_line_error(run("summarize", article, "--model", best, "--num-beams", "0"), "--num-beams must be")
     assert_one_line_error(run("summarize", article, "--model", best, "--step", "graphs"), "--step must be one of")
+    if not torch.cuda.is_available():
+        assert_one_line_error(run("summarize", article, "--model", best, "--step", "graph", "--device", "cpu"),
+                              "'graph' captures CUDA graphs and needs a CUDA device")
     assert_one_line_error(run("summarize", article, "--model", best, "--device", "cuda:7"), "--device")
 
 
