@@ -161,8 +161,7 @@ class SharedStateDecoder:
 
     def _enter_position(self) -> None:
         for layer, state in self.layers:
-            if state.settings.attention != "full":
-                state.enter(layer, self.position)
+            state.enter(layer, self.position)
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (rows, 1) -> next-token logits (rows, V) in float32."""

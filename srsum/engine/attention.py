@@ -164,13 +164,15 @@ class DecodeState:
 
     def skip_to(self, layer: "SRformerCrossAttention", position: int) -> None:
         """Advance to ``position`` without attending (after a teacher-forced prefill of the positions before)."""
-        if self.settings.attention != "full":
-            for t in range(self.position, position):  # host loop; the RAF steps only where σ changes
-                self.enter(layer, t)
+        for t in range(self.position, position):  # host loop; the RAF steps only where σ changes
+            self.enter(layer, t)
         self.position = position
 
     def enter(self, layer: "SRformerCrossAttention", position: int) -> None:
-        """Make position t current: move each example to σ(t), stepping the RAF where σ changed."""
+        """Make position t current: move each example to σ(t), stepping the RAF where σ changed.
+        Full attention has no segments: nothing to do."""
+        if self.settings.attention == "full":
+            return
         schedule = self.settings.schedule_length
         new = [min(m - 1, position * m // schedule) for m in self.n_segments]
         changed = [a != b for a, b in zip(new, self.segment)]
@@ -229,8 +231,7 @@ class DecodeState:
         ``position`` itself, so this only reads the state: a step without host-side work, fit for a
         CUDA graph."""
         if not self.external_clock:
-            if self.settings.attention != "full":
-                self.enter(layer, self.position)
+            self.enter(layer, self.position)
             self.position += 1
         if self.settings.attention == "full":
             return ops.softmax_attention(query, self.keys, self.values, self.key_valid).float()
