@@ -117,7 +117,7 @@ class EncoderSegments:
         for rows, valid in zip(self.seg.keys.split(ops.KV_CHUNK, 2), row_valid.split(ops.KV_CHUNK, 2)):
             keys = self._project(self.layer.key_proj, rows, valid)  # (B, H, chunk, d)
             total = total + ops.kv_product(keys, self._project(self.layer.value_proj, rows, valid))
-            squares = squares + keys.float().square().sum(2)
+            squares = squares + keys.to(ops.compute_dtype(keys)).square().sum(2)
         return total, squares.sqrt() + ops.NORM_EPS
 
 
@@ -196,7 +196,7 @@ class DecodeState:
                                                   self.settings.clamp, self.total_w)  # P Wᵀ: computed once
         x = self.total_w if parts is None else self.total_w - parts[:, :, 0]  # X_σ (B, H, d, d)
         if self.settings.has_raf:
-            membrane, fired = ops.raf_step(self.membrane, x, layer.raf_leak.float(), layer.raf_threshold.float())
+            membrane, fired = ops.raf_step(self.membrane, x, layer.raf_leak.to(x.dtype), layer.raf_threshold.to(x.dtype))
         else:
             membrane, fired = self.membrane, x
         if changed is None:
@@ -234,11 +234,11 @@ class DecodeState:
             self.enter(layer, self.position)
             self.position += 1
         if self.settings.attention == "full":
-            return ops.softmax_attention(query, self.keys, self.values, self.key_valid).float()
+            return ops.softmax_attention(query, self.keys, self.values, self.key_valid).to(ops.compute_dtype(query))
         out = 0.0
         if self.settings.has_local:
             keys, values, valid = self.context  # (B, H, 1, k', d)
-            out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0]).float()
+            out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0]).to(ops.compute_dtype(query))
         if self.settings.has_recurrent:
             norm = None if self.norm is None else self.norm[:, :, None, :]
             out = out + ops.recurrent_output(query, self.recurrent, norm)
@@ -250,31 +250,58 @@ def parallel_attention(query, keys, values, key_valid, settings: SRformerSetting
                        training=False) -> torch.Tensor:
     """Teacher-forced cross-attention for decoder positions 0..T-1, vectorised (SPEC section 8).
 
-    query (B, H, T, d) scaled; keys/values (B, H, n, d); key_valid (B, n) bool or None -> (B, H, T, d) f32.
+    query (B, H, T, d) scaled; keys/values (B, H, n, d); key_valid (B, n) bool or None -> (B, H, T, d)
+    in the compute dtype (float32, or float64 for float64 inputs).
     """
     if settings.attention == "full":
         valid = torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None else key_valid
         if bool((~valid).all(-1).any()):
             raise ValueError("encoder input is empty after masking (n = 0)")
-        return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training).float()
+        return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training).to(ops.compute_dtype(query))
+    terms = parallel_terms(query, keys, values, key_valid, settings, layer, dropout, training)
+    out = terms.local if terms.rec is None else terms.rec if terms.local is None else terms.local + terms.rec
+    return ops.from_groups(out, terms.groups)
+
+
+class ParallelTerms:
+    """The two terms of SRformer's output for all positions, in the grouped layout (B, H, L, S, d),
+    with R (B, H, L, d, d) and the grouping: what calibration and diagnostics look at."""
+
+    def __init__(self, local, rec, recurrent, groups: ops.StepGroups, seg: ops.SegmentedKeys):
+        self.local, self.rec, self.recurrent, self.groups, self.seg = local, rec, recurrent, groups, seg
+
+
+def parallel_terms(query, keys, values, key_valid, settings: SRformerSettings, layer, dropout=0.0,
+                   training=False, local_reference: bool = False) -> ParallelTerms:
+    """local_t and rec_t for every position of a segmented variant (None where the variant has no such
+    term). ``local_reference`` computes the plain segment softmax even for a variant without one
+    (ablation I), as the yardstick the recurrent term is measured against."""
     seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
     warn_if_segments_unvisited(settings, seg)
     positions = torch.arange(query.shape[2], device=query.device)
     groups = ops.group_steps(ops.segment_of_step(positions, seg.n_segments, settings.schedule_length))
     grouped_query = ops.to_groups(query, groups)  # (B, H, L, S, d)
-    out = 0.0
-    if settings.has_local:
-        keys_g, values_g, valid_g = ops.segment_context(seg, settings.attention, groups.segment_of_group)
-        out = ops.softmax_attention(grouped_query, keys_g, values_g, valid_g, dropout, training).float()
+    local = rec = recurrent = None
+    if settings.has_local or local_reference:
+        variant = settings.attention if settings.has_local else "segmented"
+        keys_g, values_g, valid_g = ops.segment_context(seg, variant, groups.segment_of_group)
+        local = ops.softmax_attention(grouped_query, keys_g, values_g, valid_g, dropout, training)
+        local = local.to(ops.compute_dtype(query))
     if settings.has_recurrent:
         recurrent = recurrent_sequence(seg, groups.segment_of_group, settings, layer)  # (B, H, L, d, d)
         norm = None if settings.attention == "no_norm" else ops.key_norm(seg.keys)[:, :, None, None, :]
-        out = out + ops.recurrent_output(grouped_query, recurrent, norm)
-    return ops.from_groups(out, groups)
+        rec = ops.recurrent_output(grouped_query, recurrent, norm)
+    return ParallelTerms(local, rec, recurrent, groups, seg)
 
 
 def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRformerSettings, layer):
     """R for every group (RAF step) of the batch: (B, L) segment indices -> (B, H, L, d, d)."""
+    base, parts = recurrent_inputs(seg, segment_of_group, settings, layer)
+    return recurrent_from_inputs(base, parts, settings, layer)
+
+
+def recurrent_inputs(seg: ops.SegmentedKeys, segment_of_group, settings: SRformerSettings, layer):
+    """The RAF inputs X_l = base - parts_l (both linear in W): base (B, H, d, d), parts (B, H, L, d, d)."""
     total = ops.kv_product(seg.keys, seg.values)  # P: (B, H, d, d)
     keys = values = None
     if settings.attention != "full_product":
@@ -283,9 +310,14 @@ def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRfor
     base, parts = ops.raf_input_parts(total, keys, values, layer.recurrent_w.weight, settings.clamp)
     if parts is None:  # ablation IV: X_σ = P Wᵀ at every step
         parts = torch.zeros_like(base)[:, :, None].expand(-1, -1, segment_of_group.shape[1], -1, -1)
+    return base, parts
+
+
+def recurrent_from_inputs(base, parts, settings: SRformerSettings, layer):
+    """R_l from X_l = base - parts_l: the RAF scan, or X itself for ablation III."""
     if not settings.has_raf:
         return base[:, :, None] - parts  # ablation III: R_σ = X_σ
-    return ops.raf_scan(parts, layer.raf_leak.float(), layer.raf_threshold.float(), base=base)
+    return ops.raf_scan(parts, layer.raf_leak.to(base.dtype), layer.raf_threshold.to(base.dtype), base=base)
 
 
 class SRformerCrossAttention(nn.Module):
@@ -305,6 +337,7 @@ class SRformerCrossAttention(nn.Module):
         self.dropout = dropout
         self.layer_idx = layer_idx
         self.init_std = init_std
+        self.observer = None  # called as observer(layer, query, keys, values, key_valid) before a parallel pass
         if settings.has_recurrent:
             self.recurrent_w = nn.Linear(head_dim, head_dim, bias=False)  # W, shared by all heads
         if settings.has_raf:
@@ -386,6 +419,8 @@ class SRformerCrossAttention(nn.Module):
 
     def _parallel(self, query, encoder_states, key_valid) -> torch.Tensor:
         keys, values = self._keys_values(encoder_states)
+        if self.observer is not None:  # calibration or diagnostics (srsum.engine.calibration)
+            self.observer(self, query, keys, values, key_valid)
         try:
             return parallel_attention(query, keys, values, key_valid, self.settings, self, self.dropout,
                                       self.training)

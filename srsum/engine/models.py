@@ -18,7 +18,8 @@ from transformers import initialization as hf_init
 
 from ..errors import SrsumError
 from .attention import SRformerCrossAttention
-from .settings import SRformerSettings, make_settings, settings_from_config
+from .calibration import calibrate, needs_calibration
+from .settings import DEFAULT_MEMORY_RATIO, SRformerSettings, make_settings, settings_from_config
 
 
 # --------------------------------------------------------------------------- host adapters
@@ -137,17 +138,22 @@ def install_cross_attention(model, family: Family) -> None:
 
 # --------------------------------------------------------------------------- public API
 def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_length: int = 128,
-            clamp="default", leak_init=None, threshold_init=None):
+            clamp="default", leak_init=None, threshold_init=None, w_init="calibrated",
+            memory_ratio=DEFAULT_MEMORY_RATIO, calibration_batch=None):
     """Turn a loaded T5/BART model (or a hub name / path) into an SRformer model of the given variant.
 
     Every pretrained weight is kept; srformer-family variants add W (d x d), λ and θ per decoder layer.
-    The model is changed in place and returned.
+    With ``w_init="calibrated"`` (the default) W is then scaled per layer so that the recurrent term is
+    ``memory_ratio`` times the local term on ``calibration_batch`` (a mapping with input_ids, attention_mask
+    and decoder_input_ids or labels), or on a fallback batch of random tokens when none is given
+    (``srsum.engine.calibration``); ``w_init="paper"`` keeps the paper's init. The model is changed in
+    place and returned.
     """
     if isinstance(model, (str, Path)):
         model = _load_plain(str(model))
     family = family_of(model.config)
     settings = make_settings(family.name, attention, seg_size, schedule_length, clamp, leak_init,
-                             threshold_init)
+                             threshold_init, w_init, memory_ratio)
     fields = model.config.to_dict()
     fields.pop("model_type", None)
     fields.update(settings.to_config_dict())
@@ -156,6 +162,8 @@ def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_len
     model.__class__ = family.model_class
     model.config = config
     install_cross_attention(model, family)
+    if needs_calibration(model):
+        calibrate(model, calibration_batch)
     return model
 
 

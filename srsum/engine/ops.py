@@ -19,6 +19,12 @@ import torch.nn.functional as F
 NORM_EPS = 1e-6
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the engine accumulates in for inputs like ``x``: float64 stays float64, everything
+    else (float32, bfloat16, float16) is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 # --------------------------------------------------------------------------- keys and segments
 @dataclass
 class SegmentedKeys:
@@ -151,7 +157,7 @@ def softmax_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
 
     query (..., T, d), keys/values (..., k, d), key_valid broadcastable to (..., 1, k).
     """
-    scores = torch.matmul(query, keys.transpose(-1, -2)).float()
+    scores = torch.matmul(query, keys.transpose(-1, -2)).to(compute_dtype(query))
     scores = scores.masked_fill(~key_valid, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if dropout and training:
@@ -216,18 +222,19 @@ def kv_product(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
     Half-precision inputs are upcast a chunk of keys at a time, so a long encoder output is never
     copied whole in float32."""
-    if keys.dtype == torch.float32 or keys.shape[-2] <= KV_CHUNK:
-        return torch.matmul(keys.float().transpose(-1, -2), values.float())
+    acc = compute_dtype(keys)
+    if keys.dtype == acc or keys.shape[-2] <= KV_CHUNK:
+        return torch.matmul(keys.to(acc).transpose(-1, -2), values.to(acc))
     total = None
     for k, v in zip(keys.split(KV_CHUNK, dim=-2), values.split(KV_CHUNK, dim=-2)):
-        part = torch.matmul(k.float().transpose(-1, -2), v.float())
+        part = torch.matmul(k.to(acc).transpose(-1, -2), v.to(acc))
         total = part if total is None else total + part
     return total
 
 
 def key_norm(keys: torch.Tensor) -> torch.Tensor:
     """ν[c] = ||K[:, c]||₂ over the real keys (padding rows are zero) + eps: (B, H, n, d) -> (B, H, d)."""
-    return torch.linalg.vector_norm(keys, dim=2, dtype=torch.float32) + NORM_EPS
+    return torch.linalg.vector_norm(keys, dim=2, dtype=compute_dtype(keys)) + NORM_EPS
 
 
 def row_gram(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -236,8 +243,8 @@ def row_gram(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     The keys and values of any linear projection are K = [E 1] [W_k b_k]ᵀ, so P = Kᵀ V and ν follow
     from this one matrix for every layer (``products_from_gram``) without projecting the n rows."""
     gram = kv_product(rows, rows)[:, 0]  # (B, D, D)
-    column_sum = rows.sum(2, dtype=torch.float32)[:, 0]  # (B, D)
-    count = lengths.to(torch.float32)[:, None, None]
+    column_sum = rows.sum(2, dtype=gram.dtype)[:, 0]  # (B, D)
+    count = lengths.to(gram.dtype)[:, None, None]
     top = torch.cat([gram, column_sum[:, :, None]], dim=2)
     bottom = torch.cat([column_sum[:, None, :], count], dim=2)
     return torch.cat([top, bottom], dim=1)
@@ -249,8 +256,8 @@ def products_from_gram(gram: torch.Tensor, key_weight: torch.Tensor, value_weigh
     gram (B, D+1, D+1); key_weight/value_weight (H*d, D+1): a projection's weight with its bias as the
     last column -> P (B, H, d, d), ν (B, H, d). D³ work per layer instead of 2 n D² for projecting."""
     hd = key_weight.shape[0]
-    wk = key_weight.float().view(n_heads, hd // n_heads, -1)  # (H, d, D+1)
-    wv = value_weight.float().view(n_heads, hd // n_heads, -1)
+    wk = key_weight.to(gram.dtype).view(n_heads, hd // n_heads, -1)  # (H, d, D+1)
+    wv = value_weight.to(gram.dtype).view(n_heads, hd // n_heads, -1)
     weighted = torch.matmul(wk, gram[:, None])  # W_k G: (B, H, d, D+1)
     total = torch.matmul(weighted, wv.transpose(-1, -2))  # (B, H, d, d)
     norm = (weighted * wk).sum(-1).clamp(min=0).sqrt() + NORM_EPS  # sqrt(diag(W_k G W_kᵀ))
@@ -348,18 +355,18 @@ def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_valu
     so parts_σ = clamp(P_σ) Wᵀ. ``total_w`` = base if the caller keeps it (a decoder computes it once).
     Returns base (B, H, d, d) and parts (B, H, L, d, d) or None.
     """
-    w_t = weight.float().t()
+    w_t = weight.to(total.dtype).t()
     if total_w is None:
         total_w = torch.matmul(total if clamp is None else total.clamp(-clamp, clamp), w_t)
     if seg_keys is None:
         return total_w, None
     if clamp is None:
-        return total_w, kv_product(seg_keys, torch.matmul(seg_values.float(), w_t))
+        return total_w, kv_product(seg_keys, torch.matmul(seg_values.to(total.dtype), w_t))
     return total_w, torch.matmul(kv_product(seg_keys, seg_values).clamp(-clamp, clamp), w_t)
 
 
 def recurrent_output(query: torch.Tensor, recurrent: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
     """rec = (q R) ⊘ ν. query (..., T, d) scaled; recurrent (..., d, d); norm broadcastable to the
     output with ν along the last axis, or None (ablation II)."""
-    out = torch.matmul(query.float(), recurrent)
+    out = torch.matmul(query.to(recurrent.dtype), recurrent)
     return out if norm is None else out / norm

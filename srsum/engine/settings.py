@@ -41,6 +41,10 @@ FAMILY_DEFAULTS = {
     "bart": {"clamp": 2.0, "leak_init": 0.5, "threshold_init": 0.1},
 }
 CONFIG_PREFIX = "srformer_"
+# How W starts (SPEC section 5): "calibrated" scales the host's linear init per layer so that the
+# recurrent term is ``memory_ratio`` times the local term on a calibration batch; "paper" keeps it.
+W_INITS = ("calibrated", "paper")
+DEFAULT_MEMORY_RATIO = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class SRformerSettings:
     clamp: float | None = None  # clamp P and P_j to [-clamp, clamp] (BART), None: off
     leak_init: float = 0.1  # initial λ
     threshold_init: float = 0.1  # initial θ
+    w_init: str = "calibrated"  # "calibrated" or "paper" (see W_INITS)
+    memory_ratio: float = DEFAULT_MEMORY_RATIO  # r: ||rec|| / ||local|| the calibration aims for
+    calibration: dict | None = None  # what the calibration chose and measured (None: not calibrated)
 
     @property
     def has_local(self) -> bool:
@@ -98,7 +105,8 @@ def _positive_float(field: str, value) -> float:
 
 
 def make_settings(family: str, attention: str = "srformer", seg_size=64, schedule_length=128,
-                  clamp="default", leak_init=None, threshold_init=None) -> SRformerSettings:
+                  clamp="default", leak_init=None, threshold_init=None, w_init="calibrated",
+                  memory_ratio=DEFAULT_MEMORY_RATIO, calibration=None) -> SRformerSettings:
     """Validated settings for a model family; unset values take the family's defaults."""
     if family not in FAMILIES:
         raise SrsumError(f"model family: {family!r} is not supported; allowed: {', '.join(FAMILIES)}")
@@ -113,7 +121,17 @@ def make_settings(family: str, attention: str = "srformer", seg_size=64, schedul
         leak_init=float(defaults["leak_init"] if leak_init is None else leak_init),
         threshold_init=_positive_float("threshold_init",
                                        defaults["threshold_init"] if threshold_init is None else threshold_init),
+        w_init=_choice("w_init", w_init, W_INITS),
+        memory_ratio=_positive_float("memory_ratio", memory_ratio),
+        calibration=None if calibration is None else dict(calibration),
     )
+
+
+def _choice(field: str, value, allowed: tuple) -> str:
+    key = str(value).strip().lower()
+    if key not in allowed:
+        raise SrsumError(f"{field}: must be one of {', '.join(allowed)}, got {value!r}")
+    return key
 
 
 def settings_from_config(config, family: str) -> SRformerSettings:
