@@ -1,10 +1,10 @@
-"""The small T5 of the study and the bridge to srsum's own conversion."""
+"""The small T5 and BART of the study and the bridge to srsum's own conversion."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 
 from srsum.errors import SrsumError
 from srsum.quality.tasks import EOS, PAD
@@ -12,10 +12,16 @@ from srsum.quality.tasks import EOS, PAD
 # The names of docs/ENGINE_API.md; ablations I-IV are no_local, no_norm, no_raf, full_product.
 MAIN_VARIANTS = ("full", "segmented", "srformer", "xl", "global")
 ABLATIONS = ("no_local", "no_norm", "no_raf", "full_product")
-ALL_VARIANTS = MAIN_VARIANTS + ABLATIONS
-ABLATION_LABELS = {"srformer": "SRformer", "no_local": "I: no local attention",
+# SRformer converted with the paper's W init instead of the calibrated one (the engine's default)
+PAPER_INIT = "srformer_paper"
+DEFAULT_ABLATIONS = (PAPER_INIT, *ABLATIONS)
+ALL_VARIANTS = MAIN_VARIANTS + DEFAULT_ABLATIONS
+ABLATION_LABELS = {"srformer": "SRformer", PAPER_INIT: "SRformer, paper init",
+                   "no_local": "I: no local attention",
                    "no_norm": "II: no normalisation", "no_raf": "III: no RAF neuron",
                    "full_product": "IV: full product (P, not P - P_σ)"}
+FAMILIES = ("t5", "bart")
+FAMILY_LABELS = {"t5": "T5", "bart": "BART"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,30 @@ def new_t5(vocab_size: int, size: ModelSize) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(config)
 
 
+def new_bart(vocab_size: int, size: ModelSize, max_source_len: int = 256) -> BartForConditionalGeneration:
+    """A randomly initialised full-attention BART of the same size as :func:`new_t5` (d_model, heads,
+    d_ff, layers). The tasks' ids hold: PAD (0) pads and starts the decoder, as for T5, EOS (1) ends;
+    no forced BOS/EOS, so generation and the tasks' own label shifting agree."""
+    config = BartConfig(vocab_size=vocab_size, d_model=size.d_model, encoder_layers=size.num_layers,
+                        decoder_layers=size.num_decoder_layers, encoder_attention_heads=size.num_heads,
+                        decoder_attention_heads=size.num_heads, encoder_ffn_dim=size.d_ff,
+                        decoder_ffn_dim=size.d_ff, max_position_embeddings=max_source_len + 2,
+                        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, activation_function="relu",
+                        pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS, decoder_start_token_id=PAD,
+                        forced_bos_token_id=None, forced_eos_token_id=None, scale_embedding=False,
+                        tie_word_embeddings=True)
+    return BartForConditionalGeneration(config)
+
+
+def new_model(family: str, vocab_size: int, size: ModelSize, max_source_len: int = 256):
+    """The family's randomly initialised full-attention model."""
+    if family == "t5":
+        return new_t5(vocab_size, size)
+    if family == "bart":
+        return new_bart(vocab_size, size, max_source_len)
+    raise SrsumError(f"unknown model family {family!r}: choose from {', '.join(FAMILIES)}")
+
+
 def engine_convert():
     """srsum.engine.convert, or a clear error when the engine is not importable."""
     try:
@@ -53,13 +83,24 @@ def engine_convert():
 
 
 def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, converter=None,
-               threshold_init: float | None = None):
+               threshold_init: float | None = None, memory_ratio: float | None = None,
+               calibration_batch=None):
     """Convert the pretrained model's cross-attention to ``variant`` with srsum's own conversion.
-    ``threshold_init`` (θ's initial value, SPEC default 0.1) is passed only when set."""
+    ``threshold_init`` (θ's initial value, SPEC default 0.1) and ``memory_ratio`` (the calibrated W's
+    ||rec|| / ||local||, engine default) are passed only when set. Every SRformer-family variant is
+    calibrated on ``calibration_batch`` (the engine's default W init) except ``srformer_paper``, which is
+    SRformer with the paper's W init."""
     if variant not in ALL_VARIANTS:
         raise SrsumError(f"unknown variant {variant!r}: choose from {', '.join(ALL_VARIANTS)}")
     convert = converter or engine_convert()
     extra = {"threshold_init": threshold_init} if threshold_init is not None else {}
+    if variant == PAPER_INIT:
+        variant, extra["w_init"] = "srformer", "paper"
+    else:
+        if memory_ratio is not None:
+            extra["memory_ratio"] = memory_ratio
+        if calibration_batch is not None:
+            extra["calibration_batch"] = calibration_batch
     return convert(model, attention=variant, seg_size=seg_size, schedule_length=schedule_length, **extra)
 
 
