@@ -21,12 +21,32 @@ def linear_schedule(optimizer, steps: int, warmup_fraction: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+NEW_PARAMETER_MARKS = ("recurrent_w", "raf_")  # SRformer's W, λ (raf_leak) and θ (raf_threshold)
+
+
+def is_new_parameter(name: str) -> bool:
+    return any(mark in name for mark in NEW_PARAMETER_MARKS)
+
+
+def parameter_groups(model, lr: float, new_param_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: the pretrained weights at ``lr``; SRformer's new W, λ, θ at ``lr * new_param_lr_scale``
+    in a group of their own (left out when the model has none)."""
+    old, new = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (new if is_new_parameter(name) else old).append(param)
+    groups = [{"params": old, "lr": lr}]
+    if new:
+        groups.append({"params": new, "lr": lr * new_param_lr_scale})
+    return groups
+
+
 def train(model, task, *, steps: int, batch_size: int, lr: float, seed: int, device: str,
-          ramp_steps: int = 0, every: int = 0, callback=None) -> dict:
+          ramp_steps: int = 0, every: int = 0, callback=None, new_param_lr_scale: float = 1.0) -> dict:
     """Train ``model`` on ``task`` for ``steps`` batches; returns the loss curve's summary."""
     torch.manual_seed(seed)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, new_param_lr_scale), lr=lr, weight_decay=0.01)
     schedule = linear_schedule(optimizer, steps)
     batches = task.train_batches(seed, batch_size, ramp_steps)
     losses, start = [], time.perf_counter()
@@ -94,8 +114,58 @@ def generate_entities(model, task, *, batch_size: int, device: str, limit: int |
     return {"entity_f1": mean(set_scores), "order_f1": mean(order_scores)}
 
 
-def evaluate(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
-    """The task's score (its headline number under ``score``) and secondary metrics."""
+def has_srsum_layers(model) -> bool:
+    """Whether srsum's decoder can run the model (its cross-attention was converted, even to "full")."""
+    try:
+        from srsum.engine.attention import SRformerCrossAttention
+    except ImportError:
+        return False
+    return any(isinstance(m, SRformerCrossAttention) for m in model.modules())
+
+
+@torch.no_grad()
+def generated(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
+    """Greedy decoding through srsum's own decoder (``SharedStateDecoder``, one step at a time), scored
+    at the scored positions exactly like :func:`teacher_forced`. What the decoder is fed at step t + 1:
+    with ``task.generation == "free"`` (recall) always its own argmax of step t; with "forced" (lookup,
+    "forced-marker greedy") its argmax where step t is scored and the given token (a marker) where not."""
+    from srsum.decoding import SharedStateDecoder
+
+    model.to(device).eval()
+    free = getattr(task, "generation", "free") == "free"
+    right = total = 0
+    steps = {"local": 0, "remote": 0, "steps": 0, "count": 0}
+    for batch in task.eval_batches(batch_size, limit):
+        batch = batch.to(device)
+        length = batch.labels.shape[1]
+        decoder = SharedStateDecoder(model, batch.input_ids, batch.attention_mask, rows_per_example=1,
+                                     max_steps=length, step="eager")
+        scored = batch.labels != IGNORE
+        tokens = batch.decoder_input_ids[:, :1]  # the decoder start token
+        predicted = []
+        for t in range(length):
+            choice = decoder.logits(tokens).argmax(-1)  # (B,)
+            predicted.append(choice)
+            if t + 1 < length:
+                given = batch.decoder_input_ids[:, t + 1]
+                tokens = (choice if free else torch.where(scored[:, t], choice, given))[:, None]
+        hits = torch.stack(predicted, 1) == batch.labels
+        right += hits[scored].sum().item()
+        total += scored.sum().item()
+        if hasattr(task, "step_scores"):
+            for key, value in task.step_scores(hits.cpu(), scored.cpu()).items():
+                steps[key] += value
+    out = {"generated_token_accuracy": right / max(1, total)}
+    if steps["count"]:
+        out["generated_step_accuracy"] = steps["steps"] / steps["count"]
+    out["generated_score"] = out.get("generated_step_accuracy", out["generated_token_accuracy"])
+    return out
+
+
+def evaluate(model, task, *, batch_size: int, device: str, limit: int | None = None,
+             generate: bool = True) -> dict:
+    """The task's score (its headline number under ``score``, teacher-forced) and secondary metrics;
+    with ``generate``, for a model srsum's decoder runs, also ``generated_score`` (see :func:`generated`)."""
     start = time.perf_counter()
     metrics = teacher_forced(model, task, batch_size=batch_size, device=device, limit=limit)
     if task.generative:
@@ -103,5 +173,7 @@ def evaluate(model, task, *, batch_size: int, device: str, limit: int | None = N
         metrics["score"] = metrics["entity_f1"]
     else:
         metrics["score"] = metrics.get("step_accuracy", metrics["token_accuracy"])
+        if generate and has_srsum_layers(model):
+            metrics.update(generated(model, task, batch_size=batch_size, device=device, limit=limit))
     metrics["eval_seconds"] = time.perf_counter() - start
     return metrics
