@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quality study: what SRformer's recurrent attention recovers from segmented cross-attention.
 
-Pretrain a small full-attention T5 per task and seed, convert it to each cross-attention variant with
+Pretrain a small full-attention T5 (and/or BART) per task and seed, convert it to each cross-attention variant with
 srsum's own conversion, fine-tune every variant for the same budget, score it on held-out examples, and
 write results.json, RESULTS.md and a plot into --output-dir.
 
@@ -28,21 +28,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, required=True, help="where results.json, RESULTS.md and the PNG go")
     p.add_argument("--from-json", type=Path, help="only regenerate RESULTS.md and the PNG from this results file")
     p.add_argument("--smoke", action="store_true", help="tiny budget, one seed, a few variants (CI)")
-    p.add_argument("--tasks", help="comma-separated: lookup,entities")
+    p.add_argument("--tasks", help="comma-separated: lookup,recall,entities (default lookup,recall)")
+    p.add_argument("--families", help="comma-separated model families: t5,bart (default t5)")
     p.add_argument("--variants", help="comma-separated main variants: full,segmented,srformer,xl,global")
     p.add_argument("--seg-sizes", help="comma-separated segment sizes, e.g. 8,16,64")
-    p.add_argument("--ablations", help="comma-separated: no_local,no_norm,no_raf,full_product ('none' for none)")
+    p.add_argument("--ablations", help="comma-separated: srformer_paper,no_local,no_norm,no_raf,full_product "
+                                       "('none' for none; default all five)")
     p.add_argument("--ablation-seg-size", type=int)
     p.add_argument("--seeds", type=int)
     p.add_argument("--pretrain-per-seed", action="store_true", default=None,
                    help="pretrain a separate full-attention model for every seed (default: one per task)")
-    p.add_argument("--pretrain-steps", type=int, help="default: each task's own (lookup 5000, entities 4000)")
+    p.add_argument("--pretrain-steps", type=int,
+                   help="default: each task's own (lookup 5000, recall 3000, entities 4000)")
     p.add_argument("--pretrain-batch-size", type=int)
     p.add_argument("--finetune-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--pretrain-lr", type=float)
     p.add_argument("--finetune-lr", type=float)
     p.add_argument("--threshold-init", type=float, help="initial RAF threshold θ (default: the SPEC's 0.1)")
+    p.add_argument("--memory-ratio", type=float,
+                   help="calibrated ||rec|| / ||local|| at conversion (default: the engine's, 0.05)")
+    p.add_argument("--new-param-lr-scale", type=float,
+                   help="learning rate of SRformer's new W, λ, θ as a multiple of --finetune-lr (default 1)")
     p.add_argument("--eval-limit", type=int, help="score only the first N held-out examples")
     p.add_argument("--data-dir", help="folder holding cnn_dailymail/, xsum/, arxiv/, mediasum/ (default ../shared/data)")
     p.add_argument("--device", help="cpu or cuda")
@@ -73,7 +80,9 @@ def config_from(args: argparse.Namespace):
                  "pretrain_steps": args.pretrain_steps,
                  "pretrain_batch_size": args.pretrain_batch_size, "finetune_steps": args.finetune_steps,
                  "batch_size": args.batch_size, "pretrain_lr": args.pretrain_lr, "finetune_lr": args.finetune_lr,
-                 "eval_limit": args.eval_limit, "threshold_init": args.threshold_init, "data_dir": args.data_dir, "device": args.device}
+                 "eval_limit": args.eval_limit, "threshold_init": args.threshold_init,
+                 "memory_ratio": args.memory_ratio, "new_param_lr_scale": args.new_param_lr_scale,
+                 "families": split(args.families), "data_dir": args.data_dir, "device": args.device}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -1,4 +1,4 @@
-"""The sweep: pretrain a full-attention T5 per task and seed, convert it to every variant, fine-tune
+"""The sweep: pretrain a full-attention T5 (or BART) per family, task and seed, convert it to every variant, fine-tune
 each for the same budget, score it on held-out examples, and collect everything in one results dict.
 
 Every bad input is rejected by :func:`validate` before any training starts.
@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from srsum.errors import SrsumError
-from srsum.quality.model import (ABLATIONS, ALL_VARIANTS, MAIN_VARIANTS, ModelSize, count_parameters,
-                                 engine_convert, new_t5, to_variant)
-from srsum.quality.tasks import TASK_NAMES, build_task
+from srsum.quality.model import (ALL_VARIANTS, DEFAULT_ABLATIONS, FAMILIES, MAIN_VARIANTS, ModelSize,
+                                 count_parameters, engine_convert, new_model, to_variant)
+from srsum.quality.tasks import DEFAULT_TASKS, TASK_NAMES, build_task
 from srsum.quality.train import evaluate, train
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -31,10 +31,10 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data
 class StudyConfig:
     """Everything that decides a sweep's numbers. The same steps, batch and schedule for every variant."""
 
-    tasks: tuple[str, ...] = TASK_NAMES
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     variants: tuple[str, ...] = MAIN_VARIANTS
     seg_sizes: tuple[int, ...] = (8, 16, 64)
-    ablations: tuple[str, ...] = ABLATIONS
+    ablations: tuple[str, ...] = DEFAULT_ABLATIONS  # srformer_paper and ablations I-IV
     ablation_seg_size: int = 16
     seeds: int = 3
     pretrain_per_seed: bool = False
@@ -46,6 +46,9 @@ class StudyConfig:
     ramp_fraction: float = 0.5
     finetune_lr: float = 1e-3
     threshold_init: float | None = None  # None: the SPEC's θ = 0.1
+    memory_ratio: float | None = None    # None: the engine's default ||rec|| / ||local|| after calibration
+    new_param_lr_scale: float = 1.0      # W, λ, θ train at finetune_lr times this
+    families: tuple[str, ...] = ("t5",)  # "t5" and/or "bart"
     eval_batch_size: int = 64
     eval_limit: int | None = None
     size: ModelSize = field(default_factory=ModelSize)
@@ -60,7 +63,8 @@ class StudyConfig:
 
 def smoke_config(**overrides) -> StudyConfig:
     """A tiny budget that checks the pipeline end to end (not the scores) in well under a minute."""
-    base = StudyConfig(variants=("full", "segmented", "srformer"), seg_sizes=(16,), ablations=("no_raf",),
+    base = StudyConfig(variants=("full", "segmented", "srformer"), seg_sizes=(16,),
+                       ablations=("srformer_paper", "no_raf"), families=("t5", "bart"),
                        ablation_seg_size=16, seeds=1, pretrain_steps=3, pretrain_batch_size=4,
                        finetune_steps=2, batch_size=4,
                        eval_limit=8, eval_batch_size=8,
@@ -76,13 +80,14 @@ class Job:
     seed: int
     variant: str | None = None
     seg_size: int | None = None
+    family: str = "t5"
 
     @property
     def label(self) -> str:
         if self.variant is None:
-            return f"{self.task} seed {self.seed} pretrain (full attention)"
+            return f"{self.family} {self.task} seed {self.seed} pretrain (full attention)"
         s = "" if self.seg_size is None else f" s={self.seg_size}"
-        return f"{self.task} seed {self.seed} {self.variant}{s}"
+        return f"{self.family} {self.task} seed {self.seed} {self.variant}{s}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,6 +102,15 @@ def validate(config: StudyConfig, workers: int) -> dict:
             raise SrsumError(f"unknown task {name!r}: choose from {', '.join(TASK_NAMES)}")
     if not config.tasks:
         raise SrsumError("no task chosen: choose from " + ", ".join(TASK_NAMES))
+    for name in config.families:
+        if name not in FAMILIES:
+            raise SrsumError(f"unknown model family {name!r}: choose from {', '.join(FAMILIES)}")
+    if not config.families:
+        raise SrsumError("no model family chosen: choose from " + ", ".join(FAMILIES))
+    if config.memory_ratio is not None and not config.memory_ratio > 0:
+        raise SrsumError(f"memory ratio must be positive, got {config.memory_ratio}")
+    if not config.new_param_lr_scale > 0:
+        raise SrsumError(f"new-parameter lr scale must be positive, got {config.new_param_lr_scale}")
     for name in (*config.variants, *config.ablations):
         if name not in ALL_VARIANTS:
             raise SrsumError(f"unknown variant {name!r}: choose from {', '.join(ALL_VARIANTS)}")
@@ -139,13 +153,13 @@ def pretrain_seed(config: StudyConfig, seed: int) -> int:
     return seed if config.pretrain_per_seed else 0
 
 
-def finetune_jobs(config: StudyConfig, task: str, seed: int) -> list[Job]:
+def finetune_jobs(config: StudyConfig, task: str, seed: int, family: str = "t5") -> list[Job]:
     jobs = []
     for variant in config.variants:
         sizes = [None] if variant == "full" else config.seg_sizes
-        jobs += [Job(task, seed, variant, s) for s in sizes]
+        jobs += [Job(task, seed, variant, s, family) for s in sizes]
     for variant in config.ablations:
-        job = Job(task, seed, variant, config.ablation_seg_size)
+        job = Job(task, seed, variant, config.ablation_seg_size, family)
         if job not in jobs:
             jobs.append(job)
     return jobs
@@ -154,13 +168,14 @@ def finetune_jobs(config: StudyConfig, task: str, seed: int) -> list[Job]:
 def plan(config: StudyConfig) -> tuple[list[Job], dict[Job, list[Job]]]:
     """Pretraining jobs, and for each the fine-tuning jobs that start from its checkpoint."""
     pretrains, followers = [], {}
-    for task in config.tasks:
-        for seed in range(config.seeds):
-            root = Job(task, pretrain_seed(config, seed))
-            if root not in followers:
-                pretrains.append(root)
-                followers[root] = []
-            followers[root] += finetune_jobs(config, task, seed)
+    for family in config.families:
+        for task in config.tasks:
+            for seed in range(config.seeds):
+                root = Job(task, pretrain_seed(config, seed), family=family)
+                if root not in followers:
+                    pretrains.append(root)
+                    followers[root] = []
+                followers[root] += finetune_jobs(config, task, seed, family)
     return pretrains, followers
 
 
@@ -170,7 +185,7 @@ def plan(config: StudyConfig) -> tuple[list[Job], dict[Job, list[Job]]]:
 
 
 def checkpoint_path(work_dir: str, job: Job) -> Path:
-    return Path(work_dir) / f"pretrained-{job.task}-seed{job.seed}.pt"
+    return Path(work_dir) / f"pretrained-{job.family}-{job.task}-seed{job.seed}.pt"
 
 
 def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
@@ -178,13 +193,13 @@ def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
     start = time.perf_counter()
     task = build_task(job.task, config.data_dir)
     torch.manual_seed(1_000 + job.seed)
-    model = new_t5(task.vocab_size, config.size)
+    model = new_model(job.family, task.vocab_size, config.size, task.max_source_len)
     steps = config.pretrain_steps or task.pretrain_steps
     log = train(model, task, steps=steps, batch_size=config.pretrain_batch_size,
                 lr=config.pretrain_lr, seed=1_000 + job.seed, device=config.device,
                 ramp_steps=round(steps * config.ramp_fraction))
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
-                       limit=config.eval_limit)
+                       limit=config.eval_limit)  # teacher-forced only: srsum's decoder needs a converted model
     torch.save(model.cpu().state_dict(), checkpoint_path(work_dir, job))
     return {**record_keys(job), "kind": "pretrain", **log, **metrics, "parameters": count_parameters(model),
             "wall_seconds": time.perf_counter() - start}
@@ -194,22 +209,53 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     """Convert the pretrained model to the job's variant, fine-tune it, and score it."""
     start = time.perf_counter()
     task = build_task(job.task, config.data_dir)
-    model = new_t5(task.vocab_size, config.size)
-    root = Job(job.task, pretrain_seed(config, job.seed))
+    model = new_model(job.family, task.vocab_size, config.size, task.max_source_len)
+    root = Job(job.task, pretrain_seed(config, job.seed), family=job.family)
     model.load_state_dict(torch.load(checkpoint_path(work_dir, root), weights_only=True))
     seg_size = job.seg_size if job.seg_size is not None else task.max_source_len
+    # the calibration batch is the first fine-tuning batch, drawn from a stream of its own so that
+    # train() below sees exactly the batches it saw before calibration existed
+    calibration_batch = next(task.train_batches(2_000 + job.seed, config.batch_size)).to(config.device)
+    model.to(config.device)
     torch.manual_seed(2_000 + job.seed)  # the new SRformer parameters' initialisation
-    model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init)
+    model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init,
+                       config.memory_ratio, calibration_batch)
+    calibration = calibration_of(model)
     log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
-                lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device)
+                lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device,
+                new_param_lr_scale=config.new_param_lr_scale)
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
                        limit=config.eval_limit)
+    first_eval = next(task.eval_batches(config.eval_batch_size, config.eval_limit)).to(config.device)
     return {**record_keys(job), "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
+            "calibration": calibration, "memory_after": memory_of(model, first_eval),
             "wall_seconds": time.perf_counter() - start}
 
 
+def _layer_rows(rows) -> list[dict]:
+    return [{"layer": r["layer"], "ratio": r["ratio"], "firing_rate": r.get("firing_rate")} for r in rows]
+
+
+def calibration_of(model) -> list[dict] | None:
+    """Per layer, the ratio ||rec|| / ||local|| and firing rate the calibration left (None: not calibrated)."""
+    record = getattr(model.config, "srformer_calibration", None)
+    if not record or not record.get("layers"):
+        return None
+    return _layer_rows(record["layers"])
+
+
+def memory_of(model, batch) -> list[dict] | None:
+    """The engine's memory report (per layer ratio and firing rate) on ``batch``; None without a memory."""
+    try:
+        from srsum.engine.calibration import memory_report
+    except ImportError:
+        return None
+    rows = memory_report(model, batch)
+    return _layer_rows(rows) if rows else None
+
+
 def record_keys(job: Job) -> dict:
-    return {"task": job.task, "seed": job.seed, "variant": job.variant or "pretrained",
+    return {"family": job.family, "task": job.task, "seed": job.seed, "variant": job.variant or "pretrained",
             "seg_size": job.seg_size}
 
 
@@ -262,11 +308,14 @@ def run_study(config: StudyConfig, *, workers: int = 1, work_dir: str | None = N
 def _report(progress, runs: list[dict], total: int, record: dict) -> None:
     runs.append(record)
     what = Job(record["task"], record["seed"],
-               None if record["variant"] == "pretrained" else record["variant"], record["seg_size"]).label
+               None if record["variant"] == "pretrained" else record["variant"], record["seg_size"],
+               record.get("family", "t5")).label
     if "error" in record:
         progress(f"[{len(runs)}/{total}] {what}: FAILED {record['error']}")
     else:
-        progress(f"[{len(runs)}/{total}] {what}: score {record['score']:.3f} "
+        generated = record.get("generated_score")
+        also = "" if generated is None else f", generated {generated:.3f}"
+        progress(f"[{len(runs)}/{total}] {what}: score {record['score']:.3f}{also} "
                  f"(loss {record['final_loss']:.3f}, {record['wall_seconds']:.0f}s)")
 
 
