@@ -1,7 +1,8 @@
 """The quality study: its tasks, its bad-input errors, and a smoke run of the whole pipeline.
 
-The smoke run checks the pipeline end to end (pretrain, convert, fine-tune, score, JSON, RESULTS.md,
-PNG, --from-json), never the scores: its budget is a few steps.
+The smoke run checks the pipeline end to end (pretrain T5 and BART, convert with calibration, fine-tune,
+score teacher-forced and generated, JSON, RESULTS.md, PNG, --from-json), never the scores: its budget
+is a few steps.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from srsum.errors import SrsumError
+from srsum.quality.model import ModelSize, new_model, to_variant
 from srsum.quality.study import DEFAULT_DATA_DIR, StudyConfig, plan, run_study, smoke_config, validate
-from srsum.quality.tasks import (EOS, SEP, EntitiesTask, LookupTask, entity_spans, lcs_f1, parse_entities,
-                                 set_f1, words)
+from srsum.quality.tasks import (EOS, SEP, EntitiesTask, LookupTask, RecallTask, entity_spans, lcs_f1,
+                                 parse_entities, set_f1, words)
+from srsum.quality.train import parameter_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("quality_cli", ROOT / "benchmarks" / "quality.py")
@@ -70,6 +74,31 @@ def test_lookup_local_only_ceiling_grows_with_segment_size():
     assert task.local_only_ceiling(8) < task.local_only_ceiling(16) < task.local_only_ceiling(64) < 0.35
 
 
+def test_recall_lists_every_key_in_order_with_the_value_that_follows_it_in_the_input():
+    task = RecallTask()
+    source, target, scored = task._example(random.Random(0))
+    assert len(source) == task.max_source_len == 256 and len(target) == task.max_target_len == 64
+    assert target[0::2] == [task.key0 + i for i in range(32)]
+    assert scored == [False, True] * 32
+    chunks_of_key = []
+    for i in range(32):
+        at = source.index(task.key0 + i)
+        assert source.count(task.key0 + i) == 1 and at // 8 == (at + 1) // 8  # key and value share a chunk
+        assert source[at + 1] == target[2 * i + 1] and task.value0 <= target[2 * i + 1] < task.filler0
+        chunks_of_key.append(at // 8)
+        chunk = source[8 * (at // 8) : 8 * (at // 8) + 8]
+        assert sum(task.filler0 <= tok < task.vocab_size for tok in chunk) == 6
+    assert sorted(chunks_of_key) == list(range(32)) and chunks_of_key != list(range(32))  # shuffled
+    short, short_target, _ = task._example(random.Random(1), chunks=3)
+    assert len(short) == 24 and len(short_target) == 6 and short_target[0::2] == sorted(short_target[0::2])
+
+
+def test_recall_local_only_ceiling_is_chance_plus_the_keys_in_the_aligned_segment():
+    task = RecallTask()
+    assert task.local_only_ceiling(8) == pytest.approx(1 / 32 + (31 / 32) / 16)
+    assert task.local_only_ceiling(8) < task.local_only_ceiling(16) < task.local_only_ceiling(64) < 0.3
+
+
 def test_entity_spans_skip_sentence_initial_words():
     tokens = words('Mike Tyson lived in Southington, Ohio. The Fury 325 is "Big" and I like it.')
     found = [" ".join(tokens[a:b]) for a, b in entity_spans(tokens)]
@@ -108,6 +137,10 @@ def test_entities_split_by_article_and_targets_fit():
     ({"seeds": 0}, "seeds must be at least 1"),
     ({"threshold_init": 0.0}, "threshold init must be positive"),
     ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"families": ("gpt2",)}, "unknown model family"),
+    ({"families": ()}, "no model family"),
+    ({"memory_ratio": 0.0}, "memory ratio must be positive"),
+    ({"new_param_lr_scale": -1.0}, "new-parameter lr scale must be positive"),
 ])
 def test_bad_input_is_rejected_before_training(change, message):
     config = smoke_config(tasks=("lookup",))
@@ -130,44 +163,92 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 def test_full_sweep_plan_has_every_variant_seed_and_ablation():
     pretrains, followers = plan(StudyConfig())
-    assert len(pretrains) == 2  # one pretrained model per task, fine-tuned with 3 seeds
+    assert len(pretrains) == 2  # one pretrained model per task (lookup, recall), fine-tuned with 3 seeds
     jobs = [j for v in followers.values() for j in v]
-    assert len(jobs) == 2 * 3 * (1 + 4 * 3 + 4)
+    assert len(jobs) == 2 * 3 * (1 + 4 * 3 + 5)  # full, 4 variants x 3 sizes, paper init + ablations I-IV
     assert len(plan(StudyConfig(pretrain_per_seed=True))[0]) == 6
-    assert {(j.variant, j.seg_size) for j in jobs if j.variant in ("no_local", "no_raf")} == {
-        ("no_local", 16), ("no_raf", 16)}
+    assert {(j.variant, j.seg_size) for j in jobs if j.variant in ("no_local", "no_raf", "srformer_paper")} == {
+        ("no_local", 16), ("no_raf", 16), ("srformer_paper", 16)}
+    both = plan(StudyConfig(families=("t5", "bart")))
+    assert {(j.family, j.task) for j in both[0]} == {(f, t) for f in ("t5", "bart") for t in ("lookup", "recall")}
+    assert all(j.family == root.family for root, follow in both[1].items() for j in follow)
+
+
+def test_new_parameters_get_their_own_learning_rate():
+    task = RecallTask()
+    model = new_model("t5", task.vocab_size, ModelSize(d_model=32, d_kv=8, d_ff=64, num_heads=2))
+    plain = parameter_groups(model, 1e-3, 10.0)
+    assert len(plain) == 1  # nothing new before conversion
+    model = to_variant(model, "srformer", 16, task.max_target_len)
+    old, new = parameter_groups(model, 1e-3, 10.0)
+    assert old["lr"] == 1e-3 and new["lr"] == pytest.approx(1e-2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)].rsplit(".", 1)[-1] if "raf_" in names[id(p)] else "W" for p in new["params"]} == {
+        "raf_leak", "raf_threshold", "W"}
+    assert len(new["params"]) == 3 * model.config.num_decoder_layers
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_srsum_decoder_fed_the_gold_prefix_gives_the_teacher_forced_logits(family):
+    """What generated scoring rests on: srsum's decoder, step by step, equals the model's forward pass."""
+    from srsum.decoding import SharedStateDecoder
+
+    task = RecallTask(eval_size=2)
+    torch.manual_seed(0)
+    model = new_model(family, task.vocab_size, ModelSize(d_model=32, d_kv=8, d_ff=64, num_heads=2))
+    batch = next(task.eval_batches(2))
+    model = to_variant(model, "srformer", 16, task.max_target_len, calibration_batch=batch).eval()
+    with torch.no_grad():
+        forward = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        decoder_input_ids=batch.decoder_input_ids).logits
+        decoder = SharedStateDecoder(model, batch.input_ids, batch.attention_mask, rows_per_example=1,
+                                     max_steps=64, step="eager")
+        stepped = torch.stack([decoder.logits(batch.decoder_input_ids[:, t : t + 1]) for t in range(64)], 1)
+    assert torch.allclose(stepped, forward, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------- smoke
 
 
-def identity_converter(model, attention, seg_size, schedule_length):
+def identity_converter(model, attention, seg_size, schedule_length, **settings):
     """Stands in for srsum.engine.convert where the engine is absent: the pipeline, not the attention."""
     return model
 
 
-@needs_data
 def test_pipeline_end_to_end_with_stub_conversion(tmp_path):
-    results = run_study(smoke_config(), converter=identity_converter, progress=lambda line: None)
+    config = smoke_config(families=("t5",), tasks=("lookup",))
+    results = run_study(config, converter=identity_converter, progress=lambda line: None)
     runs = results["runs"]
     assert not [r for r in runs if "error" in r]
-    assert len(runs) == 2 * (1 + 1 + 2 + 1)  # per task: pretrain, full, segmented + srformer at s=16, no_raf
+    # pretrain, full, segmented + srformer at s=16, srformer_paper, no_raf
+    assert len(runs) == 1 + 1 + 2 + 2
     assert all(0.0 <= r["score"] <= 1.0 for r in runs)
 
 
-@needs_data
 @pytest.mark.skipif(not engine_available(), reason="srsum.engine not importable yet")
 def test_smoke_cli_runs_the_real_conversion_and_writes_the_report(tmp_path):
     out = tmp_path / "out"
     assert quality_cli.main(["--smoke", "--workers", "2", "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {r["variant"] for r in results["runs"]} == {"pretrained", "full", "segmented", "srformer", "no_raf"}
-    assert not [r for r in results["runs"] if "error" in r]
-    srformer = [r for r in results["runs"] if r["variant"] == "srformer"]
-    full = [r for r in results["runs"] if r["variant"] == "full"]
+    runs = results["runs"]
+    assert {r["variant"] for r in runs} == {"pretrained", "full", "segmented", "srformer", "srformer_paper",
+                                            "no_raf"}
+    assert {(r["family"], r["task"]) for r in runs} == {(f, t) for f in ("t5", "bart") for t in ("lookup", "recall")}
+    assert not [r for r in runs if "error" in r]
+    srformer = [r for r in runs if r["variant"] == "srformer"]
+    full = [r for r in runs if r["variant"] == "full"]
+    paper = [r for r in runs if r["variant"] == "srformer_paper"]
     assert srformer[0]["parameters"] > full[0]["parameters"]  # W, leak and threshold were added
+    for r in srformer:  # calibrated on the first fine-tuning batch; the memory measured after fine-tuning
+        assert [row["ratio"] for row in r["calibration"]] == pytest.approx([0.05, 0.05], rel=1e-3)
+        assert len(r["memory_after"]) == 2 and all(row["firing_rate"] is not None for row in r["memory_after"])
+    assert all(r["calibration"] is None and r["memory_after"] for r in paper)  # the paper's W, not calibrated
+    assert all(r["memory_after"] is None for r in full)
+    assert all(0.0 <= r["generated_score"] <= 1.0 for r in runs if r["kind"] == "finetune")
     page = (out / "RESULTS.md").read_text()
     assert "like the paper's Fig. 4" in page and "recovered by SRformer" in page and "Table 3" in page
+    assert "Task `recall`, BART" in page and "Task `lookup`, T5" in page and "SRformer, paper init" in page
+    assert "Generated score" in page and "Is the memory alive?" in page
     assert (out / "quality_vs_segment_size.png").stat().st_size > 1000
 
     page = page.replace("_No interpretation written yet", "My reading")

@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from srsum.quality.model import ABLATION_LABELS, ABLATIONS, MAIN_VARIANTS
+from srsum.quality.model import ABLATION_LABELS, DEFAULT_ABLATIONS, FAMILY_LABELS, MAIN_VARIANTS
 
 PLOT_NAME = "quality_vs_segment_size.png"
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
@@ -30,12 +30,46 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def scores(results: dict, task: str, variant: str, seg_size: int | None, metric: str = "score") -> list[float]:
-    return [r[metric] for r in results["runs"] if r["task"] == task and r["variant"] == variant
-            and r["seg_size"] == seg_size and "error" not in r and metric in r]
+def family_of(record: dict) -> str:
+    return record.get("family", "t5")  # results written before BART joined are all T5
+
+
+def families_of(results: dict) -> list[str]:
+    present = {family_of(r) for r in results["runs"]}
+    ordered = list(results["config"].get("families") or ["t5"])
+    return [f for f in ordered if f in present] + sorted(present - set(ordered))
+
+
+def runs_of(results: dict, family: str, task: str, variant: str, seg_size: int | None) -> list[dict]:
+    return [r for r in results["runs"] if family_of(r) == family and r["task"] == task
+            and r["variant"] == variant and r["seg_size"] == seg_size and "error" not in r]
+
+
+def scores(results: dict, task: str, variant: str, seg_size: int | None, metric: str = "score",
+           family: str = "t5") -> list[float]:
+    return [r[metric] for r in runs_of(results, family, task, variant, seg_size)
+            if r.get(metric) is not None]
+
+
+def gap_in_se(a: list[float], b: list[float]) -> float | None:
+    """(mean a - mean b) / sqrt(se_a² + se_b²), se the standard error over seeds; None without spread."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    if se == 0:
+        return None if ma == mb else math.copysign(math.inf, ma - mb)
+    return (ma - mb) / se
+
+
+def se_text(z: float | None) -> str:
+    if z is None:
+        return "–"
+    return f"{z:+.0f} SE" if math.isinf(z) or abs(z) >= 10 else f"{z:+.1f} SE"
 
 
 SECONDARY = {"lookup": ("local_accuracy", "remote_accuracy", "first_loss", "final_loss"),
+             "recall": ("first_loss", "final_loss"),
              "entities": ("order_f1", "token_accuracy", "first_loss", "final_loss")}
 SECONDARY_NOTES = {
     "local_accuracy": "x_t, the digit of the aligned chunk",
@@ -54,15 +88,17 @@ def cell(values: list[float]) -> str:
     return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
 
 
-def recovered(results: dict, task: str, seg_size: int) -> dict | None:
-    """(srformer - segmented) / (full - segmented) on the seed means, with the gap it divides by."""
-    full, seg, sr = (scores(results, task, "full", None), scores(results, task, "segmented", seg_size),
-                     scores(results, task, "srformer", seg_size))
+def recovered(results: dict, task: str, seg_size: int, family: str = "t5") -> dict | None:
+    """(srformer - segmented) / (full - segmented) on the seed means, with the gap it divides by and the
+    SRformer-vs-segmented difference in standard errors."""
+    full, seg, sr = (scores(results, task, "full", None, family=family),
+                     scores(results, task, "segmented", seg_size, family=family),
+                     scores(results, task, "srformer", seg_size, family=family))
     if not (full and seg and sr):
         return None
     f, g, r = mean_std(full)[0], mean_std(seg)[0], mean_std(sr)[0]
     gap = f - g
-    return {"full": f, "segmented": g, "srformer": r, "gap": gap,
+    return {"full": f, "segmented": g, "srformer": r, "gap": gap, "se": gap_in_se(sr, seg),
             "fraction": (r - g) / gap if gap >= 0.01 else None}
 
 
@@ -76,22 +112,26 @@ def variants_of(results: dict, names) -> list[str]:
     return [v for v in names if v in present]
 
 
+def label_of(variant: str) -> str:
+    return LABELS.get(variant, ABLATION_LABELS.get(variant, variant))
+
+
 # --------------------------------------------------------------------------------------------------
 # tables
 # --------------------------------------------------------------------------------------------------
 
 
-def main_table(results: dict, task: str) -> str:
+def main_table(results: dict, task: str, family: str = "t5", metric: str = "score") -> str:
     sizes = seg_sizes_of(results)
     lines = ["| cross-attention | " + " | ".join(f"s = {s}" for s in sizes) + " |",
              "|---|" + "---:|" * len(sizes)]
     for variant in variants_of(results, MAIN_VARIANTS):
         if variant == "full":
-            row = [cell(scores(results, task, "full", None))] * len(sizes)
+            row = [cell(scores(results, task, "full", None, metric, family))] * len(sizes)
         else:
-            row = [cell(scores(results, task, variant, s)) for s in sizes]
+            row = [cell(scores(results, task, variant, s, metric, family)) for s in sizes]
         lines.append(f"| {LABELS[variant]} | " + " | ".join(row) + " |")
-    pre = scores(results, task, "pretrained", None)
+    pre = scores(results, task, "pretrained", None, metric, family)
     if pre:
         lines.append("| (pretrained full model, before fine-tuning) | " + " | ".join([cell(pre)] * len(sizes)) + " |")
     ceiling = results["tasks"].get(task, {}).get("local_only_ceiling")
@@ -101,70 +141,116 @@ def main_table(results: dict, task: str) -> str:
     return "\n".join(lines)
 
 
-def gap_table(results: dict, task: str) -> str:
-    lines = ["| s | full | segmented | SRformer | gap (full - segmented) | recovered by SRformer |",
-             "|---:|---:|---:|---:|---:|---:|"]
+def gap_table(results: dict, task: str, family: str = "t5") -> str:
+    lines = ["| s | full | segmented | SRformer | gap (full - segmented) | recovered by SRformer | "
+             "SRformer - segmented in standard errors |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for s in seg_sizes_of(results):
-        g = recovered(results, task, s)
+        g = recovered(results, task, s, family)
         if g is None:
             continue
         frac = "no gap to recover" if g["fraction"] is None else f"{100 * g['fraction']:.0f}%"
         lines.append(f"| {s} | {g['full']:.3f} | {g['segmented']:.3f} | {g['srformer']:.3f} | "
-                     f"{g['gap']:+.3f} | {frac} |")
+                     f"{g['gap']:+.3f} | {frac} | {se_text(g['se'])} |")
     return "\n".join(lines)
 
 
-def secondary_table(results: dict, task: str) -> str:
+def secondary_table(results: dict, task: str, family: str = "t5") -> str:
     """Seed means of the task's secondary metrics for every run of a main variant or ablation."""
     metrics = SECONDARY.get(task, ())
     lines = ["| cross-attention | s | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
     keys = sorted({(r["variant"], r["seg_size"]) for r in results["runs"] if r["task"] == task
-                   and r["variant"] != "pretrained"},
+                   and family_of(r) == family and r["variant"] != "pretrained"},
                   key=lambda k: (list(LABELS).index(k[0]) if k[0] in LABELS else 9, k[1] or 0, k[0]))
     for variant, s in keys:
-        values = [cell(scores(results, task, variant, s, m)) for m in metrics]
-        lines.append(f"| {LABELS.get(variant, ABLATION_LABELS.get(variant, variant))} | {s or 'all'} | "
-                     + " | ".join(values) + " |")
+        values = [cell(scores(results, task, variant, s, m, family)) for m in metrics]
+        lines.append(f"| {label_of(variant)} | {s or 'all'} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
-def ablation_table(results: dict, task: str, seg_size: int) -> str:
-    lines = [f"| model (s = {seg_size}) | score | vs SRformer |", "|---|---:|---:|"]
-    base = scores(results, task, "srformer", seg_size)
+def delta_text(values: list[float], base_mean: float) -> str:
+    if not values or math.isnan(base_mean):
+        return "–"
+    return f"{round(mean_std(values)[0] - base_mean, 3) + 0.0:+.3f}"
+
+
+def ablation_table(results: dict, task: str, seg_size: int, family: str = "t5") -> str:
+    lines = [f"| model (s = {seg_size}) | score | vs SRformer | in standard errors | generated score |",
+             "|---|---:|---:|---:|---:|"]
+    base = scores(results, task, "srformer", seg_size, family=family)
     base_mean = mean_std(base)[0] if base else math.nan
-    for variant in ["srformer", *variants_of(results, ABLATIONS)]:
-        vals = scores(results, task, variant, seg_size)
-        delta = mean_std(vals)[0] - base_mean if vals else math.nan
-        lines.append(f"| {ABLATION_LABELS[variant]} | {cell(vals)} | "
-                     f"{'–' if variant == 'srformer' or math.isnan(delta) else f'{round(delta, 3) + 0.0:+.3f}'} |")
+    for variant in ["srformer", *variants_of(results, DEFAULT_ABLATIONS)]:
+        vals = scores(results, task, variant, seg_size, family=family)
+        generated = scores(results, task, variant, seg_size, "generated_score", family)
+        if variant == "srformer":
+            lines.append(f"| {ABLATION_LABELS[variant]} | {cell(vals)} | – | – | {cell(generated)} |")
+        else:
+            lines.append(f"| {ABLATION_LABELS[variant]} | {cell(vals)} | {delta_text(vals, base_mean)} | "
+                         f"{se_text(gap_in_se(vals, base))} | {cell(generated)} |")
     for variant, s in (("segmented", seg_size), ("full", None)):
-        lines.append(f"| ({LABELS[variant]}) | {cell(scores(results, task, variant, s))} | |")
+        lines.append(f"| ({LABELS[variant]}) | {cell(scores(results, task, variant, s, family=family))} | | | "
+                     f"{cell(scores(results, task, variant, s, 'generated_score', family))} |")
     return "\n".join(lines)
 
 
-def verdict(results: dict, task: str) -> str:
+def layer_means(runs: list[dict], key: str, field_name: str) -> str:
+    """Per decoder layer, the seed mean of ``field_name`` in each run's ``key`` rows, as 'L0 · L1'."""
+    per_layer: dict[int, list[float]] = {}
+    for r in runs:
+        for row in r.get(key) or []:
+            if row.get(field_name) is not None:
+                per_layer.setdefault(row["layer"], []).append(row[field_name])
+    if not per_layer:
+        return "–"
+    spec = ".3f" if field_name == "firing_rate" else ".3g"  # ratios span 0.001 to hundreds
+    return " · ".join(f"{mean_std(v)[0]:{spec}}" for _, v in sorted(per_layer.items()))
+
+
+def memory_table(results: dict, task: str, family: str = "t5") -> str | None:
+    """Whether the memory is alive: per layer ||rec|| / ||local|| and RAF firing rate right after the
+    calibrated conversion (on the first fine-tuning batch) and after fine-tuning (first eval batch)."""
+    keys = sorted({(r["variant"], r["seg_size"]) for r in results["runs"] if r["task"] == task
+                   and family_of(r) == family and (r.get("calibration") or r.get("memory_after"))},
+                  key=lambda k: ([*MAIN_VARIANTS, *DEFAULT_ABLATIONS].index(k[0])
+                                 if k[0] in (*MAIN_VARIANTS, *DEFAULT_ABLATIONS) else 99, k[1] or 0))
+    if not keys:
+        return None
+    lines = ["| model | s | ratio after calibration | firing after calibration | ratio after fine-tuning | "
+             "firing after fine-tuning |", "|---|---:|---:|---:|---:|---:|"]
+    for variant, s in keys:
+        runs = runs_of(results, family, task, variant, s)
+        lines.append(f"| {label_of(variant)} | {s} | {layer_means(runs, 'calibration', 'ratio')} | "
+                     f"{layer_means(runs, 'calibration', 'firing_rate')} | "
+                     f"{layer_means(runs, 'memory_after', 'ratio')} | "
+                     f"{layer_means(runs, 'memory_after', 'firing_rate')} |")
+    return "\n".join(lines)
+
+
+def verdict(results: dict, task: str, family: str = "t5") -> str:
     """One factual sentence per segment size: how much of the gap SRformer recovered."""
     parts = []
     for s in seg_sizes_of(results):
-        g = recovered(results, task, s)
+        g = recovered(results, task, s, family)
         if g is None:
             continue
+        se = "" if g["se"] is None else f"; SRformer - segmented = {se_text(g['se'])}"
         if g["fraction"] is None:
             parts.append(f"s = {s}: segmented attention is not 0.01 or more below full attention "
-                         f"({g['segmented']:.3f} against {g['full']:.3f}), so there is no gap to recover")
+                         f"({g['segmented']:.3f} against {g['full']:.3f}), so there is no gap to recover{se}")
         else:
             holds = "holds" if g["fraction"] >= 0.5 else "does not hold"
             parts.append(f"s = {s}: SRformer recovers {100 * g['fraction']:.0f}% of a {g['gap']:+.3f} gap "
-                         f"(the claim that it recovers most of it {holds})")
+                         f"(the claim that it recovers most of it {holds}){se}")
     return "; ".join(parts) + "." if parts else "not enough runs to compare."
 
 
 def model_line(results: dict) -> str:
     size = results["config"]["size"]
-    params = {r["task"]: r["parameters"] for r in results["runs"] if r["kind"] == "pretrain" and "error" not in r}
-    return (f"d_model {size['d_model']}, {size['num_heads']} heads of {size['d_kv']}, d_ff {size['d_ff']}, "
-            f"{size['num_layers']}+{size['num_decoder_layers']} layers; parameters "
-            + ", ".join(f"{task} {count:,}" for task, count in params.items()))
+    params = {f"{FAMILY_LABELS.get(family_of(r), family_of(r))} {r['task']}": r["parameters"]
+              for r in results["runs"] if r["kind"] == "pretrain" and "error" not in r}
+    return (f"d_model {size['d_model']}, {size['num_heads']} heads (T5: of {size['d_kv']}; BART: of "
+            f"d_model / heads), d_ff {size['d_ff']}, {size['num_layers']}+{size['num_decoder_layers']} layers; "
+            f"parameters " + ", ".join(f"{key} {count:,}" for key, count in params.items()))
 
 
 def pretrain_steps_line(results: dict) -> str:
@@ -175,12 +261,14 @@ def pretrain_steps_line(results: dict) -> str:
 def cost_lines(results: dict) -> list[str]:
     lines = []
     for kind in ("pretrain", "finetune"):
-        for task in results["tasks"]:
-            walls = [r["wall_seconds"] for r in results["runs"]
-                     if r["kind"] == kind and r["task"] == task and "error" not in r]
-            if walls:
-                lines.append(f"- cost, {task} {kind}: {len(walls)} run(s), {mean_std(walls)[0]:.0f} s each on "
-                             f"average (one worker, one thread, {results['meta']['device']})")
+        for family in families_of(results):
+            for task in results["tasks"]:
+                walls = [r["wall_seconds"] for r in results["runs"] if r["kind"] == kind and r["task"] == task
+                         and family_of(r) == family and "error" not in r]
+                if walls:
+                    lines.append(f"- cost, {FAMILY_LABELS.get(family, family)} {task} {kind}: {len(walls)} run(s), "
+                                 f"{mean_std(walls)[0]:.0f} s each on average (one worker, one thread, "
+                                 f"{results['meta']['device']})")
     return lines
 
 
@@ -196,17 +284,19 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"])
+    families = families_of(results) or ["t5"]
     sizes = seg_sizes_of(results)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(len(families), len(tasks), figsize=(5.5 * len(tasks), 4.2 * len(families)),
+                             squeeze=False)
+    for ax, (family, task) in zip(axes.flat, [(f, t) for f in families for t in tasks]):
         for variant in variants_of(results, MAIN_VARIANTS):
             if variant == "full":
-                m, s = mean_std(scores(results, task, "full", None))
+                m, s = mean_std(scores(results, task, "full", None, family=family))
                 if not math.isnan(m):
                     ax.axhline(m, color="black", linestyle="--", label=LABELS["full"])
                     ax.axhspan(m - s, m + s, color="black", alpha=0.08)
                 continue
-            points = [(size, *mean_std(scores(results, task, variant, size))) for size in sizes]
+            points = [(size, *mean_std(scores(results, task, variant, size, family=family))) for size in sizes]
             points = [p for p in points if not math.isnan(p[1])]
             if points:
                 xs, ms, ss = zip(*points)
@@ -220,7 +310,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_xlabel("segment size s")
         ax.set_ylabel(results["tasks"][task].get("metric", "score"))
-        ax.set_title(f"{task} (n = {results['tasks'][task].get('n')})")
+        ax.set_title(f"{task}, {FAMILY_LABELS.get(family, family)} (n = {results['tasks'][task].get('n')})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -237,22 +327,46 @@ def preserved_notes(existing: Path) -> str:
     return DEFAULT_NOTES
 
 
-def task_section(results: dict, task: str) -> list[str]:
+GENERATED_NOTE = {
+    "lookup": "forced-marker greedy: the given markers are fed, the model's own argmax digits are fed back",
+    "recall": "free greedy: the model's own argmax is fed back everywhere, keys included",
+}
+
+
+def task_section(results: dict, task: str, family: str = "t5") -> list[str]:
     info = results["tasks"][task]
     config = results["config"]
-    out = [f"## Task `{task}`: {info.get('metric')} (n = {info.get('n')}, G = {info.get('G')})", "",
-           f"**Verdict.** {verdict(results, task)}", "",
+    name = FAMILY_LABELS.get(family, family)
+    out = [f"## Task `{task}`, {name}: {info.get('metric')} (n = {info.get('n')}, G = {info.get('G')})", "",
+           f"**Verdict ({name}).** {verdict(results, task, family)}", "",
            "### Score against segment size (like the paper's Fig. 4)", "",
-           "Mean ± standard deviation over seeds, on the held-out examples.", "", main_table(results, task), "",
+           "Teacher-forced; mean ± standard deviation over seeds, on the held-out examples.", "",
+           main_table(results, task, family), "",
            "### Share of the full-vs-segmented gap that SRformer recovers", "",
-           "(SRformer − segmented) / (full − segmented), on the seed means.", "", gap_table(results, task), ""]
-    if variants_of(results, ABLATIONS):
+           "(SRformer − segmented) / (full − segmented), on the seed means; the last column is "
+           "(mean SRformer − mean segmented) / sqrt(se² + se²), se the standard error over seeds.", "",
+           gap_table(results, task, family), ""]
+    if any(scores(results, task, v, s, "generated_score", family)
+           for v in MAIN_VARIANTS for s in [None, *seg_sizes_of(results)]):
+        out += ["### Generated score (greedy decoding through srsum's own decoder)", "",
+                f"{GENERATED_NOTE.get(task, 'greedy decoding')}; scored at the same positions as the "
+                "teacher-forced score.", "", main_table(results, task, family, "generated_score"), ""]
+    if variants_of(results, DEFAULT_ABLATIONS):
         out += [f"### Ablations at s = {config['ablation_seg_size']} (like the paper's Table 3)", "",
-                ablation_table(results, task, config["ablation_seg_size"]), ""]
+                "Teacher-forced score; \"SRformer, paper init\" is SRformer converted with the paper's W "
+                "init instead of the calibrated one.", "",
+                ablation_table(results, task, config["ablation_seg_size"], family), ""]
+    memory = memory_table(results, task, family)
+    if memory:
+        out += ["### Is the memory alive?", "",
+                "Per decoder layer (L0 · L1 ...), seed means: ||rec|| / ||local|| and the RAF firing rate (share "
+                "of R's entries above zero) right after conversion, on the first fine-tuning batch (the "
+                "calibration batch), and after fine-tuning, on the first held-out batch "
+                "(`srsum.engine.calibration.memory_report`).", "", memory, ""]
     if SECONDARY.get(task):
         out += ["### Secondary metrics", "",
                 "; ".join(f"`{m}`: {SECONDARY_NOTES[m]}" for m in SECONDARY[task]) + ".", "",
-                secondary_table(results, task), ""]
+                secondary_table(results, task, family), ""]
     extra = {k: v for k, v in info.items() if k not in {"name", "metric", "n", "G", "local_only_ceiling"}}
     out += ["Task facts: " + ", ".join(f"{k} {v}" for k, v in extra.items()) + ".", ""]
     return out
@@ -260,8 +374,8 @@ def task_section(results: dict, task: str) -> list[str]:
 
 DESIGN = """## Protocol, tasks and scoring
 
-**Protocol** (the paper's, in miniature). For each task a small T5 with ordinary full cross-attention
-is trained from scratch: the "pretrained" model (one per task, as the paper starts every variant from
+**Protocol** (the paper's, in miniature). For each model family (T5; BART of the same width, heads,
+d_ff and depth) and task a small model with ordinary full cross-attention is trained from scratch: the "pretrained" model (one per task, as the paper starts every variant from
 one t5-small; `--pretrain-per-seed` gives each seed its own). Pretraining uses a length curriculum
 (inputs grow from short to the full length over the first half) because a tiny T5 trained on full-length
 inputs from the start sat on a loss plateau for thousands of steps. srsum's own
@@ -269,6 +383,23 @@ inputs from the start sat on a loss plateau for thousands of steps. srsum's own
 each variant, every variant is fine-tuned with the same steps, batch, learning-rate schedule and data
 order (per seed; the seed also initialises SRformer's new W, λ, θ), and scored on held-out examples.
 G is the task's maximum target length, so decoder position t attends segment floor(t·M/G), M = ceil(n/s).
+SRformer's W is calibrated at conversion (the engine's default): scaled per layer so that the recurrent
+term is `memory_ratio` (default 0.05) times the local term on the calibration batch, here the variant's
+first fine-tuning batch; "SRformer, paper init" keeps the paper's W init instead.
+
+**Scores.** The headline score is teacher-forced (argmax given the gold prefix). The generated score
+decodes greedily, one token at a time, through srsum's own decoder (`srsum.decoding.SharedStateDecoder`,
+eager steps) and is scored at the same positions: for `lookup` the given markers are fed and the model's
+own digits fed back ("forced-marker greedy"); for `recall` the model's own tokens are fed back everywhere
+(free greedy: the keys come in a fixed order, so the model writes them itself).
+
+**Task `recall` (synthetic, multi-query associative recall).** n = 256 input tokens in 32 chunks of 8.
+Each chunk holds one key token K_i immediately followed by its value (one of 16 value tokens) at a
+random offset, the other 6 tokens random fillers (8 filler tokens); each key appears once per example and
+the chunks are shuffled, so K_i can be anywhere. The target is `K_0 v_0 K_1 v_1 ... K_31 v_31` (G = 64):
+keys are not scored (they are predictable), values are. Value i's decoder position attends one segment;
+K_i's chunk lies there with probability (s/8)/32, so a segment-only model's value accuracy is capped at
+p + (1 - p)/16 (the "segment-only ceiling" row). Score: value accuracy.
 
 **Task `lookup` (synthetic).** n = 256 input tokens in 32 chunks of 8: chunk t is one item token
 "M_t holds x_t" (x_t a digit) and 7 blanks. The target is 32 steps `M_t x_t M_r x_r` (G = 128): r is a
@@ -282,7 +413,8 @@ capped at p + (1 - p)/10 (the "segment-only ceiling" row). SRformer's recurrent 
 associative memory of all other segments (Σ K_jᵀV_j), exactly what retrieving x_r by the key M_r needs.
 Score: step accuracy (both digits right), teacher-forced; local (x_t) and remote (x_r) accuracies too.
 
-**Task `entities` (real text).** Articles of `../shared/data`: CNN/DailyMail (250), XSum (1,000),
+**Task `entities` (real text, no longer run by default: its full model reached only F1 0.29 and
+segmented equalled full on it).** Articles of `../shared/data`: CNN/DailyMail (250), XSum (1,000),
 arXiv (15) and MediaSum (18), de-duplicated, split by article (15% of each source held out by crc32 of
 the id; no window of a held-out article is trained on). Each article is cut into windows of n = 256
 word/punctuation tokens. The target is the window's distinct entity words in order of first
@@ -308,8 +440,9 @@ def document(results: dict, notes: str, plot_name: str = PLOT_NAME) -> str:
              "`python benchmarks/quality.py --from-json path/to/results.json --output-dir docs`). "
              "Protocol, task design and scoring: `srsum/quality/` and the end of this page.", "",
              f"![score against segment size]({plot_name})", ""]
-    for task in results["tasks"]:
-        lines += task_section(results, task)
+    for family in families_of(results):
+        for task in results["tasks"]:
+            lines += task_section(results, task, family)
     lines += ["## Interpretation", "", NOTES_START, notes, NOTES_END, "", DESIGN,
               "## How it was run", "", "```", meta.get("command") or "(command not recorded)", "```", "",
               f"- wall time: {meta['wall_seconds'] / 60:.1f} min with {meta['workers']} worker process(es), "
@@ -318,13 +451,16 @@ def document(results: dict, notes: str, plot_name: str = PLOT_NAME) -> str:
               + (f", GPU {meta['gpu']}" if meta.get("gpu") else "")
               + f"; {meta.get('platform')}; Python {meta.get('python')}, torch {meta.get('torch')}, "
               f"transformers {meta.get('transformers')}; {meta.get('date')}",
-              f"- model: T5 from scratch, {model_line(results)}",
+              f"- model: {', '.join(FAMILY_LABELS.get(f, f) for f in families_of(results))} from scratch, "
+              f"{model_line(results)}",
               f"- pretraining: {pretrain_steps_line(results)} at batch {config.get('pretrain_batch_size')}, "
               f"lr {config['pretrain_lr']}, length curriculum over the first "
               f"{100 * config.get('ramp_fraction', 0.5):.0f}%",
               f"- fine-tuning (every variant alike): {config['finetune_steps']} steps at batch "
               f"{config['batch_size']}, lr {config['finetune_lr']}; AdamW (weight decay 0.01), 5% linear "
-              f"warm-up then linear decay to 0, gradient clipping 1.0; {config['seeds']} seed(s)"
+              f"warm-up then linear decay to 0, gradient clipping 1.0; W, λ, θ at "
+              f"{config.get('new_param_lr_scale', 1.0):g} x that lr; calibrated W init with memory ratio "
+              f"{config.get('memory_ratio') or 'the engine default (0.05)'}; {config['seeds']} seed(s)"
               + ("; one pretraining per seed" if config.get("pretrain_per_seed") else
                  "; every seed fine-tunes the same pretrained model"),
               *cost_lines(results),
