@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrain-per-seed", action="store_true", default=None,
                    help="pretrain a separate full-attention model for every seed (default: one per task)")
     p.add_argument("--pretrain-steps", type=int,
-                   help="default: each task's own (lookup 5000, recall 3000, entities 4000)")
+                   help="default: each task's own (lookup 5000, recall 8000, entities 4000)")
     p.add_argument("--pretrain-batch-size", type=int)
     p.add_argument("--finetune-steps", type=int)
     p.add_argument("--batch-size", type=int)
