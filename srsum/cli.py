@@ -457,6 +457,11 @@ def train(
     seg_size: Optional[int] = typer.Option(None, "--seg-size", help="Segment size s (default 64)."),
     schedule_length: Optional[int] = typer.Option(None, "--schedule-length", help="Segment schedule length G "
                                                   "(default: --max-target-length)."),
+    w_init: Optional[str] = typer.Option(None, "--w-init", help="How W starts in a new run: calibrated (default: "
+                                         "scaled per layer so the memory term is --memory-ratio times the local "
+                                         "term on the first training batches) or paper (the paper's init)."),
+    memory_ratio: Optional[float] = typer.Option(None, "--memory-ratio", help="Recurrent/local output-norm ratio "
+                                                 "the calibration aims for (default 0.05)."),
     train_split: str = typer.Option("train", "--train-split", help="Split to train on (local files: rows whose "
                                     "'split' field matches; 'all' keeps every row).", rich_help_panel=DATA_PANEL),
     validation_split: str = typer.Option("validation", "--validation-split", help="Split scored after each epoch.",
@@ -526,7 +531,8 @@ def train(
                              "(or --resume to continue a run)")
         config = TrainingConfig(
             model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,
-            schedule_length=schedule_length, train_split=train_split, validation_split=validation_split,
+            schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, train_split=train_split,
+            validation_split=validation_split,
             text_column=text_column, summary_column=summary_column, train_limit=train_limit,
             eval_samples=eval_samples, output_dir=output_dir, run_name=run_name, epochs=epochs, max_steps=max_steps,
             batch_size=batch_size, eval_batch_size=eval_batch_size,

@@ -7,6 +7,12 @@ validation loss and ROUGE after every epoch, and writes checkpoints atomically (
 :mod:`srsum.checkpoints`). ``resume=True`` continues the last complete checkpoint of the run folder to
 the same total step count, with the settings recorded in its ``trainer_state.json``.
 
+A new run converts the plain model with ``w_init`` (default calibrated: W scaled per layer so that the
+recurrent term is ``memory_ratio`` times the local one) on its first training batches; a resumed run
+loads its checkpoint as saved. Per decoder layer, the recurrent/local norm ratio and the RAF firing rate
+are reported at the start and after every epoch (``srsum.engine.calibration.memory_report``), printed as
+one ``memory ...`` line and saved under ``memory`` in the log history and the metrics.
+
 Ctrl-C (KeyboardInterrupt) stops training cleanly: :class:`TrainingInterrupted` is raised, naming the
 last complete checkpoint, which stays intact.
 """
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from srsum import __version__
@@ -33,6 +40,7 @@ from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LEN
 BEST_METRICS = ("rougeLsum", "rougeL", "rouge1", "rouge2", "loss")
 DEFAULT_ATTENTION = "srformer"
 DEFAULT_SEG_SIZE = 64
+MEMORY_EXAMPLES = 16  # examples of the calibration batch (the first training batches) and the memory reports
 
 
 @dataclass
@@ -44,6 +52,8 @@ class TrainingConfig:
     attention: str | None = None  # None: srformer for a new run, the checkpoint's when resuming
     seg_size: int | None = None  # None: 64 for a new run, the checkpoint's when resuming
     schedule_length: int | None = None  # G; None: max_target_length
+    w_init: str | None = None  # "calibrated" or "paper"; None: the engine's default (calibrated)
+    memory_ratio: float | None = None  # ||rec|| / ||local|| the calibration aims for; None: the engine's (0.05)
     train_split: str = "train"
     validation_split: str = "validation"
     text_column: str | None = None
@@ -95,6 +105,21 @@ class TrainingConfig:
         if self.best_metric not in BEST_METRICS:
             raise SrsumError(f"--best-metric: unknown metric {self.best_metric!r}; choose one of "
                              f"{', '.join(BEST_METRICS)}")
+        if self.w_init is not None:
+            from srsum.engine.settings import W_INITS
+
+            w_init = str(self.w_init).strip().lower()
+            if w_init not in W_INITS:
+                raise SrsumError(f"--w-init must be one of {', '.join(W_INITS)}, got {self.w_init!r}")
+            self.w_init = w_init
+        if self.memory_ratio is not None:
+            try:
+                ratio = float(self.memory_ratio)
+            except (TypeError, ValueError):
+                ratio = math.nan
+            if not 0 < ratio < math.inf:
+                raise SrsumError(f"--memory-ratio must be a positive number, got {self.memory_ratio}")
+            self.memory_ratio = ratio
         if self.attention is not None:
             from srsum.engine import normalize_variant
 
@@ -179,6 +204,12 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
     if config.seg_size is not None and saved_seg is not None and config.seg_size != saved_seg:
         raise SrsumError(f"--resume: checkpoint {checkpoint} was trained with --seg-size {saved_seg}, not "
                          f"{config.seg_size}; drop --seg-size or start a new run with another --output-dir")
+    for flag, name in (("--w-init", "w_init"), ("--memory-ratio", "memory_ratio")):
+        given, saved = getattr(config, name), saved_model.get(f"srformer_{name}")
+        if given is not None and saved is not None and given != saved:
+            raise SrsumError(f"--resume: checkpoint {checkpoint} was converted with {flag} {saved}, not {given}; "
+                             f"drop {flag} (a resumed run is not converted again) or start a new run with another "
+                             "--output-dir")
     state = read_trainer_state(checkpoint)
     saved_args = state.get("args")
     if not isinstance(saved_args, dict):
@@ -278,6 +309,28 @@ def _validation(model, tokenizer, rows, examples, config: TrainingConfig, accele
     return metrics
 
 
+def _memory_rows(report: list[dict]) -> list[dict[str, Any]]:
+    """memory_report rows as saved: the ratio to 4 significant digits (it may be tiny or huge), rates to 4 places."""
+    return [{"layer": int(row["layer"]), "ratio": float(f"{row['ratio']:.4g}"),
+             "firing_rate": None if row["firing_rate"] is None else round(float(row["firing_rate"]), 4)}
+            for row in report]
+
+
+def memory_line(title: str, rows: list[dict[str, Any]]) -> str:
+    """One line such as ``memory at start: layer 0 ratio 0.05 firing 0.11 | layer 1 ratio 0.05 firing 0.09``."""
+    parts = [f"layer {row['layer']} ratio {row['ratio']:.3g}"
+             + ("" if row["firing_rate"] is None else f" firing {row['firing_rate']:.2f}") for row in rows]
+    return f"memory {title}: " + " | ".join(parts)
+
+
+def _merge_log(log_history: list[dict[str, Any]], step: int, values: dict[str, Any]) -> None:
+    """Add ``values`` to the log entry of ``step`` (the last one, if it is that step's), else a new entry."""
+    if log_history and log_history[-1].get("step") == step:
+        log_history[-1].update(values)
+    else:
+        log_history.append({"step": step, **values})
+
+
 def _is_better(metric: str, value: float, best: dict[str, Any] | None) -> bool:
     if best is None:
         return True
@@ -340,43 +393,65 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     import torch
     from accelerate.utils import broadcast_object_list, set_seed
     from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import AutoModelForSeq2SeqLM, get_linear_schedule_with_warmup
 
-    from srsum.engine import load_model
+    from srsum.engine import convert, family_of, load_model
+    from srsum.engine.calibration import DEAD_RATIO, dead_layers, memory_report
+    from srsum.engine.models import _load_config
     from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
 
     main = accelerator.is_main_process
     set_seed(config.seed)
 
-    # ---- what: model, tokenizer, data
+    # ---- what: tokenizer and data, then the model (a new run is calibrated on its first training batches)
     source = resume_from or config.model
+    source_config = _load_config(str(source))  # one-line errors for a folder that is not a model
+    tokenizer = load_tokenizer(source)
+    resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
+    train_examples = _load_split(config, config.train_split, config.train_limit, "training")
+    eval_examples = (_load_split(config, config.validation_split, config.eval_samples, "validation")
+                     if config.eval_samples > 0 else [])
+    train_rows = _tokenize(tokenizer, source_config.model_type, train_examples, config, reporter, "training")
+    eval_rows = (_tokenize(tokenizer, source_config.model_type, eval_examples, config, reporter, "validation")
+                 if eval_examples else [])
+    collator = Seq2SeqCollator(tokenizer.pad_token_id)
+
+    def epoch_order(epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        return torch.randperm(len(train_rows), generator=generator).tolist()
+
+    # the first training batches (epoch 0's order), at most MEMORY_EXAMPLES examples: calibrates a new run's W
+    # and is where memory is measured when there is no validation
+    first_rows = [train_rows[i] for i in epoch_order(0)[:min(2 * config.batch_size, MEMORY_EXAMPLES)]]
+    train_batch = collator(first_rows)
+    eval_batch = collator(eval_rows[:MEMORY_EXAMPLES]) if eval_rows else None
+    plain = family_of(source_config).config_class.model_type != source_config.model_type
     try:
         if resume_from is not None:
             model = load_model(str(resume_from), dtype=torch.float32)
-        else:
+        elif plain:  # converted (and calibrated) on the device it trains on
+            model = AutoModelForSeq2SeqLM.from_pretrained(config.model, dtype=torch.float32).to(accelerator.device)
+            init = {name: getattr(config, name) for name in ("w_init", "memory_ratio")
+                    if getattr(config, name) is not None}
+            model = convert(model, config.attention, config.seg_size, config.schedule_length,
+                            calibration_batch=train_batch, **init)
+        else:  # an srsum checkpoint as the starting point of a new run: already converted
             model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
-                               schedule_length=config.schedule_length, dtype=torch.float32)
+                               dtype=torch.float32)
     except SrsumError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise SrsumError(f"model: cannot load {str(source)!r} as an srsum checkpoint or a T5/BART model "
                          f"({reason})") from None
-    tokenizer = load_tokenizer(source)
-    resolve_max_source_length(model, config.max_source_length)
     model_type = model.config.model_type
-    train_examples = _load_split(config, config.train_split, config.train_limit, "training")
-    eval_examples = (_load_split(config, config.validation_split, config.eval_samples, "validation")
-                     if config.eval_samples > 0 else [])
-    train_rows = _tokenize(tokenizer, model_type, train_examples, config, reporter, "training")
-    eval_rows = _tokenize(tokenizer, model_type, eval_examples, config, reporter, "validation") if eval_examples else []
-    collator = Seq2SeqCollator(tokenizer.pad_token_id)
+    if resume_from is None:  # record what the engine used
+        config.w_init = model.config.srformer_w_init
+        config.memory_ratio = model.config.srformer_memory_ratio
 
     def epoch_loader(epoch: int):
-        generator = torch.Generator().manual_seed(config.seed + epoch)
-        order = torch.randperm(len(train_rows), generator=generator).tolist()
-        loader = DataLoader([train_rows[i] for i in order], batch_size=config.batch_size, shuffle=False,
-                            collate_fn=collator)
+        loader = DataLoader([train_rows[i] for i in epoch_order(epoch)], batch_size=config.batch_size,
+                            shuffle=False, collate_fn=collator)
         return accelerator.prepare(loader)
 
     steps_per_epoch = math.ceil(len(epoch_loader(0)) / config.gradient_accumulation_steps)
@@ -406,6 +481,34 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     else:
         reporter.info(f"training {config.model} with {config.attention} cross-attention (seg size {config.seg_size}, "
                       f"G {config.schedule_length}) into {run_dir}: {total_steps} steps")
+
+    dead_warned = False
+
+    def memory(batch, when: str, note: str = "") -> list[dict[str, Any]]:
+        """The memory report on ``batch`` (main process; [] without a recurrent term), printed; dead layers warned
+        about once a run."""
+        nonlocal dead_warned
+        if not main:
+            return []
+        rows = _memory_rows(memory_report(accelerator.unwrap_model(model), batch))
+        if rows:
+            reporter.info(memory_line(when + note, rows))
+            dead = dead_layers(rows)
+            if dead and not dead_warned:
+                dead_warned = True
+                reporter.warn(f"memory {when}: decoder layer{'s' if len(dead) > 1 else ''} "
+                              f"{', '.join(map(str, dead))} pass{'' if len(dead) > 1 else 'es'} nothing on (the "
+                              f"recurrent term is below {DEAD_RATIO:g} of the local one, or no RAF entry fires)")
+        return rows
+
+    if resume_from is not None:
+        memory(train_batch, f"at step {global_step}", " (resumed)")
+    else:
+        calibration = getattr(model.config, "srformer_calibration", None)
+        start = memory(train_batch, "at start", f" (W calibrated to ratio {calibration['memory_ratio']:g} on "
+                                                f"{calibration['examples']} training examples)" if calibration else "")
+        if start:
+            log_history.append({"step": 0, "memory": start})
 
     def trainer_state() -> dict[str, Any]:
         unwrapped = accelerator.unwrap_model(model)
@@ -463,6 +566,12 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
                         running_loss, running_count = 0.0, 0
                     end_of_epoch = global_step % steps_per_epoch == 0 or global_step == total_steps
                     improved = False
+                    if end_of_epoch and not eval_rows:
+                        rows = memory(train_batch, f"after step {global_step}")
+                        if rows:
+                            last_metrics = {"step": global_step, "epoch": round(global_step / steps_per_epoch, 4),
+                                            "memory": rows}
+                            _merge_log(log_history, global_step, {"memory": rows})
                     if end_of_epoch and eval_rows:
                         metrics = None
                         if main:
@@ -475,8 +584,12 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
                             metrics = holder[0]
                         last_metrics = {"step": global_step, "epoch": round(global_step / steps_per_epoch, 4),
                                         **metrics}
-                        log_history.append({"step": global_step, **{f"eval_{k}": v for k, v in metrics.items()}})
+                        entry = {"step": global_step, **{f"eval_{k}": v for k, v in metrics.items()}}
                         reporter.metrics(f"validation after step {global_step}", metrics)
+                        rows = memory(eval_batch, f"after step {global_step}", " (validation)")
+                        if rows:
+                            last_metrics["memory"] = entry["memory"] = rows
+                        log_history.append(entry)
                         value = metrics[config.best_metric]
                         if _is_better(config.best_metric, value, best):
                             best = {"metric": config.best_metric, "value": value, "step": global_step}

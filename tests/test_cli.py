@@ -262,6 +262,10 @@ def test_train_bart_then_evaluate_and_summarize_with_the_checkpoint(tiny_bart_di
     outcome = json.loads(result.stdout)
     assert outcome["global_step"] == outcome["total_steps"] == 4 and outcome["run_dir"] == str(run_dir)
     assert "training" in result.stderr and "validation after step 2" in result.stderr  # progress and metrics
+    # the memory per decoder layer, one line each at the start (after calibration) and after each evaluation
+    memory = [line for line in result.stderr.splitlines() if line.startswith("memory ")]
+    assert len(memory) == 3 and memory[0].startswith("memory at start (W calibrated to ratio 0.05 on 4 training ")
+    assert all(" | layer 1 ratio " in line for line in memory)
     state = json.loads((run_dir / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["srformer"]["srformer_attention"] == "srformer" and state["model_type"] == "srformer_bart"
 
@@ -305,6 +309,10 @@ def test_train_bad_input(tiny_t5_dir, tmp_path):
                           "unknown variant 'sparse'")
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--text-column", "body")),
                           "text column 'body' not found")
+    assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--memory-ratio", "-1")),
+                          "--memory-ratio must be a positive number, got -1.0")
+    assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--w-init", "foo")),
+                          "--w-init must be one of calibrated, paper, got 'foo'")
     assert_one_line_error(run("train", "--resume", "--output-dir", tmp_path / "empty"), "no complete checkpoint")
     assert not (tmp_path / "r").exists()
 

@@ -14,6 +14,7 @@ from srsum.checkpoints import (atomic_dir, atomic_write_json, find_newest_model,
                                list_checkpoints, prune_checkpoints)
 from srsum.engine import load_model
 from srsum.errors import SrsumError
+from srsum.summarize import Reporter
 from srsum.training import TrainingConfig, TrainingInterrupted, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -116,7 +117,7 @@ def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in load_model(str(folder)).state_dict().items()}
 
 
-def test_interrupted_run_resumes_to_the_same_step_count(tmp_path, tiny_t5_dir):
+def test_interrupted_run_resumes_to_the_same_step_count(tmp_path, tiny_t5_dir, monkeypatch):
     # uninterrupted reference
     reference = train(tiny_training_config(tiny_t5_dir, tmp_path / "straight", eval_samples=0, save_steps=2))
     assert reference.global_step == 8
@@ -130,12 +131,23 @@ def test_interrupted_run_resumes_to_the_same_step_count(tmp_path, tiny_t5_dir):
     assert [p.name for p in run.iterdir()] == ["checkpoint-2"]  # the last complete one, intact
     load_model(str(run / "checkpoint-2"))
 
+    import srsum.engine.models
+
+    def no_recalibration(*args, **kwargs):
+        raise AssertionError("a resumed run must not be calibrated again")
+
+    monkeypatch.setattr(srsum.engine.models, "calibrate", no_recalibration)
     resumed = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
     assert resumed.resumed_from == run / "checkpoint-2"
     assert resumed.global_step == resumed.total_steps == 8
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
-    assert [e["step"] for e in state["log_history"]] == list(range(1, 9))
+    assert [e["step"] for e in state["log_history"]] == list(range(0, 9))  # step 0: the memory at the start
+    assert [e["step"] for e in state["log_history"] if "memory" in e] == [0, 4, 8]  # start, end of each epoch
+    # the calibration of the first start is kept (the same as the uninterrupted run's)
+    straight_state = json.loads((reference.checkpoint / "trainer_state.json").read_text())
+    assert state["srformer"]["srformer_calibration"] == straight_state["srformer"]["srformer_calibration"]
+    assert state["srformer"]["srformer_calibration"]["source"] == "batch"
     # same data order, optimizer and schedule state: the resumed weights equal the uninterrupted run's
     straight, continued = _final_weights(reference.checkpoint), _final_weights(run / "checkpoint-8")
     for name, tensor in straight.items():
@@ -191,6 +203,10 @@ def test_gradient_accumulation_and_bf16_count_optimizer_steps(tmp_path, tiny_bar
     model = load_model(str(result.checkpoint))
     assert model.config.model_type == "srformer_bart" and model.config.srformer_attention == "segmented"
     assert next(model.parameters()).dtype == torch.float32  # mixed precision keeps fp32 weights
+    # no recurrent term: no memory report, no calibration
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert result.metrics == {} and not any("memory" in entry for entry in state["log_history"])
+    assert model.config.srformer_calibration is None
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -199,6 +215,9 @@ def test_gradient_accumulation_and_bf16_count_optimizer_steps(tmp_path, tiny_bar
     ("best_metric", "bleu", "--best-metric: unknown metric"),
     ("attention", "sparse", "unknown variant"),
     ("learning_rate", 0.0, "--learning-rate must be positive"),
+    ("memory_ratio", -1.0, "--memory-ratio must be a positive number, got -1.0"),
+    ("memory_ratio", float("nan"), "--memory-ratio must be a positive number"),
+    ("w_init", "foo", "--w-init must be one of calibrated, paper, got 'foo'"),
 ])
 def test_bad_training_settings(field, value, message, tmp_path):
     config = TrainingConfig(model="m", dataset="d", output_dir=str(tmp_path), **{field: value})
@@ -224,3 +243,80 @@ def test_checkpoints_module_reads_its_own_rng_state(tmp_path):
     first = torch.rand(3)
     checkpoints.set_rng_state(checkpoints.load_torch_file(tmp_path / "rng.pt", trusted=True))
     assert torch.equal(torch.rand(3), first)
+
+
+# ---------------------------------------------------------------------------------------------
+# calibration and the memory report
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.lines, self.warnings = [], []
+
+    def info(self, message):
+        self.lines.append(message)
+
+    def warn(self, message):
+        self.warnings.append(message)
+
+
+def test_new_run_is_calibrated_on_its_first_training_batches(trained_t5):
+    run = trained_t5.run_dir
+    state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["args"]["w_init"] == "calibrated" and state["args"]["memory_ratio"] == 0.05  # the engine's defaults
+    calibration = state["srformer"]["srformer_calibration"]
+    assert calibration["source"] == "batch" and calibration["memory_ratio"] == 0.05
+    assert calibration["examples"] == 4  # the first two training batches of 2
+    for folder in ("checkpoint-8", "best"):
+        saved = load_model(str(run / folder)).config.srformer_calibration
+        assert saved["source"] == "batch" and len(saved["layers"]) == 2
+
+    # the memory at the start, on the calibration batch: the configured ratio, per decoder layer
+    start = state["log_history"][0]
+    assert start["step"] == 0 and [row["layer"] for row in start["memory"]] == [0, 1]
+    for row in start["memory"]:
+        assert 0.025 <= row["ratio"] <= 0.1, row
+        assert 0 < row["firing_rate"] <= 1, row
+    # ... and at every evaluation, on the validation rows: in the log and in the saved metrics
+    evaluations = [entry for entry in state["log_history"] if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [4, 8]
+    assert all(len(entry["memory"]) == 2 for entry in evaluations)
+    assert state["metrics"]["memory"] == evaluations[-1]["memory"] == trained_t5.metrics["memory"]
+    assert all(row["ratio"] > 0 and 0 <= row["firing_rate"] <= 1 for row in state["metrics"]["memory"])
+
+
+def test_memory_lines_and_one_dead_layer_warning(tmp_path, tiny_t5_dir):
+    reporter = Recorder()
+    result = train(tiny_training_config(tiny_t5_dir, tmp_path / "run", memory_ratio=1e-5, eval_samples=0),
+                   reporter)
+    memory_lines = [line for line in reporter.lines if line.startswith("memory ")]
+    assert [line.split(":")[0].split(" (")[0] for line in memory_lines] == [
+        "memory at start", "memory after step 4", "memory after step 8"]
+    assert "layer 0 ratio 1e-05 firing" in memory_lines[0] and " | layer 1 ratio 1e-05 firing" in memory_lines[0]
+    # the memory passes nothing on: said once, naming the layers
+    memory_warnings = [message for message in reporter.warnings if message.startswith("memory")]
+    assert memory_warnings == ["memory at start: decoder layers 0, 1 pass nothing on (the recurrent term is below "
+                               "0.001 of the local one, or no RAF entry fires)"]
+    # without validation the memory is measured on the first training batches, and saved
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["args"]["memory_ratio"] == 1e-5
+    assert state["metrics"]["step"] == 8 and len(state["metrics"]["memory"]) == 2
+    assert [entry["step"] for entry in state["log_history"] if "memory" in entry] == [0, 4, 8]
+
+
+def test_paper_init_is_not_calibrated(tmp_path, tiny_t5_dir):
+    result = train(tiny_training_config(tiny_t5_dir, tmp_path / "run", w_init="paper", train_limit=2, epochs=1,
+                                        eval_samples=0))
+    model = load_model(str(result.checkpoint))
+    assert model.config.srformer_w_init == "paper" and model.config.srformer_calibration is None
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["args"]["w_init"] == "paper"
+    assert all(row["ratio"] > 1 for row in state["log_history"][0]["memory"])  # the paper's init: memory dominates
+
+
+def test_resume_with_another_w_init_or_memory_ratio_is_an_error(trained_t5):
+    run = str(trained_t5.run_dir)
+    with pytest.raises(SrsumError, match=r"--w-init calibrated, not paper"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, w_init="paper"))
+    with pytest.raises(SrsumError, match=r"--memory-ratio 0.05, not 0.1"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, memory_ratio=0.1))
