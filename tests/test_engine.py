@@ -240,6 +240,7 @@ def test_training_path_has_no_loop_over_positions(monkeypatch):
     original = ops.raf_scan
     monkeypatch.setattr(ops, "raf_scan", lambda inputs, *a, **k: scanned.append(inputs.shape[2]) or original(inputs, *a, **k))
     model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=64))
+    scanned.clear()  # the conversion's calibration scanned too
     ids, mask = padded_batch("t5", lengths=(40, 40))
     teacher_logits(model, ids, mask, torch.randint(3, VOCAB, (2, 64)))
     assert scanned == [math.ceil(40 / 8)] * 2  # 2 layers, each one scan of 5 segments for 64 positions

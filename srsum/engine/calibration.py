@@ -16,6 +16,7 @@ W itself is a weight, so a saved and reloaded model is the same model.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -69,7 +70,9 @@ def calibration_inputs(model, batch=None) -> tuple[dict, str]:
 
 def _fallback_inputs(model) -> dict:
     config = model.config
-    length = min(FALLBACK_SOURCE_LENGTH, getattr(config, "max_position_embeddings", None) or FALLBACK_SOURCE_LENGTH)
+    length = min(FALLBACK_SOURCE_LENGTH,  # no longer than the schedule visits (M <= G) or the model takes
+                 int(config.srformer_seg_size) * int(config.srformer_schedule_length),
+                 getattr(config, "max_position_embeddings", None) or FALLBACK_SOURCE_LENGTH)
     generator = torch.Generator().manual_seed(FALLBACK_SEED)
     input_ids = torch.randint(_first_plain_token(config), config.vocab_size, (FALLBACK_EXAMPLES, length),
                               generator=generator)
@@ -110,7 +113,9 @@ def _run(model, inputs: dict) -> None:
     was_training = model.training
     model.eval()
     try:
-        model(**inputs, use_cache=False)
+        with warnings.catch_warnings():  # a schedule warning here is about the calibration batch, not the user's
+            warnings.simplefilter("ignore", UserWarning)
+            model(**inputs, use_cache=False)
     finally:
         model.train(was_training)
 
@@ -212,7 +217,7 @@ def calibrate(model, batch=None, ratio: float | None = None) -> dict:
         _run(model, inputs)
     record = {"memory_ratio": target, "source": source, "examples": int(inputs["input_ids"].shape[0]),
               "source_tokens": int(inputs["input_ids"].shape[1]),
-              "layers": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+              "layers": [{k: (float(f"{v:.7g}") if isinstance(v, float) else v) for k, v in row.items()}
                          for row in per_layer]}
     _record(model, layers, record)
     return record
