@@ -6,6 +6,7 @@ Every bad input is rejected by :func:`validate` before any training starts.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -189,7 +190,13 @@ def checkpoint_path(work_dir: str, job: Job) -> Path:
 
 
 def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
-    """Train the full-attention model of (task, seed) from scratch and save it for its fine-tunings."""
+    """Train the full-attention model of (task, seed) from scratch and save it for its fine-tunings.
+
+    A checkpoint already in ``work_dir`` with its record beside it (``.json``, written here) is reused,
+    so a sweep can be rerun with other fine-tuning settings without pretraining again; the record says so."""
+    saved = checkpoint_path(work_dir, job)
+    if saved.is_file() and saved.with_suffix(".json").is_file():
+        return {**json.loads(saved.with_suffix(".json").read_text(encoding="utf-8")), "reused": str(saved)}
     start = time.perf_counter()
     task = build_task(job.task, config.data_dir)
     torch.manual_seed(1_000 + job.seed)
@@ -200,9 +207,11 @@ def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
                 ramp_steps=round(steps * config.ramp_fraction))
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
                        limit=config.eval_limit)  # teacher-forced only: srsum's decoder needs a converted model
-    torch.save(model.cpu().state_dict(), checkpoint_path(work_dir, job))
-    return {**record_keys(job), "kind": "pretrain", **log, **metrics, "parameters": count_parameters(model),
-            "wall_seconds": time.perf_counter() - start}
+    torch.save(model.cpu().state_dict(), saved)
+    record = {**record_keys(job), "kind": "pretrain", **log, **metrics, "parameters": count_parameters(model),
+              "steps": steps, "wall_seconds": time.perf_counter() - start}
+    saved.with_suffix(".json").write_text(json.dumps(record), encoding="utf-8")
+    return record
 
 
 def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -> dict:
