@@ -74,7 +74,7 @@ def test_lookup_local_only_ceiling_grows_with_segment_size():
     assert task.local_only_ceiling(8) < task.local_only_ceiling(16) < task.local_only_ceiling(64) < 0.35
 
 
-def test_recall_lists_every_key_in_order_with_the_value_that_follows_it_in_the_input():
+def test_recall_lists_every_key_in_order_with_the_value_its_pair_token_holds():
     task = RecallTask()
     source, target, scored = task._example(random.Random(0))
     assert len(source) == task.max_source_len == 256 and len(target) == task.max_target_len == 64
@@ -82,12 +82,15 @@ def test_recall_lists_every_key_in_order_with_the_value_that_follows_it_in_the_i
     assert scored == [False, True] * 32
     chunks_of_key = []
     for i in range(32):
-        at = source.index(task.key0 + i)
-        assert source.count(task.key0 + i) == 1 and at // 8 == (at + 1) // 8  # key and value share a chunk
-        assert source[at + 1] == target[2 * i + 1] and task.value0 <= target[2 * i + 1] < task.filler0
-        chunks_of_key.append(at // 8)
-        chunk = source[8 * (at // 8) : 8 * (at // 8) + 8]
-        assert sum(task.filler0 <= tok < task.vocab_size for tok in chunk) == 6
+        value = target[2 * i + 1] - task.value0
+        assert 0 <= value < task.n_values
+        pair = task.pair0 + i * task.n_values + value  # "K_i is v": one input token per pair
+        assert source.count(pair) == 1
+        assert not any(task.pair0 + i * task.n_values <= tok < task.pair0 + (i + 1) * task.n_values
+                       for tok in source if tok != pair)  # no other value for that key
+        chunks_of_key.append(source.index(pair) // 8)
+        chunk = source[8 * chunks_of_key[-1] : 8 * chunks_of_key[-1] + 8]
+        assert sum(task.filler0 <= tok < task.pair0 for tok in chunk) == 7
     assert sorted(chunks_of_key) == list(range(32)) and chunks_of_key != list(range(32))  # shuffled
     short, short_target, _ = task._example(random.Random(1), chunks=3)
     assert len(short) == 24 and len(short_target) == 6 and short_target[0::2] == sorted(short_target[0::2])

@@ -10,7 +10,7 @@ aligns with it *and* information that sits in other segments (see docs/RESULTS.m
   encoder cannot know which chunk will be asked for; and since every chunk's y is asked exactly once,
   y_r never appears earlier in the decoder's own (teacher-forced) history either.
 * ``recall`` (synthetic, multi-query associative recall): 32 chunks of 8 tokens; chunk j holds one
-  (key, value) pair "K_i v_i" at a random offset, the rest filler; the chunks come in random order, so
+  (key, value) pair as one token "K_i is v_i" at a random offset, the rest filler; the chunks come in random order, so
   key K_i sits anywhere. The target lists every key in key order with its value, ``K_0 v_0 K_1 v_1 ...``
   (G = 64): keys are predictable (not scored), values are scored. Free greedy generation works because
   the model can write the keys itself.
