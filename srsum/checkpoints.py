@@ -3,7 +3,7 @@
 Layout of a training run folder (``models/<run-name>/`` by default)::
 
     checkpoint-<step>/     model (config.json + model.safetensors), tokenizer files,
-                           optimizer.pt, scheduler.pt, rng.pt, trainer_state.json
+                           optimizer.pt, scheduler.pt, rng.json, trainer_state.json
     best/                  model, tokenizer and trainer_state.json of the best evaluation so far
 
 Every folder is first written as ``<name>.tmp-XXXXXXXX`` beside its final place and renamed when
@@ -202,27 +202,53 @@ def read_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
         raise SrsumError(f"cannot read {path}: {error}") from None
 
 
+RNG_FILE = "rng.json"  # plain JSON: resuming never unpickles anything
+
+
 def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU and every CUDA device) random states."""
+    """Python, numpy and torch (CPU and every CUDA device) random states, as plain JSON values."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
+    """Restore what :func:`rng_state` returned (SrsumError if it is not such a state)."""
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    try:
+        version, internal, gauss = state["python"]
+        kind, keys, position, has_gauss, cached = state["numpy"]
+        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+        np.random.set_state((str(kind), np.asarray(keys, dtype=np.uint32), int(position), int(has_gauss),
+                             float(cached)))
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        cuda = state.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise SrsumError(f"random state: not a state srsum saved ({' '.join(str(error).split())[:120]})") from None
+
+
+def read_rng_state(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The RNG state saved in a checkpoint (rng.json), or None for a checkpoint of an older srsum, whose
+    pickled rng.pt is never loaded (a pickle from a downloaded folder could run code)."""
+    path = Path(checkpoint) / RNG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SrsumError(f"cannot read {path}: {error}") from None
 
 
 def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any], optimizer=None, scheduler=None,
@@ -240,17 +266,18 @@ def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any],
         if scheduler is not None:
             torch.save(scheduler.state_dict(), temp / "scheduler.pt")
         if rng is not None:
-            torch.save(rng, temp / "rng.pt")
+            (temp / RNG_FILE).write_text(json.dumps(rng), encoding="utf-8")
         (temp / TRAINER_STATE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return folder
 
 
-def load_torch_file(path: Path, trusted: bool = False):
-    """Load a ``.pt`` file written by :func:`save_checkpoint` (RNG states need ``trusted``)."""
+def load_torch_file(path: Path):
+    """Load a ``.pt`` file written by :func:`save_checkpoint` (optimizer and scheduler state) with torch's
+    weights-only unpickler: plain tensors and containers only, never arbitrary objects."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise SrsumError(f"checkpoint file missing: {path}") from None
     except Exception as error:  # unpickling errors of every kind

@@ -31,7 +31,7 @@ from typing import Any
 from srsum import __version__
 from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writable_dir, find_run_dirs,
                                last_checkpoint, list_checkpoints, load_torch_file, prune_checkpoints,
-                               read_trainer_state, rng_state, save_checkpoint, set_rng_state)
+                               read_rng_state, read_trainer_state, rng_state, save_checkpoint, set_rng_state)
 from srsum.data import Example, load_examples
 from srsum.errors import SrsumError
 from srsum.summarize import SummarizeSettings, Reporter, check_model_source, generate_summaries
@@ -469,7 +469,12 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
         scheduler.load_state_dict(load_torch_file(resume_from / "scheduler.pt"))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if resume_from is not None:
-        set_rng_state(load_torch_file(resume_from / "rng.pt", trusted=True))
+        saved_rng = read_rng_state(resume_from)
+        if saved_rng is None:
+            reporter.warn(f"{resume_from} has no rng.json (an older srsum wrote a pickled rng.pt, which is never "
+                          "loaded): the random state starts afresh")
+        else:
+            set_rng_state(saved_rng)
 
     global_step = int(state.get("global_step", 0))
     best = state.get("best")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def test_trained_t5_checkpoint_layout_and_state(trained_t5):
     assert trained_t5.global_step == trained_t5.total_steps == 8
     assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint-4", "checkpoint-8"]
     last = run / "checkpoint-8"
-    for name in ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"):
+    for name in ("config.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng.json", "trainer_state.json"):
         assert (last / name).is_file(), name
     assert any(last.glob("tokenizer*"))
     state = json.loads((last / "trainer_state.json").read_text())
@@ -238,11 +239,37 @@ def test_unwritable_output_dir_and_bad_model(tmp_path, tiny_t5_dir):
 
 
 def test_checkpoints_module_reads_its_own_rng_state(tmp_path):
-    state = checkpoints.rng_state()
-    torch.save(state, tmp_path / "rng.pt")
-    first = torch.rand(3)
-    checkpoints.set_rng_state(checkpoints.load_torch_file(tmp_path / "rng.pt", trusted=True))
-    assert torch.equal(torch.rand(3), first)
+    import numpy as np
+
+    (tmp_path / checkpoints.RNG_FILE).write_text(json.dumps(checkpoints.rng_state()))
+    first = (torch.rand(3), random.random(), np.random.rand())
+    checkpoints.set_rng_state(checkpoints.read_rng_state(tmp_path))
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(again[0], first[0]) and again[1:] == first[1:]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["SRSUM_PAYLOAD_MARK"]),))
+
+
+def test_resume_never_unpickles_a_planted_payload(tmp_path, monkeypatch):
+    """A pickle planted in every file resume reads runs nothing: rng.json is JSON, optimizer/scheduler are
+    loaded weights-only (the payload is refused with a one-line error), and an old pickled rng.pt is ignored."""
+    mark = tmp_path / "payload-ran"
+    monkeypatch.setenv("SRSUM_PAYLOAD_MARK", str(mark))
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        torch.save({"state": _Payload()}, folder / name)
+    assert checkpoints.read_rng_state(folder) is None  # rng.pt is never opened
+    for name in ("optimizer.pt", "scheduler.pt"):
+        with pytest.raises(SrsumError, match="cannot read"):
+            checkpoints.load_torch_file(folder / name)
+    (folder / checkpoints.RNG_FILE).write_text('{"python": "not a state"}')
+    with pytest.raises(SrsumError, match="random state"):
+        checkpoints.set_rng_state(checkpoints.read_rng_state(folder))
+    assert not mark.exists()
 
 
 # ---------------------------------------------------------------------------------------------
