@@ -114,8 +114,28 @@ def lead_n(text: str, n: int = 3) -> str:
     return "\n".join(split_sentences(text)[:n])
 
 
+BINARY_SIGNATURES = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"%PDF": "PDF", b"\x89PNG": "PNG",
+                     b"\xff\xd8\xff": "JPEG", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x7fELF": "executable"}
+MAX_BAD_SHARE = 0.05  # more undecodable bytes than this share of a file: it is not text
+
+
+def _check_text(data: bytes, name: str) -> None:
+    """SrsumError for data that is plainly not text: a known binary format, NUL bytes, or mostly bad UTF-8."""
+    for signature, kind in BINARY_SIGNATURES.items():
+        if data.startswith(signature):
+            raise SrsumError(f"{name}: a {kind} file, not text; decompress or convert it to plain text first")
+    head = data[:65536]
+    if b"\x00" in head:
+        raise SrsumError(f"{name}: a binary file (it holds NUL bytes), not text")
+    bad = head.decode("utf-8", errors="replace").count("\ufffd")
+    if head and bad > MAX_BAD_SHARE * len(head):
+        raise SrsumError(f"{name}: not text ({bad} of its first {len(head)} bytes are not UTF-8)")
+
+
 def _decode(data: bytes, name: str) -> str:
-    """Decode UTF-8 (BOM dropped); on bad bytes replace them and warn, naming ``name``."""
+    """Decode UTF-8 (BOM dropped); on a few bad bytes replace them and warn, naming ``name``; SrsumError for
+    a binary file."""
+    _check_text(data, name)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

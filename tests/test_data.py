@@ -149,6 +149,19 @@ def test_non_utf8_bytes_are_replaced_with_a_warning_naming_the_file(tmp_path):
     assert examples[0].text == "Caf\ufffd opens. More text."
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (bytes(range(256)) * 64, "NUL bytes"),
+    (b"\x1f\x8b\x08\x00" + bytes(200), "a gzip file"),
+    (b"%PDF-1.7\n" + b"x" * 50, "a PDF file"),
+    (bytes((i * 37 + 128) % 128 + 128 for i in range(4000)), "not text"),
+])
+def test_binary_files_are_refused_not_summarized(tmp_path, content, message):
+    path = tmp_path / "article.txt"
+    path.write_bytes(content)
+    with pytest.raises(SrsumError, match=f"article.txt: .*{message}"):
+        read_article(str(path))
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
