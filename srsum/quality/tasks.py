@@ -96,7 +96,37 @@ def ramp(step: int, ramp_steps: int, low: int, high: int, rng: random.Random) ->
     return rng.randint(low, cap)
 
 
-class LookupTask:
+class ChunkTask:
+    """What the synthetic chunk tasks share: fresh random training batches, fixed held-out examples.
+    A subclass sets ``n_chunks`` and ``_eval`` and builds one (source, target, scored) in ``_example``."""
+
+    n_chunks: int
+    _eval: list
+
+    def _example(self, rng: random.Random, chunks: int | None = None) -> tuple[list[int], list[int], list[bool]]:
+        raise NotImplementedError
+
+    def train_batches(self, seed: int, batch_size: int, ramp_steps: int = 0):
+        """An endless stream of fresh random batches (no example is ever repeated). With ``ramp_steps``
+        (pretraining only) batches start short and grow to all chunks, see :func:`ramp`."""
+        rng = random.Random(seed)
+        step = 0
+        while True:
+            chunks = ramp(step, ramp_steps, 2, self.n_chunks, rng)
+            yield self._to_batch([self._example(rng, chunks) for _ in range(batch_size)])
+            step += 1
+
+    def eval_batches(self, batch_size: int, limit: int | None = None):
+        examples = self._eval[:limit] if limit else self._eval
+        for i in range(0, len(examples), batch_size):
+            yield self._to_batch(examples[i : i + batch_size])
+
+    @staticmethod
+    def _to_batch(examples) -> Batch:
+        return collate([(s, t) for s, t, _ in examples], [k for _, _, k in examples])
+
+
+class LookupTask(ChunkTask):
     """Synthetic seq2seq task: every output step needs the aligned chunk and one chunk elsewhere."""
 
     name = "lookup"
@@ -139,24 +169,6 @@ class LookupTask:
         scored = [i % 2 == 1 for i in range(len(target))]
         return source, target, scored
 
-    def train_batches(self, seed: int, batch_size: int, ramp_steps: int = 0):
-        """An endless stream of fresh random batches (no example is ever repeated). With ``ramp_steps``
-        (pretraining only) batches start short and grow to all chunks, see :func:`ramp`."""
-        rng = random.Random(seed)
-        step = 0
-        while True:
-            chunks = ramp(step, ramp_steps, 2, self.n_chunks, rng)
-            yield self._to_batch([self._example(rng, chunks) for _ in range(batch_size)])
-            step += 1
-
-    def eval_batches(self, batch_size: int, limit: int | None = None):
-        examples = self._eval[:limit] if limit else self._eval
-        for i in range(0, len(examples), batch_size):
-            yield self._to_batch(examples[i : i + batch_size])
-
-    @staticmethod
-    def _to_batch(examples) -> Batch:
-        return collate([(s, t) for s, t, _ in examples], [k for _, _, k in examples])
 
     def step_scores(self, right: torch.Tensor, scored: torch.Tensor) -> dict:
         """From per-token hits of one batch: the local digit (x_t), the remote one (y_r), and whole steps."""
@@ -181,7 +193,7 @@ class LookupTask:
 # --------------------------------------------------------------------------------------------------
 
 
-class RecallTask:
+class RecallTask(ChunkTask):
     """Synthetic seq2seq task: every value must be fetched by its key from wherever its chunk landed."""
 
     name = "recall"
@@ -230,23 +242,6 @@ class RecallTask:
         scored = [i % 2 == 1 for i in range(len(target))]
         return source, target, scored
 
-    def train_batches(self, seed: int, batch_size: int, ramp_steps: int = 0):
-        """An endless stream of fresh random batches; ``ramp_steps`` as for lookup."""
-        rng = random.Random(seed)
-        step = 0
-        while True:
-            chunks = ramp(step, ramp_steps, 2, self.n_chunks, rng)
-            yield self._to_batch([self._example(rng, chunks) for _ in range(batch_size)])
-            step += 1
-
-    def eval_batches(self, batch_size: int, limit: int | None = None):
-        examples = self._eval[:limit] if limit else self._eval
-        for i in range(0, len(examples), batch_size):
-            yield self._to_batch(examples[i : i + batch_size])
-
-    @staticmethod
-    def _to_batch(examples) -> Batch:
-        return collate([(s, t) for s, t, _ in examples], [k for _, _, k in examples])
 
     def local_only_ceiling(self, seg_size: int) -> float:
         """Best value accuracy of a model that sees only the aligned segment: value i is read only when
