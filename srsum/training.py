@@ -395,9 +395,8 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     from torch.utils.data import DataLoader
     from transformers import AutoModelForSeq2SeqLM, get_linear_schedule_with_warmup
 
-    from srsum.engine import convert, family_of, load_model
+    from srsum.engine import convert, family_of, load_config, load_model
     from srsum.engine.calibration import DEAD_RATIO, dead_layers, memory_report
-    from srsum.engine.models import _load_config
     from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
 
     main = accelerator.is_main_process
@@ -405,7 +404,7 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
 
     # ---- what: tokenizer and data, then the model (a new run is calibrated on its first training batches)
     source = resume_from or config.model
-    source_config = _load_config(str(source))  # one-line errors for a folder that is not a model
+    source_config = load_config(str(source))  # one-line errors for a folder that is not a model
     tokenizer = load_tokenizer(source)
     resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
     train_examples = _load_split(config, config.train_split, config.train_limit, "training")

@@ -5,7 +5,8 @@ It never imports the CLI. See docs/ENGINE_API.md for the contract the rest of sr
 
 from .attention import DecodeState, SRformerCrossAttention
 from .models import (FAMILIES, SRformerBartConfig, SRformerBartForConditionalGeneration, SRformerT5Config,
-                     SRformerT5ForConditionalGeneration, convert, count_srformer_parameters, family_of, load_model,
+                     SRformerT5ForConditionalGeneration, convert, count_srformer_parameters, family_of, load_config,
+                     load_model,
                      register_auto_classes)
 from .settings import VARIANTS, SRformerSettings, make_settings, normalize_variant, settings_from_config
 
@@ -13,7 +14,8 @@ register_auto_classes()
 
 __all__ = [
     "VARIANTS", "SRformerSettings", "SRformerCrossAttention", "DecodeState", "convert", "load_model",
-    "make_settings", "normalize_variant", "settings_from_config", "family_of", "count_srformer_parameters",
+    "make_settings", "normalize_variant", "settings_from_config", "family_of", "load_config",
+    "count_srformer_parameters",
     "FAMILIES", "SRformerT5Config", "SRformerBartConfig", "SRformerT5ForConditionalGeneration",
     "SRformerBartForConditionalGeneration", "register_auto_classes",
 ]

@@ -170,7 +170,7 @@ def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_len
 def load_model(path_or_name: str, attention: str | None = None, seg_size: int | None = None,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None, **settings):
     """Load an srsum checkpoint (as saved) or a plain T5/BART (converted to ``attention``, default full)."""
-    config = _load_config(str(path_or_name))
+    config = load_config(str(path_or_name))
     family = family_of(config)
     _check_dtype(family, dtype)
     if config.model_type == family.config_class.model_type:
@@ -195,7 +195,8 @@ def _check_dtype(family: Family, dtype) -> None:
         raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
 
 
-def _load_config(path_or_name: str):
+def load_config(path_or_name: str):
+    """The config of an srsum checkpoint or a plain T5/BART (path or hub name); SrsumError, one line, otherwise."""
     local = Path(path_or_name)
     if local.exists() and not (local / "config.json").is_file():
         raise SrsumError(f"model: {path_or_name} is neither an srsum checkpoint nor a T5/BART model "
@@ -209,7 +210,7 @@ def _load_config(path_or_name: str):
 
 
 def _load_plain(path_or_name: str, dtype=None):
-    config = _load_config(path_or_name)
+    config = load_config(path_or_name)
     family = family_of(config)
     _check_dtype(family, dtype)
     try:
