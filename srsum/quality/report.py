@@ -329,7 +329,7 @@ def preserved_notes(existing: Path) -> str:
 
 GENERATED_NOTE = {
     "lookup": "forced-marker greedy: the given markers are fed, the model's own argmax digits are fed back",
-    "recall": "free greedy: the model's own argmax is fed back everywhere, keys included",
+    "recall": "forced-key greedy: the given keys are fed, the model's own argmax values are fed back",
 }
 
 
@@ -390,12 +390,12 @@ first fine-tuning batch; "SRformer, paper init" keeps the paper's W init instead
 **Scores.** The headline score is teacher-forced (argmax given the gold prefix). The generated score
 decodes greedily, one token at a time, through srsum's own decoder (`srsum.decoding.SharedStateDecoder`,
 eager steps) and is scored at the same positions: for `lookup` the given markers are fed and the model's
-own digits fed back ("forced-marker greedy"); for `recall` the model's own tokens are fed back everywhere
-(free greedy: the keys come in a fixed order, so the model writes them itself).
+own digits fed back ("forced-marker greedy"); for `recall` likewise the given keys are fed and the model's
+own values fed back (keys are not scored in training, so a model is not taught to write them).
 
 **Task `recall` (synthetic, multi-query associative recall).** n = 256 input tokens in 32 chunks of 8.
-Each chunk holds one key token K_i immediately followed by its value (one of 16 value tokens) at a
-random offset, the other 6 tokens random fillers (8 filler tokens); each key appears once per example and
+Each chunk holds one pair token "K_i is v_i" (v_i one of 16 values) at a random offset, the other 7
+tokens random fillers (8 filler tokens); each key appears once per example and
 the chunks are shuffled, so K_i can be anywhere. The target is `K_0 v_0 K_1 v_1 ... K_31 v_31` (G = 64):
 keys are not scored (they are predictable), values are. Value i's decoder position attends one segment;
 K_i's chunk lies there with probability (s/8)/32, so a segment-only model's value accuracy is capped at

@@ -127,8 +127,8 @@ def has_srsum_layers(model) -> bool:
 def generated(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
     """Greedy decoding through srsum's own decoder (``SharedStateDecoder``, one step at a time), scored
     at the scored positions exactly like :func:`teacher_forced`. What the decoder is fed at step t + 1:
-    with ``task.generation == "free"`` (recall) always its own argmax of step t; with "forced" (lookup,
-    "forced-marker greedy") its argmax where step t is scored and the given token (a marker) where not."""
+    with ``task.generation == "free"`` always its own argmax of step t; with "forced" (lookup's markers,
+    recall's keys) its argmax where step t is scored and the given token where not."""
     from srsum.decoding import SharedStateDecoder
 
     model.to(device).eval()
