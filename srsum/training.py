@@ -393,9 +393,9 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     import torch
     from accelerate.utils import broadcast_object_list, set_seed
     from torch.utils.data import DataLoader
-    from transformers import AutoModelForSeq2SeqLM, get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup
 
-    from srsum.engine import convert, family_of, load_config, load_model
+    from srsum.engine import family_of, load_config, load_model
     from srsum.engine.calibration import DEAD_RATIO, dead_layers, memory_report
     from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
 
@@ -428,12 +428,12 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     try:
         if resume_from is not None:
             model = load_model(str(resume_from), dtype=torch.float32)
-        elif plain:  # converted (and calibrated) on the device it trains on
-            model = AutoModelForSeq2SeqLM.from_pretrained(config.model, dtype=torch.float32).to(accelerator.device)
+        elif plain:  # converted (and calibrated on its first training batches) on the device it trains on
             init = {name: getattr(config, name) for name in ("w_init", "memory_ratio")
                     if getattr(config, name) is not None}
-            model = convert(model, config.attention, config.seg_size, config.schedule_length,
-                            calibration_batch=train_batch, **init)
+            model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
+                               dtype=torch.float32, device=accelerator.device,
+                               schedule_length=config.schedule_length, calibration_batch=train_batch, **init)
         else:  # an srsum checkpoint as the starting point of a new run: already converted
             model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
                                dtype=torch.float32)

@@ -448,3 +448,16 @@ def test_warns_when_segments_outnumber_the_schedule():
     ids, mask = padded_batch("t5", lengths=(40, 29))
     with pytest.warns(UserWarning, match="never attended locally.*seg_size >= 8"):
         teacher_logits(model, ids, mask, ids[:, :5])
+
+
+@pytest.mark.parametrize("saved_as", ["plain", "srsum"])
+def test_a_pickle_only_model_folder_is_refused_with_one_line(tmp_path, saved_as):
+    model = tiny_model("t5")
+    if saved_as == "srsum":
+        model = convert(model, "segmented", seg_size=8, schedule_length=12)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(SrsumError, match="only as a pickle .pytorch_model.bin.") as caught:
+        load_model(tmp_path, attention="segmented")
+    assert "\n" not in str(caught.value)

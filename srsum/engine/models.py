@@ -169,7 +169,8 @@ def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_len
 
 def load_model(path_or_name: str, attention: str | None = None, seg_size: int | None = None,
                dtype: torch.dtype | None = None, device: str | torch.device | None = None, **settings):
-    """Load an srsum checkpoint (as saved) or a plain T5/BART (converted to ``attention``, default full)."""
+    """Load an srsum checkpoint (as saved) or a plain T5/BART (converted to ``attention``, default full, with
+    ``settings`` passed to :func:`convert`: schedule_length, w_init, memory_ratio, calibration_batch, ...)."""
     config = load_config(str(path_or_name))
     family = family_of(config)
     _check_dtype(family, dtype)
@@ -181,9 +182,11 @@ def load_model(path_or_name: str, attention: str | None = None, seg_size: int | 
         if seg_size is not None and seg_size != saved.seg_size:
             raise SrsumError(f"seg_size: checkpoint {path_or_name} was trained with seg_size={saved.seg_size}, "
                              f"not {seg_size}")
+        refuse_pickle_only(str(path_or_name))
         model = AutoModelForSeq2SeqLM.from_pretrained(str(path_or_name), dtype=dtype)
-    else:
-        model = convert(_load_plain(str(path_or_name), dtype), attention or "full",
+    else:  # moved to the device first, so the calibration runs there
+        plain = _load_plain(str(path_or_name), dtype)
+        model = convert(plain if device is None else plain.to(device), attention or "full",
                         64 if seg_size is None else seg_size, **settings)
     if device is not None:
         model = model.to(device)
@@ -193,6 +196,22 @@ def load_model(path_or_name: str, attention: str | None = None, seg_size: int | 
 def _check_dtype(family: Family, dtype) -> None:
     if family.name == "t5" and dtype == torch.float16:
         raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+
+def refuse_pickle_only(path_or_name: str) -> None:
+    """SrsumError for a local model folder whose weights exist only as a pickle (``pytorch_model.bin``):
+    unpickling a downloaded file can run code, so srsum loads safetensors only."""
+    folder = Path(path_or_name)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
+    if pickled:
+        raise SrsumError(f"model: {path_or_name} holds its weights only as a pickle ({pickled[0]}), which srsum "
+                         "does not load (unpickling can run code); convert it once, where you trust the file: "
+                         "AutoModelForSeq2SeqLM.from_pretrained(folder).save_pretrained(folder)")
 
 
 def load_config(path_or_name: str):
@@ -213,6 +232,7 @@ def _load_plain(path_or_name: str, dtype=None):
     config = load_config(path_or_name)
     family = family_of(config)
     _check_dtype(family, dtype)
+    refuse_pickle_only(path_or_name)
     try:
         return AutoModelForSeq2SeqLM.from_pretrained(path_or_name, dtype=dtype)
     except OSError as error:
