@@ -395,7 +395,7 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
-    from srsum.engine import family_of, load_config, load_model
+    from srsum.engine import load_config, load_model
     from srsum.engine.calibration import DEAD_RATIO, dead_layers, memory_report
     from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
 
@@ -424,19 +424,16 @@ def _train(config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Pat
     first_rows = [train_rows[i] for i in epoch_order(0)[:min(2 * config.batch_size, MEMORY_EXAMPLES)]]
     train_batch = collator(first_rows)
     eval_batch = collator(eval_rows[:MEMORY_EXAMPLES]) if eval_rows else None
-    plain = family_of(source_config).config_class.model_type != source_config.model_type
     try:
         if resume_from is not None:
             model = load_model(str(resume_from), dtype=torch.float32)
-        elif plain:  # converted (and calibrated on its first training batches) on the device it trains on
+        else:  # a plain model is converted (and calibrated on its first training batches) on its device;
+            # an srsum checkpoint as the start of a new run loads as saved (the conversion settings unused)
             init = {name: getattr(config, name) for name in ("w_init", "memory_ratio")
                     if getattr(config, name) is not None}
             model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
                                dtype=torch.float32, device=accelerator.device,
                                schedule_length=config.schedule_length, calibration_batch=train_batch, **init)
-        else:  # an srsum checkpoint as the starting point of a new run: already converted
-            model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
-                               dtype=torch.float32)
     except SrsumError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:

@@ -8,6 +8,7 @@ host's own parameter names, so pretrained weights load unchanged) and the host's
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -234,11 +235,11 @@ class DecodeState:
             self.enter(layer, self.position)
             self.position += 1
         if self.settings.attention == "full":
-            return ops.softmax_attention(query, self.keys, self.values, self.key_valid).to(ops.compute_dtype(query))
+            return ops.softmax_attention(query, self.keys, self.values, self.key_valid)
         out = 0.0
         if self.settings.has_local:
             keys, values, valid = self.context  # (B, H, 1, k', d)
-            out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0]).to(ops.compute_dtype(query))
+            out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0])
         if self.settings.has_recurrent:
             norm = None if self.norm is None else self.norm[:, :, None, :]
             out = out + ops.recurrent_output(query, self.recurrent, norm)
@@ -257,41 +258,46 @@ def parallel_attention(query, keys, values, key_valid, settings: SRformerSetting
         valid = torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None else key_valid
         if bool((~valid).all(-1).any()):
             raise ValueError("encoder input is empty after masking (n = 0)")
-        return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training).to(ops.compute_dtype(query))
+        return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training)
     terms = parallel_terms(query, keys, values, key_valid, settings, layer, dropout, training)
     out = terms.local if terms.rec is None else terms.rec if terms.local is None else terms.local + terms.rec
     return ops.from_groups(out, terms.groups)
 
 
+@dataclass
 class ParallelTerms:
-    """The two terms of SRformer's output for all positions, in the grouped layout (B, H, L, S, d),
-    with R (B, H, L, d, d) and the grouping: what calibration and diagnostics look at."""
+    """Both terms of the output for all positions in the grouped layout (B, H, L, S, d), with what they
+    were made from: what calibration and diagnostics look at. A term the variant lacks is None."""
 
-    def __init__(self, local, rec, recurrent, groups: ops.StepGroups, seg: ops.SegmentedKeys):
-        self.local, self.rec, self.recurrent, self.groups, self.seg = local, rec, recurrent, groups, seg
+    groups: ops.StepGroups
+    grouped_query: torch.Tensor  # (B, H, L, S, d)
+    local: torch.Tensor | None = None
+    rec: torch.Tensor | None = None
+    recurrent: torch.Tensor | None = None  # R (B, H, L, d, d)
+    raf_inputs: tuple | None = None  # X_l = base - parts_l: base (B, H, d, d), parts (B, H, L, d, d)
+    norm: torch.Tensor | None = None  # ν (B, H, 1, 1, d), None for ablation II
 
 
 def parallel_terms(query, keys, values, key_valid, settings: SRformerSettings, layer, dropout=0.0,
                    training=False, local_reference: bool = False) -> ParallelTerms:
-    """local_t and rec_t for every position of a segmented variant (None where the variant has no such
-    term). ``local_reference`` computes the plain segment softmax even for a variant without one
-    (ablation I), as the yardstick the recurrent term is measured against."""
+    """local_t and rec_t for every position of a segmented variant. ``local_reference`` computes the plain
+    segment softmax even for a variant without one (ablation I), as the yardstick the recurrent term is
+    measured against."""
     seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
     warn_if_segments_unvisited(settings, seg)
     positions = torch.arange(query.shape[2], device=query.device)
     groups = ops.group_steps(ops.segment_of_step(positions, seg.n_segments, settings.schedule_length))
-    grouped_query = ops.to_groups(query, groups)  # (B, H, L, S, d)
-    local = rec = recurrent = None
+    terms = ParallelTerms(groups, ops.to_groups(query, groups))
     if settings.has_local or local_reference:
         variant = settings.attention if settings.has_local else "segmented"
         keys_g, values_g, valid_g = ops.segment_context(seg, variant, groups.segment_of_group)
-        local = ops.softmax_attention(grouped_query, keys_g, values_g, valid_g, dropout, training)
-        local = local.to(ops.compute_dtype(query))
+        terms.local = ops.softmax_attention(terms.grouped_query, keys_g, values_g, valid_g, dropout, training)
     if settings.has_recurrent:
-        recurrent = recurrent_sequence(seg, groups.segment_of_group, settings, layer)  # (B, H, L, d, d)
-        norm = None if settings.attention == "no_norm" else ops.key_norm(seg.keys)[:, :, None, None, :]
-        rec = ops.recurrent_output(grouped_query, recurrent, norm)
-    return ParallelTerms(local, rec, recurrent, groups, seg)
+        terms.raf_inputs = recurrent_inputs(seg, groups.segment_of_group, settings, layer)
+        terms.recurrent = recurrent_from_inputs(*terms.raf_inputs, settings, layer)
+        terms.norm = None if settings.attention == "no_norm" else ops.key_norm(seg.keys)[:, :, None, None, :]
+        terms.rec = ops.recurrent_output(terms.grouped_query, terms.recurrent, terms.norm)
+    return terms
 
 
 def recurrent_sequence(seg: ops.SegmentedKeys, segment_of_group, settings: SRformerSettings, layer):

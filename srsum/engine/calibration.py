@@ -24,7 +24,7 @@ from dataclasses import replace
 import torch
 
 from . import ops
-from .attention import SRformerCrossAttention, parallel_terms, recurrent_from_inputs, recurrent_inputs
+from .attention import SRformerCrossAttention, parallel_terms, recurrent_from_inputs
 
 FALLBACK_SOURCE_LENGTH = 512  # tokens per example of the fallback batch (capped by the model's positions)
 FALLBACK_EXAMPLES = 2
@@ -125,25 +125,25 @@ class _LayerProbe:
     """The local term and the RAF inputs of one layer on a batch, to evaluate rec at any W scale."""
 
     def __init__(self, layer: SRformerCrossAttention, query, keys, values, key_valid):
-        settings = layer.settings
-        self.layer, self.settings = layer, settings
-        terms = parallel_terms(query, keys, values, key_valid, settings, layer, local_reference=True)
-        self.groups, self.seg = terms.groups, terms.seg
-        self.local_norm = float(ops.from_groups(terms.local, self.groups).norm())
-        self.grouped_query = ops.to_groups(query, self.groups)
-        self.base, self.parts = recurrent_inputs(self.seg, self.groups.segment_of_group, settings, layer)
-        self.norm = None if settings.attention == "no_norm" else ops.key_norm(self.seg.keys)[:, :, None, None, :]
+        self.layer, self.settings = layer, layer.settings
+        self.terms = parallel_terms(query, keys, values, key_valid, layer.settings, layer, local_reference=True)
+        groups = self.terms.groups
+        self.local_norm = float(ops.from_groups(self.terms.local, groups).norm())
         # groups each example really has (shorter inputs have fewer segments than the batch's longest)
-        last_group = self.groups.group_of_step[:, -1]  # (B,)
-        steps = torch.arange(self.groups.n_groups, device=last_group.device)
+        last_group = groups.group_of_step[:, -1]  # (B,)
+        steps = torch.arange(groups.n_groups, device=last_group.device)
         self.real_groups = steps[None, :] <= last_group[:, None]  # (B, L)
 
     def recurrent(self, scale: float) -> torch.Tensor:
-        return recurrent_from_inputs(self.base * scale, self.parts * scale, self.settings, self.layer)
+        """R with W scaled by ``scale``: the RAF inputs are linear in W."""
+        if scale == 1.0:
+            return self.terms.recurrent
+        base, parts = self.terms.raf_inputs
+        return recurrent_from_inputs(base * scale, parts * scale, self.settings, self.layer)
 
     def ratio(self, scale: float = 1.0) -> float:
-        rec = ops.recurrent_output(self.grouped_query, self.recurrent(scale), self.norm)
-        return float(ops.from_groups(rec, self.groups).norm()) / max(self.local_norm, 1e-30)
+        rec = ops.recurrent_output(self.terms.grouped_query, self.recurrent(scale), self.terms.norm)
+        return float(ops.from_groups(rec, self.terms.groups).norm()) / max(self.local_norm, 1e-30)
 
     def firing_rate(self, scale: float = 1.0) -> float | None:
         """Share of R's entries above zero over the RAF steps the batch really takes (None: no RAF)."""
@@ -209,9 +209,8 @@ def calibrate(model, batch=None, ratio: float | None = None) -> dict:
         scale = probe.scale_for(target)
         with torch.no_grad():
             layer.recurrent_w.weight.mul_(scale)
-        after = _LayerProbe(layer, query, keys, values, key_valid)  # re-measured with the new W
         per_layer.append({"layer": len(per_layer), "scale": scale, "ratio_before": before,
-                          "ratio": after.ratio(), "firing_rate": after.firing_rate()})
+                          "ratio": probe.ratio(scale), "firing_rate": probe.firing_rate(scale)})
 
     with observing(layers, observer):
         _run(model, inputs)

@@ -153,16 +153,16 @@ def gather_segments(x: torch.Tensor, segment_index: torch.Tensor) -> torch.Tenso
 # --------------------------------------------------------------------------- local (softmax) attention
 def softmax_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                       key_valid: torch.Tensor, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
-    """softmax(q Kᵀ + mask) V with the softmax in float32. query is already scaled.
-
-    query (..., T, d), keys/values (..., k, d), key_valid broadcastable to (..., 1, k).
+    """softmax(q Kᵀ + mask) V with the softmax in float32 (float64 for float64 inputs). query is already
+    scaled. query (..., T, d), keys/values (..., k, d), key_valid broadcastable to (..., 1, k) -> (..., T, d)
+    in that compute dtype (the product itself runs in the values' dtype).
     """
     scores = torch.matmul(query, keys.transpose(-1, -2)).to(compute_dtype(query))
     scores = scores.masked_fill(~key_valid, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if dropout and training:
         probs = F.dropout(probs, p=dropout, training=True)
-    return torch.matmul(probs.to(values.dtype), values)
+    return torch.matmul(probs.to(values.dtype), values).to(probs.dtype)
 
 
 def segment_context(seg: SegmentedKeys, variant: str, segment_index: torch.Tensor, globals_=None):
