@@ -70,30 +70,43 @@ def train(model, task, *, steps: int, batch_size: int, lr: float, seed: int, dev
             "train_seconds": time.perf_counter() - start}
 
 
+class Tally:
+    """Right predictions at the scored positions over batches: token accuracy, and for a task with steps
+    (lookup) the local, remote and whole-step accuracies."""
+
+    def __init__(self, task):
+        self.task, self.right, self.total = task, 0, 0
+        self.steps = {"local": 0, "remote": 0, "steps": 0, "count": 0}
+
+    def add(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        """predicted, labels (B, T); labels IGNORE where not scored."""
+        scored = labels != IGNORE
+        hits = predicted == labels
+        self.right += hits[scored].sum().item()
+        self.total += scored.sum().item()
+        if hasattr(self.task, "step_scores"):
+            for key, value in self.task.step_scores(hits.cpu(), scored.cpu()).items():
+                self.steps[key] += value
+
+    def summary(self) -> dict:
+        out = {"token_accuracy": self.right / max(1, self.total)}
+        if self.steps["count"]:
+            out.update({name: self.steps[key] / self.steps["count"] for name, key in
+                        (("local_accuracy", "local"), ("remote_accuracy", "remote"), ("step_accuracy", "steps"))})
+        return out
+
+
 @torch.no_grad()
 def teacher_forced(model, task, *, batch_size: int, device: str, limit: int | None = None) -> dict:
-    """Argmax predictions given the gold prefix: the share of scored tokens that are right, and, for a
-    task with steps (lookup), the local, remote and whole-step accuracies."""
+    """Argmax predictions given the gold prefix, scored by :class:`Tally`."""
     model.to(device).eval()
-    right = total = 0
-    steps = {"local": 0, "remote": 0, "steps": 0, "count": 0}
+    tally = Tally(task)
     for batch in task.eval_batches(batch_size, limit):
         batch = batch.to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        decoder_input_ids=batch.decoder_input_ids).logits
-        scored = batch.labels != IGNORE
-        hits = logits.argmax(-1) == batch.labels
-        right += hits[scored].sum().item()
-        total += scored.sum().item()
-        if hasattr(task, "step_scores"):
-            for key, value in task.step_scores(hits.cpu(), scored.cpu()).items():
-                steps[key] += value
-    out = {"token_accuracy": right / max(1, total)}
-    if steps["count"]:
-        out.update({"local_accuracy": steps["local"] / steps["count"],
-                    "remote_accuracy": steps["remote"] / steps["count"],
-                    "step_accuracy": steps["steps"] / steps["count"]})
-    return out
+        tally.add(logits.argmax(-1), batch.labels)
+    return tally.summary()
 
 
 @torch.no_grad()
@@ -133,8 +146,7 @@ def generated(model, task, *, batch_size: int, device: str, limit: int | None = 
 
     model.to(device).eval()
     free = getattr(task, "generation", "free") == "free"
-    right = total = 0
-    steps = {"local": 0, "remote": 0, "steps": 0, "count": 0}
+    tally = Tally(task)
     for batch in task.eval_batches(batch_size, limit):
         batch = batch.to(device)
         length = batch.labels.shape[1]
@@ -149,15 +161,11 @@ def generated(model, task, *, batch_size: int, device: str, limit: int | None = 
             if t + 1 < length:
                 given = batch.decoder_input_ids[:, t + 1]
                 tokens = (choice if free else torch.where(scored[:, t], choice, given))[:, None]
-        hits = torch.stack(predicted, 1) == batch.labels
-        right += hits[scored].sum().item()
-        total += scored.sum().item()
-        if hasattr(task, "step_scores"):
-            for key, value in task.step_scores(hits.cpu(), scored.cpu()).items():
-                steps[key] += value
-    out = {"generated_token_accuracy": right / max(1, total)}
-    if steps["count"]:
-        out["generated_step_accuracy"] = steps["steps"] / steps["count"]
+        tally.add(torch.stack(predicted, 1), batch.labels)
+    scores = tally.summary()
+    out = {"generated_token_accuracy": scores["token_accuracy"]}
+    if "step_accuracy" in scores:
+        out["generated_step_accuracy"] = scores["step_accuracy"]
     out["generated_score"] = out.get("generated_step_accuracy", out["generated_token_accuracy"])
     return out
 
