@@ -14,7 +14,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srsum.cli_profile import profile_command  # noqa: E402
+from srsum.cli.profile import profile_command  # noqa: E402
 
 
 def main() -> None:

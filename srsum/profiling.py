@@ -1,6 +1,6 @@
 """Cross-attention cost profiler: analytic, counted and measured, for full, segmented and srformer.
 
-Everything here returns data; nothing prints. ``srsum profile`` (srsum/cli_profile.py) renders it.
+Everything here returns data; nothing prints. ``srsum profile`` (srsum/cli/profile.py) renders it.
 
 Three kinds of figures, side by side for each variant:
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,9 +28,10 @@ from typing import Any
 from srsum import __version__
 from srsum.checkpoints import (MODELS_DIR, atomic_write_json, atomic_write_text, ensure_writable_dir,
                                find_newest_model, read_trainer_state)
-from srsum.data import (ALL_SPLITS, TABLE_SUFFIXES, DataWarning, Example, _article_files, lead_n, load_examples,
+from srsum.data import (ALL_SPLITS, TABLE_SUFFIXES, Example, _article_files, lead_n, load_examples,
                         read_article)
 from srsum.errors import SrsumError
+from srsum.reporting import Reporter
 
 NO_MODEL_HELP = (
     "no --model given and no trained checkpoint found under {root}/; train one with "
@@ -46,24 +45,6 @@ _LEAD = re.compile(r"^lead-?(\d+)$")
 
 # ---------------------------------------------------------------------------------------------
 # reporting
-
-
-class Reporter:
-    """Where library functions send progress, warnings and notes. This one is silent."""
-
-    @contextmanager
-    def progress(self, description: str, total: int | None, completed: int = 0) -> Iterator[Callable[..., None]]:
-        """Context for a long phase of ``total`` units (``completed`` done already); yields ``advance(n=1, **fields)``."""
-        yield lambda n=1, **fields: None
-
-    def warn(self, message: str) -> None:
-        warnings.warn(message, DataWarning, stacklevel=3)
-
-    def info(self, message: str) -> None:
-        pass
-
-    def metrics(self, title: str, values: dict[str, float]) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------

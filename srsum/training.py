@@ -34,7 +34,8 @@ from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writa
                                read_rng_state, read_trainer_state, rng_state, save_checkpoint, set_rng_state)
 from srsum.data import Example, load_examples
 from srsum.errors import SrsumError
-from srsum.summarize import SummarizeSettings, Reporter, check_model_source, generate_summaries
+from srsum.reporting import Reporter
+from srsum.summarize import SummarizeSettings, check_model_source, generate_summaries
 from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LENGTH
 
 BEST_METRICS = ("rougeLsum", "rougeL", "rouge1", "rouge2", "loss")

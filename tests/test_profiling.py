@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from srsum import profiling
-from srsum.cli_profile import format_count, profile_command
+from srsum.cli.profile import format_count, profile_command
 from srsum.errors import SrsumError
 from srsum.profiling import CostShape
 

@@ -1,7 +1,7 @@
 """``srsum profile``: cross-attention cost of full, segmented and srformer, side by side.
 
 The numbers come from :mod:`srsum.profiling`; this module parses options, renders the rich table and
-writes files. ``srsum/cli.py`` registers :func:`profile_command` as the ``profile`` command.
+writes files. ``srsum/cli/__init__.py`` registers :func:`profile_command` as the ``profile`` command.
 """
 
 from __future__ import annotations

@@ -1,0 +1,134 @@
+"""``srsum train``: fine-tune a T5/BART converted to SRformer."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from srsum.cli.common import QuietOption, RichReporter, app, emit_json, handled
+from srsum.errors import SrsumError
+
+TRAIN_EPILOG = """[bold]Examples[/bold]
+
+  srsum train --model t5-small --dataset cnn_dailymail --seg-size 64 --epochs 25
+
+  srsum train --model facebook/bart-base --dataset xsum --attention segmented --bf16
+
+  accelerate launch -m srsum.cli train --model t5-small --dataset arxiv --batch-size 4
+
+  srsum train --resume --output-dir models/t5-small-srformer-seg64-20250101-120000
+
+  srsum train --model ./tiny-t5 --dataset data.jsonl --train-split all --validation-split all --max-steps 10
+"""
+
+TRAINING_PANEL = "Training"
+DATA_PANEL = "Data"
+SAVE_PANEL = "Checkpoints"
+
+
+@app.command(epilog=TRAIN_EPILOG)
+def train(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Pretrained T5/BART (Hub name such as t5-small or "
+                                        "facebook/bart-base, or a local folder) or an srsum checkpoint."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cnn_dailymail, xsum, arxiv, mediasum, a Hub "
+                                          "dataset name (owner/name[:config]), or a local .jsonl/.json/.csv/.parquet "
+                                          "file or folder of .txt files.", rich_help_panel=DATA_PANEL),
+    attention: Optional[str] = typer.Option(None, "--attention", help="Cross-attention variant: srformer (default), "
+                                            "full, segmented, no_local, no_norm, no_raf, full_product, xl, global."),
+    seg_size: Optional[int] = typer.Option(None, "--seg-size", help="Segment size s (default 64)."),
+    schedule_length: Optional[int] = typer.Option(None, "--schedule-length", help="Segment schedule length G "
+                                                  "(default: --max-target-length)."),
+    w_init: Optional[str] = typer.Option(None, "--w-init", help="How W starts in a new run: calibrated (default: "
+                                         "scaled per layer so the memory term is --memory-ratio times the local "
+                                         "term on the first training batches) or paper (the paper's init)."),
+    memory_ratio: Optional[float] = typer.Option(None, "--memory-ratio", help="Recurrent/local output-norm ratio "
+                                                 "the calibration aims for (default 0.05)."),
+    train_split: str = typer.Option("train", "--train-split", help="Split to train on (local files: rows whose "
+                                    "'split' field matches; 'all' keeps every row).", rich_help_panel=DATA_PANEL),
+    validation_split: str = typer.Option("validation", "--validation-split", help="Split scored after each epoch.",
+                                         rich_help_panel=DATA_PANEL),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Article column (default: the dataset's "
+                                              "known column, else article/document/text/...).",
+                                              rich_help_panel=DATA_PANEL),
+    summary_column: Optional[str] = typer.Option(None, "--summary-column", help="Reference summary column "
+                                                 "(default: summary/highlights/abstract/target).",
+                                                 rich_help_panel=DATA_PANEL),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Use only the first N training examples.",
+                                              rich_help_panel=DATA_PANEL),
+    eval_samples: int = typer.Option(100, "--eval-samples", help="Validation examples scored (loss and ROUGE) after "
+                                     "each epoch; 0 turns validation off.", rich_help_panel=DATA_PANEL),
+    max_source_length: int = typer.Option(1024, "--max-source-length", help="Articles are truncated to this many "
+                                          "tokens.", rich_help_panel=DATA_PANEL),
+    max_target_length: int = typer.Option(128, "--max-target-length", help="Reference summaries are truncated to "
+                                          "this many tokens; also the validation summary length.",
+                                          rich_help_panel=DATA_PANEL),
+    epochs: int = typer.Option(3, "--epochs", rich_help_panel=TRAINING_PANEL),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs).",
+                                            rich_help_panel=TRAINING_PANEL),
+    batch_size: int = typer.Option(8, "--batch-size", help="Per device.", rich_help_panel=TRAINING_PANEL),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", rich_help_panel=TRAINING_PANEL),
+    gradient_accumulation_steps: int = typer.Option(1, "--gradient-accumulation-steps",
+                                                    rich_help_panel=TRAINING_PANEL),
+    learning_rate: float = typer.Option(5e-5, "--learning-rate", "--lr", help="AdamW peak learning rate.",
+                                        rich_help_panel=TRAINING_PANEL),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", rich_help_panel=TRAINING_PANEL),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warm-up, then linear decay to 0.",
+                                     rich_help_panel=TRAINING_PANEL),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 mixed precision.", rich_help_panel=TRAINING_PANEL),
+    cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even when a GPU is present.",
+                             rich_help_panel=TRAINING_PANEL),
+    seed: int = typer.Option(42, "--seed", rich_help_panel=TRAINING_PANEL),
+    eval_num_beams: int = typer.Option(1, "--eval-num-beams", help="Beams for the validation summaries.",
+                                       rich_help_panel=TRAINING_PANEL),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run folder (default models/<run-name>/).",
+                                             rich_help_panel=SAVE_PANEL),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Default <model>-<attention>-seg<s>-<time>.",
+                                           rich_help_panel=SAVE_PANEL),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Also save every N steps (always after each "
+                                             "epoch).", rich_help_panel=SAVE_PANEL),
+    save_total_limit: int = typer.Option(2, "--save-total-limit", help="checkpoint-<step> folders kept (best/ is "
+                                         "kept too).", rich_help_panel=SAVE_PANEL),
+    best_metric: str = typer.Option("rougeLsum", "--best-metric", help="rougeLsum, rougeL, rouge1, rouge2 or loss.",
+                                    rich_help_panel=SAVE_PANEL),
+    resume: bool = typer.Option(False, "--resume", help="Continue the last complete checkpoint of --output-dir "
+                                "(default: the newest run under models/) to the same total step count.",
+                                rich_help_panel=SAVE_PANEL),
+    logging_steps: int = typer.Option(10, "--logging-steps", rich_help_panel=SAVE_PANEL),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, steps, metrics) as JSON."),
+    quiet: bool = QuietOption,
+) -> None:
+    """Fine-tune a pretrained T5 or BART with SRformer cross-attention.
+
+    The model is converted to --attention with --seg-size, trained with AdamW and a linear schedule, scored on the validation split after every epoch, and saved atomically to --output-dir/checkpoint-STEP (model, tokenizer, optimizer, scheduler, RNG, trainer_state.json); best/ holds the best validation score. Ctrl-C stops cleanly and --resume continues. Runs unchanged under 'accelerate launch'.
+    """
+    from srsum.training import TrainingConfig
+    from srsum.training import train as run_training
+
+    reporter = RichReporter(quiet)
+    with handled(reporter):
+        if not resume and (model is None or dataset is None):
+            missing = " and ".join(name for name, value in (("--model", model), ("--dataset", dataset)) if value is None)
+            raise SrsumError(f"{missing} required, e.g. srsum train --model t5-small --dataset cnn_dailymail "
+                             "(or --resume to continue a run)")
+        config = TrainingConfig(
+            model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,
+            schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, train_split=train_split,
+            validation_split=validation_split,
+            text_column=text_column, summary_column=summary_column, train_limit=train_limit,
+            eval_samples=eval_samples, output_dir=output_dir, run_name=run_name, epochs=epochs, max_steps=max_steps,
+            batch_size=batch_size, eval_batch_size=eval_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+            weight_decay=weight_decay, warmup_steps=warmup_steps, max_source_length=max_source_length,
+            max_target_length=max_target_length, bf16=bf16, cpu=cpu, seed=seed, save_steps=save_steps,
+            save_total_limit=save_total_limit, best_metric=best_metric, eval_num_beams=eval_num_beams,
+            logging_steps=logging_steps, resume=resume)
+        result = run_training(config, reporter)
+        if not result.main_process:
+            return
+        if as_json:
+            emit_json(result.to_dict())
+        else:
+            reporter.info(f"done: step {result.global_step} of {result.total_steps}; last checkpoint "
+                          f"{result.checkpoint}" + (f"; best {result.best['metric']} {result.best['value']} at step "
+                                                    f"{result.best['step']}" if result.best else ""))
