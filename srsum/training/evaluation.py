@@ -1,0 +1,71 @@
+"""Validation (loss and ROUGE after each epoch) and the per-layer memory report of a training run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from srsum.reporting import Reporter
+from srsum.summarize import SummarizeSettings, generate_summaries
+from srsum.training.config import TrainingConfig
+
+
+def validation(model, tokenizer, rows, examples, config: TrainingConfig, accelerator, reporter: Reporter):
+    """Validation loss (per label token) and ROUGE of greedy/beam summaries on the validation sample."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from srsum.metrics import rouge_scores
+    from srsum.tokenization import Seq2SeqCollator
+
+    batch_size = config.eval_batch_size or config.batch_size
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss, total_tokens = 0.0, 0
+    try:
+        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=Seq2SeqCollator(tokenizer.pad_token_id))
+        with torch.no_grad(), accelerator.autocast():
+            for batch in loader:
+                batch = {key: value.to(device) for key, value in batch.items()}
+                tokens = int((batch["labels"] != -100).sum())
+                loss = model(**batch, use_cache=False).loss
+                total_loss += float(loss) * tokens
+                total_tokens += tokens
+    finally:
+        model.train(was_training)
+    settings = SummarizeSettings(num_beams=config.eval_num_beams, max_length=config.max_target_length,
+                                  no_repeat_ngram_size=0, batch_size=batch_size)
+    with accelerator.autocast():
+        predictions = generate_summaries(model, tokenizer, [row.input_ids for row in rows], settings, reporter,
+                                         description="validating")
+    metrics = {"loss": total_loss / max(total_tokens, 1)}
+    metrics.update(rouge_scores(predictions, [e.summary or "" for e in examples]))
+    return metrics
+
+
+def memory_rows(report: list[dict]) -> list[dict[str, Any]]:
+    """memory_report rows as saved: the ratio to 4 significant digits (it may be tiny or huge), rates to 4 places."""
+    return [{"layer": int(row["layer"]), "ratio": float(f"{row['ratio']:.4g}"),
+             "firing_rate": None if row["firing_rate"] is None else round(float(row["firing_rate"]), 4)}
+            for row in report]
+
+
+def memory_line(title: str, rows: list[dict[str, Any]]) -> str:
+    """One line such as ``memory at start: layer 0 ratio 0.05 firing 0.11 | layer 1 ratio 0.05 firing 0.09``."""
+    parts = [f"layer {row['layer']} ratio {row['ratio']:.3g}"
+             + ("" if row["firing_rate"] is None else f" firing {row['firing_rate']:.2f}") for row in rows]
+    return f"memory {title}: " + " | ".join(parts)
+
+
+def merge_log(log_history: list[dict[str, Any]], step: int, values: dict[str, Any]) -> None:
+    """Add ``values`` to the log entry of ``step`` (the last one, if it is that step's), else a new entry."""
+    if log_history and log_history[-1].get("step") == step:
+        log_history[-1].update(values)
+    else:
+        log_history.append({"step": step, **values})
+
+
+def is_better(metric: str, value: float, best: dict[str, Any] | None) -> bool:
+    if best is None:
+        return True
+    return value < best["value"] if metric == "loss" else value > best["value"]

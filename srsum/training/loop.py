@@ -1,0 +1,402 @@
+"""The training loop as named steps: :func:`train` sets up the run folder, then a :class:`_Run` loads the data
+and the model (``setup``), and trains epoch by epoch (``epoch``), optimizer step by optimizer step (``step``),
+validating (``evaluate``) and saving (``checkpoint``) at the end of each epoch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from srsum import __version__
+from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writable_dir, last_checkpoint,
+                               list_checkpoints, load_torch_file, prune_checkpoints, read_rng_state,
+                               read_trainer_state, rng_state, save_checkpoint, set_rng_state)
+from srsum.errors import SrsumError
+from srsum.reporting import Reporter
+from srsum.training.config import (DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
+                                   TrainResult, default_run_name, find_resume_dir, resumed_config)
+from srsum.training.evaluation import is_better, memory_line, memory_rows, merge_log, validation
+from srsum.training.inputs import load_split, tokenize_split
+
+MEMORY_EXAMPLES = 16  # examples of the calibration batch (the first training batches) and the memory reports
+
+
+class _Silent(Reporter):
+    def warn(self, message: str) -> None:
+        pass
+
+
+def _reset_accelerate_state() -> None:
+    # train() may run several times in one process (tests, notebooks); accelerate keeps its settings in
+    # process-wide singletons that refuse a second, different configuration unless cleared.
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def _parameter_groups(model, weight_decay: float):
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_root: str | Path = MODELS_DIR,
+          stop_after_steps: int | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
+    """Fine-tune and checkpoint; see the package docstring.
+
+    ``stop_after_steps`` (a test hook) raises KeyboardInterrupt right after that optimizer step (and its
+    checkpoint, if one is due), exactly as a Ctrl-C there would; ``on_step(step)`` is called after each
+    optimizer step. Raises SrsumError for bad input and :class:`TrainingInterrupted` on Ctrl-C.
+    """
+    from accelerate import Accelerator
+
+    config.validate()
+    _reset_accelerate_state()
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no",
+                              gradient_accumulation_steps=config.gradient_accumulation_steps, cpu=config.cpu)
+    main = accelerator.is_main_process
+    reporter = (reporter or Reporter()) if main else _Silent()
+    config, run_dir, resume_from = _run_folder(config, accelerator, models_root)
+    created = not run_dir.exists()
+    if main:
+        ensure_writable_dir(run_dir)
+    config.run_name = config.run_name or run_dir.name
+    try:
+        run = _Run(config, accelerator, reporter, run_dir, resume_from)
+        run.setup()
+        return run.train(stop_after_steps, on_step)
+    except BaseException:
+        if main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # nothing was written: leave no empty run folder behind
+        raise
+
+
+def _run_folder(config: TrainingConfig, accelerator, models_root) -> tuple[TrainingConfig, Path, Path | None]:
+    """The run folder and, when resuming, the checkpoint and its settings (decided on the main process)."""
+    from accelerate.utils import broadcast_object_list
+
+    from srsum.summarize import check_model_source
+
+    if config.resume:
+        run_dir = find_resume_dir(config, models_root)
+        resume_from = last_checkpoint(run_dir)
+        if resume_from is None:
+            raise SrsumError(f"--resume: no complete checkpoint in {run_dir}")
+        return resumed_config(config, resume_from), run_dir, resume_from
+    check_model_source(config.model)
+    choice = [config.output_dir or str(Path(models_root) / (config.run_name or default_run_name(config)))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(choice)
+    run_dir = Path(choice[0]).expanduser()
+    if list_checkpoints(run_dir):
+        raise SrsumError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or choose "
+                         "another --output-dir")
+    config.output_dir = str(run_dir)
+    config.attention = config.attention or DEFAULT_ATTENTION
+    config.seg_size = config.seg_size or DEFAULT_SEG_SIZE
+    config.schedule_length = config.schedule_length or config.max_target_length
+    return config, run_dir, None
+
+
+class _Run:
+    """One training run: what it trains on, where it stands, and the named steps of the loop."""
+
+    def __init__(self, config: TrainingConfig, accelerator, reporter: Reporter, run_dir: Path,
+                 resume_from: Path | None):
+        self.config, self.accelerator, self.reporter = config, accelerator, reporter
+        self.run_dir, self.resume_from = run_dir, resume_from
+        self.main = accelerator.is_main_process
+        self.processes = accelerator.num_processes
+        self.checkpoint = resume_from
+        self.global_step = 0
+        self.best: dict[str, Any] | None = None
+        self.log_history: list[dict[str, Any]] = []
+        self.last_metrics: dict[str, Any] = {}
+        self.dead_warned = False
+        self.running_loss, self.running_count = 0.0, 0
+
+    # ---- setup: data, model, optimizer, restored state
+
+    def setup(self) -> None:
+        from accelerate.utils import set_seed
+
+        set_seed(self.config.seed)
+        self._load_data()
+        self._load_model()
+        self._prepare_optimization()
+        self._restore()
+        self._announce()
+
+    def _load_data(self) -> None:
+        from srsum.engine import load_config
+        from srsum.tokenization import Seq2SeqCollator, load_tokenizer, resolve_max_source_length
+
+        config, reporter = self.config, self.reporter
+        self.source = self.resume_from or config.model
+        source_config = load_config(str(self.source))  # one-line errors for a folder that is not a model
+        self.tokenizer = load_tokenizer(self.source)
+        resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
+        train_examples = load_split(config, config.train_split, config.train_limit, "training")
+        self.eval_examples = (load_split(config, config.validation_split, config.eval_samples, "validation")
+                              if config.eval_samples > 0 else [])
+        model_type = source_config.model_type
+        self.train_rows = tokenize_split(self.tokenizer, model_type, train_examples, config, reporter, "training")
+        self.eval_rows = (tokenize_split(self.tokenizer, model_type, self.eval_examples, config, reporter,
+                                         "validation") if self.eval_examples else [])
+        self.collator = Seq2SeqCollator(self.tokenizer.pad_token_id)
+        # the first training batches (epoch 0's order), at most MEMORY_EXAMPLES examples: calibrates a new run's W
+        # and is where memory is measured when there is no validation
+        first = self.epoch_order(0)[:min(2 * config.batch_size, MEMORY_EXAMPLES)]
+        self.train_batch = self.collator([self.train_rows[i] for i in first])
+        self.eval_batch = self.collator(self.eval_rows[:MEMORY_EXAMPLES]) if self.eval_rows else None
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.config.seed + epoch)
+        return torch.randperm(len(self.train_rows), generator=generator).tolist()
+
+    def _load_model(self) -> None:
+        import torch
+
+        from srsum.engine import load_model
+
+        config = self.config
+        try:
+            if self.resume_from is not None:
+                model = load_model(str(self.resume_from), dtype=torch.float32)
+            else:  # a plain model is converted (and calibrated on its first training batches) on its device;
+                # an srsum checkpoint as the start of a new run loads as saved (the conversion settings unused)
+                init = {name: getattr(config, name) for name in ("w_init", "memory_ratio")
+                        if getattr(config, name) is not None}
+                model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
+                                   dtype=torch.float32, device=self.accelerator.device,
+                                   schedule_length=config.schedule_length, calibration_batch=self.train_batch, **init)
+        except SrsumError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            reason = " ".join(str(error).split())[:200] or type(error).__name__
+            raise SrsumError(f"model: cannot load {str(self.source)!r} as an srsum checkpoint or a T5/BART model "
+                             f"({reason})") from None
+        self.model_type = model.config.model_type
+        if self.resume_from is None:  # record what the engine used
+            config.w_init = model.config.srformer_w_init
+            config.memory_ratio = model.config.srformer_memory_ratio
+        self.model = model
+
+    def _epoch_loader(self, epoch: int):
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader([self.train_rows[i] for i in self.epoch_order(epoch)], batch_size=self.config.batch_size,
+                            shuffle=False, collate_fn=self.collator)
+        return self.accelerator.prepare(loader)
+
+    def _prepare_optimization(self) -> None:
+        import torch
+        from transformers import get_linear_schedule_with_warmup
+
+        config, processes = self.config, self.processes
+        self.steps_per_epoch = math.ceil(len(self._epoch_loader(0)) / config.gradient_accumulation_steps)
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.model.train()
+        optimizer = torch.optim.AdamW(_parameter_groups(self.model, config.weight_decay), lr=config.learning_rate)
+        scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps * processes,
+                                                    self.total_steps * processes)
+        if self.resume_from is not None:
+            optimizer.load_state_dict(load_torch_file(self.resume_from / "optimizer.pt"))
+            scheduler.load_state_dict(load_torch_file(self.resume_from / "scheduler.pt"))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _restore(self) -> None:
+        if self.resume_from is None:
+            return
+        state = read_trainer_state(self.resume_from)
+        saved_rng = read_rng_state(self.resume_from)
+        if saved_rng is None:
+            self.reporter.warn(f"{self.resume_from} has no rng.json (an older srsum wrote a pickled rng.pt, which is "
+                               "never loaded): the random state starts afresh")
+        else:
+            set_rng_state(saved_rng)
+        self.global_step = int(state.get("global_step", 0))
+        self.best = state.get("best")
+        self.log_history = list(state.get("log_history", []))
+        self.last_metrics = dict(state.get("metrics", {}))
+
+    def _announce(self) -> None:
+        config = self.config
+        if self.resume_from is not None:
+            self.reporter.info(f"resuming {self.run_dir} from {self.resume_from.name} (step {self.global_step} of "
+                               f"{self.total_steps})")
+            self.memory(self.train_batch, f"at step {self.global_step}", " (resumed)")
+            return
+        self.reporter.info(f"training {config.model} with {config.attention} cross-attention (seg size "
+                           f"{config.seg_size}, G {config.schedule_length}) into {self.run_dir}: {self.total_steps} "
+                           "steps")
+        calibration = getattr(self.unwrapped.config, "srformer_calibration", None)
+        start = self.memory(self.train_batch, "at start",
+                            f" (W calibrated to ratio {calibration['memory_ratio']:g} on {calibration['examples']} "
+                            "training examples)" if calibration else "")
+        if start:
+            self.log_history.append({"step": 0, "memory": start})
+
+    # ---- the loop
+
+    def train(self, stop_after_steps: int | None, on_step: Callable[[int], None] | None) -> TrainResult:
+        try:
+            with self.reporter.progress("training", self.total_steps, completed=self.global_step) as advance:
+                self.advance = advance
+                epoch = self.global_step // self.steps_per_epoch
+                while self.global_step < self.total_steps:
+                    self.epoch(epoch, stop_after_steps, on_step)
+                    epoch += 1
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.global_step, self.run_dir, last_checkpoint(self.run_dir)) from None
+        self.accelerator.wait_for_everyone()
+        return TrainResult(self.run_dir, self.checkpoint, self.global_step, self.total_steps, self.best,
+                           self.last_metrics, self.resume_from, self.main)
+
+    def epoch(self, epoch: int, stop_after_steps: int | None, on_step: Callable[[int], None] | None) -> None:
+        """The rest of ``epoch`` (all of it unless resuming in its middle), or until the last step."""
+        loader = self._epoch_loader(epoch)
+        skip = (self.global_step - epoch * self.steps_per_epoch) * self.config.gradient_accumulation_steps
+        if skip:
+            loader = self.accelerator.skip_first_batches(loader, skip)
+        for batch in loader:
+            if not self.step(batch):
+                continue
+            self._after_step()
+            if on_step is not None:
+                on_step(self.global_step)
+            if stop_after_steps is not None and self.global_step >= stop_after_steps:
+                raise KeyboardInterrupt
+            if self.global_step >= self.total_steps:
+                break
+
+    def step(self, batch) -> bool:
+        """Forward and backward one batch; True when that made an optimizer step."""
+        accelerator, model = self.accelerator, self.model
+        with accelerator.accumulate(model):
+            loss = model(**batch, use_cache=False).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and self.config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        self.running_loss += float(loss.detach())
+        self.running_count += 1
+        if not accelerator.sync_gradients:
+            return False
+        self.global_step += 1
+        return True
+
+    def _after_step(self) -> None:
+        """Log the loss; at the end of an epoch validate (or report the memory); save when due."""
+        config, step = self.config, self.global_step
+        mean_loss = self.running_loss / self.running_count
+        self.advance(1, loss=mean_loss)
+        if step % config.logging_steps == 0 or step == self.total_steps:
+            self.log_history.append({"step": step, "loss": round(mean_loss, 5),
+                                     "learning_rate": self.scheduler.get_last_lr()[0]})
+            self.running_loss, self.running_count = 0.0, 0
+        end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
+        improved = False
+        if end_of_epoch and not self.eval_rows:
+            rows = self.memory(self.train_batch, f"after step {step}")
+            if rows:
+                self.last_metrics = {"step": step, "epoch": self.epoch_of(step), "memory": rows}
+                merge_log(self.log_history, step, {"memory": rows})
+        if end_of_epoch and self.eval_rows:
+            improved = self.evaluate()
+        due = config.save_steps is not None and step % config.save_steps == 0
+        if end_of_epoch or due:
+            self.checkpoint = self.save(improved)
+
+    def epoch_of(self, step: int) -> float:
+        return round(step / self.steps_per_epoch, 4)
+
+    # ---- evaluation and the memory report
+
+    def evaluate(self) -> bool:
+        """Validation loss and ROUGE (and the memory on the validation rows); True when the best improved."""
+        from accelerate.utils import broadcast_object_list
+
+        step = self.global_step
+        metrics = None
+        if self.main:
+            metrics = validation(self.unwrapped, self.tokenizer, self.eval_rows, self.eval_examples, self.config,
+                                 self.accelerator, self.reporter)
+            metrics = {key: round(value, 4) for key, value in metrics.items()}
+        if self.processes > 1:
+            holder = [metrics]
+            broadcast_object_list(holder)
+            metrics = holder[0]
+        self.last_metrics = {"step": step, "epoch": self.epoch_of(step), **metrics}
+        entry = {"step": step, **{f"eval_{k}": v for k, v in metrics.items()}}
+        self.reporter.metrics(f"validation after step {step}", metrics)
+        rows = self.memory(self.eval_batch, f"after step {step}", " (validation)")
+        if rows:
+            self.last_metrics["memory"] = entry["memory"] = rows
+        self.log_history.append(entry)
+        value = metrics[self.config.best_metric]
+        if not is_better(self.config.best_metric, value, self.best):
+            return False
+        self.best = {"metric": self.config.best_metric, "value": value, "step": step}
+        return True
+
+    def memory(self, batch, when: str, note: str = "") -> list[dict[str, Any]]:
+        """The memory report on ``batch`` (main process; [] without a recurrent term), printed; dead layers warned
+        about once a run."""
+        from srsum.engine.calibration import DEAD_RATIO, dead_layers, memory_report
+
+        if not self.main:
+            return []
+        rows = memory_rows(memory_report(self.unwrapped, batch))
+        if rows:
+            self.reporter.info(memory_line(when + note, rows))
+            dead = dead_layers(rows)
+            if dead and not self.dead_warned:
+                self.dead_warned = True
+                self.reporter.warn(f"memory {when}: decoder layer{'s' if len(dead) > 1 else ''} "
+                                   f"{', '.join(map(str, dead))} pass{'' if len(dead) > 1 else 'es'} nothing on (the "
+                                   f"recurrent term is below {DEAD_RATIO:g} of the local one, or no RAF entry "
+                                   "fires)")
+        return rows
+
+    # ---- checkpoints
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "global_step": self.global_step, "epoch": self.epoch_of(self.global_step),
+            "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
+            "num_train_examples": len(self.train_rows), "num_eval_examples": len(self.eval_rows),
+            "num_processes": self.processes, "metrics": self.last_metrics, "best": self.best,
+            "log_history": self.log_history, "args": asdict(self.config),
+            "srformer": {k: v for k, v in self.unwrapped.config.to_dict().items() if k.startswith("srformer_")},
+            "model_type": self.model_type, "srsum_version": __version__,
+            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def save(self, with_best: bool) -> Path:
+        """checkpoint-<step>/ (and best/ when ``with_best``), written by the main process."""
+        self.accelerator.wait_for_everyone()
+        folder = self.run_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
+        if self.main:
+            current = self.trainer_state()
+            if with_best:
+                save_checkpoint(self.run_dir / BEST, self.unwrapped, self.tokenizer, current)
+            save_checkpoint(folder, self.unwrapped, self.tokenizer, current, self.optimizer, self.scheduler,
+                            rng_state())
+            prune_checkpoints(self.run_dir, self.config.save_total_limit)
+        self.accelerator.wait_for_everyone()
+        return folder
