@@ -239,10 +239,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         raise SrsumError(f"random state: not a state srsum saved ({' '.join(str(error).split())[:120]})") from None
 
 
-def read_rng_state(checkpoint: str | Path) -> dict[str, Any] | None:
-    """The RNG state saved in a checkpoint (rng.json), or None for a checkpoint of an older srsum, whose
-    pickled rng.pt is never loaded (a pickle from a downloaded folder could run code)."""
-    path = Path(checkpoint) / RNG_FILE
+def rng_file(rank: int = 0) -> str:
+    """The RNG file of process ``rank``: rng.json for the main process (and a single-process run),
+    rng-rank<N>.json for the others of a run under several processes."""
+    return RNG_FILE if rank == 0 else f"rng-rank{rank}.json"
+
+
+def read_rng_state(checkpoint: str | Path, rank: int = 0) -> dict[str, Any] | None:
+    """The RNG state of process ``rank`` saved in a checkpoint (:func:`rng_file`), or None when there is none (a
+    checkpoint of an older srsum, whose pickled rng.pt is never loaded: a pickle from a downloaded folder could
+    run code)."""
+    path = Path(checkpoint) / rng_file(rank)
     if not path.is_file():
         return None
     try:
@@ -252,8 +259,10 @@ def read_rng_state(checkpoint: str | Path) -> dict[str, Any] | None:
 
 
 def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any], optimizer=None, scheduler=None,
-                    rng: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically: model, tokenizer, optimizer/scheduler/RNG, then trainer state."""
+                    rng: dict[str, Any] | list[dict[str, Any]] | None = None) -> Path:
+    """Write a checkpoint folder atomically: model, tokenizer, optimizer/scheduler/RNG, then trainer state.
+
+    ``rng`` is one :func:`rng_state`, or a list of them, one per process in rank order (:func:`rng_file`)."""
     import torch
 
     folder = Path(folder)
@@ -265,8 +274,8 @@ def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any],
             torch.save(optimizer.state_dict(), temp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), temp / "scheduler.pt")
-        if rng is not None:
-            (temp / RNG_FILE).write_text(json.dumps(rng), encoding="utf-8")
+        for rank, process_rng in enumerate([rng] if isinstance(rng, dict) else rng or []):
+            (temp / rng_file(rank)).write_text(json.dumps(process_rng), encoding="utf-8")
         (temp / TRAINER_STATE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return folder
 

@@ -6,38 +6,47 @@ from typing import Any
 
 from srsum.reporting import Reporter
 from srsum.summarize import SummarizeSettings, generate_summaries
+from srsum.training.batches import label_tokens, loss_sum
 from srsum.training.config import TrainingConfig
+from srsum.training.distributed import gather_shards, reduce_sums, shard_bounds
 
 
 def validation(model, tokenizer, rows, examples, config: TrainingConfig, accelerator, reporter: Reporter):
-    """Validation loss (per label token) and ROUGE of greedy/beam summaries on the validation sample."""
+    """Validation loss (per label token) and ROUGE of greedy/beam summaries on the validation sample.
+
+    ``model`` is the unwrapped model. Under several processes each scores its contiguous part of ``rows``;
+    the loss sums and token counts are summed and the summaries gathered, so every process returns the
+    metrics of the whole sample (the same as one process would)."""
     import torch
-    from torch.utils.data import DataLoader
 
     from srsum.metrics import rouge_scores
     from srsum.tokenization import Seq2SeqCollator
 
     batch_size = config.eval_batch_size or config.batch_size
     device = next(model.parameters()).device
+    start, end = shard_bounds(len(rows), accelerator.num_processes, accelerator.process_index)
+    mine = rows[start:end]
+    collator = Seq2SeqCollator(tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
     try:
-        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=Seq2SeqCollator(tokenizer.pad_token_id))
         with torch.no_grad(), accelerator.autocast():
-            for batch in loader:
-                batch = {key: value.to(device) for key, value in batch.items()}
-                tokens = int((batch["labels"] != -100).sum())
-                loss = model(**batch, use_cache=False).loss
-                total_loss += float(loss) * tokens
-                total_tokens += tokens
+            for first in range(0, len(mine), batch_size):
+                batch = {key: value.to(device) for key, value in collator(mine[first:first + batch_size]).items()}
+                total_loss += float(loss_sum(model, batch))
+                total_tokens += label_tokens(batch)
     finally:
         model.train(was_training)
     settings = SummarizeSettings(num_beams=config.eval_num_beams, max_length=config.max_target_length,
                                   no_repeat_ngram_size=0, batch_size=batch_size)
-    with accelerator.autocast():
-        predictions = generate_summaries(model, tokenizer, [row.input_ids for row in rows], settings, reporter,
-                                         description="validating")
+    predictions: list[str] = []
+    if mine:
+        with accelerator.autocast():
+            predictions = generate_summaries(model, tokenizer, [row.input_ids for row in mine], settings, reporter,
+                                             description="validating")
+    total_loss, total_tokens = reduce_sums([total_loss, total_tokens], accelerator)
+    predictions = gather_shards(predictions, accelerator)
     metrics = {"loss": total_loss / max(total_tokens, 1)}
     metrics.update(rouge_scores(predictions, [e.summary or "" for e in examples]))
     return metrics

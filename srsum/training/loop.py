@@ -1,10 +1,15 @@
 """The training loop as named steps: :func:`train` sets up the run folder, then a :class:`_Run` loads the data
 and the model (``setup``), and trains epoch by epoch (``epoch``), optimizer step by optimizer step (``step``),
-validating (``evaluate``) and saving (``checkpoint``) at the end of each epoch."""
+validating (``evaluate``) and saving (``save``) at the end of each epoch.
+
+Under ``torchrun`` / ``accelerate launch`` with N processes the run is data-parallel: each process takes its
+part of every global micro-batch (:mod:`srsum.training.batches`), the model is wrapped for gradient
+synchronisation (``accelerator.prepare``), validation is sharded and gathered, and only the main process
+prints and writes (each process's RNG state is saved beside the main one's, so ``--resume`` is exact).
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -20,6 +25,9 @@ from srsum.errors import SrsumError
 from srsum.reporting import Reporter
 from srsum.training.config import (DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
                                    TrainResult, default_run_name, find_resume_dir, resumed_config)
+from srsum.training.batches import epoch_order, label_tokens, loss_sum, micro_batches, step_groups, steps_per_epoch
+from srsum.training.distributed import (agree, gather_shards, make_accelerator, on_main, reduce_sums,
+                                        single_process_launch_warning)
 from srsum.training.evaluation import is_better, memory_line, memory_rows, merge_log, validation
 from srsum.training.inputs import load_split, tokenize_split
 
@@ -29,15 +37,6 @@ MEMORY_EXAMPLES = 16  # examples of the calibration batch (the first training ba
 class _Silent(Reporter):
     def warn(self, message: str) -> None:
         pass
-
-
-def _reset_accelerate_state() -> None:
-    # train() may run several times in one process (tests, notebooks); accelerate keeps its settings in
-    # process-wide singletons that refuse a second, different configuration unless cleared.
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
 
 
 def _parameter_groups(model, weight_decay: float):
@@ -54,22 +53,21 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
     checkpoint, if one is due), exactly as a Ctrl-C there would; ``on_step(step)`` is called after each
     optimizer step. Raises SrsumError for bad input and :class:`TrainingInterrupted` on Ctrl-C.
     """
-    from accelerate import Accelerator
-
     config.validate()
-    _reset_accelerate_state()
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no",
-                              gradient_accumulation_steps=config.gradient_accumulation_steps, cpu=config.cpu)
+    # gradient accumulation is done by _Run.step (the loss of a step is normalised over all its label tokens)
+    accelerator = make_accelerator(config.cpu, mixed_precision="bf16" if config.bf16 else "no")
     main = accelerator.is_main_process
     reporter = (reporter or Reporter()) if main else _Silent()
-    config, run_dir, resume_from = _run_folder(config, accelerator, models_root)
+    warning = single_process_launch_warning() if accelerator.num_processes == 1 else None
+    if warning:
+        reporter.warn(warning)
+    config, run_dir, resume_from = agree(lambda: _run_folder(config, accelerator, models_root), accelerator)
     created = not run_dir.exists()
-    if main:
-        ensure_writable_dir(run_dir)
+    agree(lambda: ensure_writable_dir(run_dir) if main else None, accelerator)
     config.run_name = config.run_name or run_dir.name
     try:
         run = _Run(config, accelerator, reporter, run_dir, resume_from)
-        run.setup()
+        agree(run.setup, accelerator)
         return run.train(stop_after_steps, on_step)
     except BaseException:
         if main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -79,21 +77,21 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
 
 def _run_folder(config: TrainingConfig, accelerator, models_root) -> tuple[TrainingConfig, Path, Path | None]:
     """The run folder and, when resuming, the checkpoint and its settings (decided on the main process)."""
-    from accelerate.utils import broadcast_object_list
-
     from srsum.summarize import check_model_source
 
     if config.resume:
-        run_dir = find_resume_dir(config, models_root)
-        resume_from = last_checkpoint(run_dir)
+        def find() -> tuple[Path, Path | None]:
+            run_dir = find_resume_dir(config, models_root)
+            return run_dir, last_checkpoint(run_dir)
+
+        run_dir, resume_from = on_main(find, accelerator)  # the newest run as the main process sees it
         if resume_from is None:
             raise SrsumError(f"--resume: no complete checkpoint in {run_dir}")
         return resumed_config(config, resume_from), run_dir, resume_from
     check_model_source(config.model)
-    choice = [config.output_dir or str(Path(models_root) / (config.run_name or default_run_name(config)))]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(choice)
-    run_dir = Path(choice[0]).expanduser()
+    run_dir = Path(on_main(lambda: config.output_dir or str(Path(models_root) / (config.run_name or
+                                                                               default_run_name(config))),
+                           accelerator)).expanduser()  # the time stamp of the default name: the main process's
     if list_checkpoints(run_dir):
         raise SrsumError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or choose "
                          "another --output-dir")
@@ -127,11 +125,17 @@ class _Run:
         from accelerate.utils import set_seed
 
         set_seed(self.config.seed)
+        agree(self._load, self.accelerator)  # an SrsumError on any process stops every process
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)  # several: wrapped for DDP
+        if self.saved_rng is not None:
+            set_rng_state(self.saved_rng)
+        self._announce()
+
+    def _load(self) -> None:
         self._load_data()
         self._load_model()
-        self._prepare_optimization()
-        self._restore()
-        self._announce()
+        self._build_optimizer()
+        self._read_state()
 
     def _load_data(self) -> None:
         from srsum.engine import load_config
@@ -152,15 +156,12 @@ class _Run:
         self.collator = Seq2SeqCollator(self.tokenizer.pad_token_id)
         # the first training batches (epoch 0's order), at most MEMORY_EXAMPLES examples: calibrates a new run's W
         # and is where memory is measured when there is no validation
-        first = self.epoch_order(0)[:min(2 * config.batch_size, MEMORY_EXAMPLES)]
+        first = self.epoch_order(0)[:min(2 * config.batch_size * self.processes, MEMORY_EXAMPLES)]
         self.train_batch = self.collator([self.train_rows[i] for i in first])
         self.eval_batch = self.collator(self.eval_rows[:MEMORY_EXAMPLES]) if self.eval_rows else None
 
     def epoch_order(self, epoch: int) -> list[int]:
-        import torch
-
-        generator = torch.Generator().manual_seed(self.config.seed + epoch)
-        return torch.randperm(len(self.train_rows), generator=generator).tolist()
+        return epoch_order(len(self.train_rows), self.config.seed, epoch)
 
     def _load_model(self) -> None:
         import torch
@@ -190,43 +191,42 @@ class _Run:
             config.memory_ratio = model.config.srformer_memory_ratio
         self.model = model
 
-    def _epoch_loader(self, epoch: int):
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader([self.train_rows[i] for i in self.epoch_order(epoch)], batch_size=self.config.batch_size,
-                            shuffle=False, collate_fn=self.collator)
-        return self.accelerator.prepare(loader)
-
-    def _prepare_optimization(self) -> None:
+    def _build_optimizer(self) -> None:
         import torch
         from transformers import get_linear_schedule_with_warmup
 
-        config, processes = self.config, self.processes
-        self.steps_per_epoch = math.ceil(len(self._epoch_loader(0)) / config.gradient_accumulation_steps)
+        config = self.config
+        self.steps_per_epoch = steps_per_epoch(len(self.train_rows), config.batch_size, self.processes,
+                                               config.gradient_accumulation_steps)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.model.train()
         optimizer = torch.optim.AdamW(_parameter_groups(self.model, config.weight_decay), lr=config.learning_rate)
-        scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps * processes,
-                                                    self.total_steps * processes)
+        # stepped once per optimizer step by this loop (not by accelerate, which would step it once per process)
+        self.scheduler = get_linear_schedule_with_warmup(optimizer, config.warmup_steps, self.total_steps)
         if self.resume_from is not None:
             optimizer.load_state_dict(load_torch_file(self.resume_from / "optimizer.pt"))
-            scheduler.load_state_dict(load_torch_file(self.resume_from / "scheduler.pt"))
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+            self.scheduler.load_state_dict(load_torch_file(self.resume_from / "scheduler.pt"))
+        self.optimizer = optimizer
 
     @property
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
-    def _restore(self) -> None:
+    def _read_state(self) -> None:
+        """A resumed run's step, best score, log and this process's RNG state (set once the model is prepared)."""
+        self.saved_rng = None
         if self.resume_from is None:
             return
         state = read_trainer_state(self.resume_from)
-        saved_rng = read_rng_state(self.resume_from)
-        if saved_rng is None:
-            self.reporter.warn(f"{self.resume_from} has no rng.json (an older srsum wrote a pickled rng.pt, which is "
-                               "never loaded): the random state starts afresh")
-        else:
-            set_rng_state(saved_rng)
+        saved_processes = int(state.get("num_processes", 1))
+        if saved_processes != self.processes:
+            raise SrsumError(f"--resume: {self.resume_from} was trained on {saved_processes} process"
+                             f"{'es' if saved_processes > 1 else ''}, this run has {self.processes}; launch it with "
+                             f"{saved_processes} (the data order of a step depends on the number of processes)")
+        self.saved_rng = read_rng_state(self.resume_from, self.accelerator.process_index)
+        if self.saved_rng is None:
+            self.reporter.warn(f"{self.resume_from} has no random state for this process (an older srsum wrote a "
+                               "pickled rng.pt, which is never loaded): the random state starts afresh")
         self.global_step = int(state.get("global_step", 0))
         self.best = state.get("best")
         self.log_history = list(state.get("log_history", []))
@@ -267,13 +267,11 @@ class _Run:
 
     def epoch(self, epoch: int, stop_after_steps: int | None, on_step: Callable[[int], None] | None) -> None:
         """The rest of ``epoch`` (all of it unless resuming in its middle), or until the last step."""
-        loader = self._epoch_loader(epoch)
-        skip = (self.global_step - epoch * self.steps_per_epoch) * self.config.gradient_accumulation_steps
-        if skip:
-            loader = self.accelerator.skip_first_batches(loader, skip)
-        for batch in loader:
-            if not self.step(batch):
-                continue
+        parts = micro_batches(self.epoch_order(epoch), self.config.batch_size, self.processes,
+                              self.accelerator.process_index)
+        groups = step_groups(parts, self.config.gradient_accumulation_steps)
+        for group in groups[self.global_step - epoch * self.steps_per_epoch:]:
+            self.step(group)
             self._after_step()
             if on_step is not None:
                 on_step(self.global_step)
@@ -282,23 +280,36 @@ class _Run:
             if self.global_step >= self.total_steps:
                 break
 
-    def step(self, batch) -> bool:
-        """Forward and backward one batch; True when that made an optimizer step."""
+    def step(self, group: list[list[int]]) -> None:
+        """One optimizer step over this process's rows of ``group`` (its micro-batches): the gradient of the mean
+        loss over every label token of the step, on all processes together (see :mod:`srsum.training.batches`)."""
+        from contextlib import nullcontext
+
         accelerator, model = self.accelerator, self.model
-        with accelerator.accumulate(model):
-            loss = model(**batch, use_cache=False).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and self.config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad()
-        self.running_loss += float(loss.detach())
+        device = accelerator.device
+        batches = [self.collator([self.train_rows[i] for i in rows]) if rows else None for rows in group]
+        tokens = sum(label_tokens(batch) for batch in batches if batch is not None)
+        all_tokens = reduce_sums([tokens], accelerator)[0]
+        scale = self.processes / max(all_tokens, 1.0)
+        total = 0.0
+        for index, batch in enumerate(batches):
+            empty = batch is None  # the end of an epoch left this process no rows: a zero-weight pass keeps the
+            if empty:              # processes in step (every process must run backward to synchronise)
+                batch = self.collator([self.train_rows[0]])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            last = index == len(batches) - 1
+            with nullcontext() if last or self.processes == 1 else accelerator.no_sync(model):
+                summed = loss_sum(model, batch)
+                accelerator.backward(summed * (0.0 if empty else scale))
+            total += 0.0 if empty else float(summed.detach())
+        if self.config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        self.running_loss += reduce_sums([total], accelerator)[0] / max(all_tokens, 1.0)
         self.running_count += 1
-        if not accelerator.sync_gradients:
-            return False
         self.global_step += 1
-        return True
 
     def _after_step(self) -> None:
         """Log the loss; at the end of an epoch validate (or report the memory); save when due."""
@@ -332,12 +343,10 @@ class _Run:
         from accelerate.utils import broadcast_object_list
 
         step = self.global_step
-        metrics = None
-        if self.main:
-            metrics = validation(self.unwrapped, self.tokenizer, self.eval_rows, self.eval_examples, self.config,
-                                 self.accelerator, self.reporter)
-            metrics = {key: round(value, 4) for key, value in metrics.items()}
-        if self.processes > 1:
+        metrics = validation(self.unwrapped, self.tokenizer, self.eval_rows, self.eval_examples, self.config,
+                             self.accelerator, self.reporter)  # sharded over the processes, gathered on each
+        metrics = {key: round(value, 4) for key, value in metrics.items()}
+        if self.processes > 1:  # the main process's numbers decide (the same, up to float reduction order)
             holder = [metrics]
             broadcast_object_list(holder)
             metrics = holder[0]
@@ -380,7 +389,9 @@ class _Run:
             "global_step": self.global_step, "epoch": self.epoch_of(self.global_step),
             "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
             "num_train_examples": len(self.train_rows), "num_eval_examples": len(self.eval_rows),
-            "num_processes": self.processes, "metrics": self.last_metrics, "best": self.best,
+            "num_processes": self.processes,
+            "global_batch_size": self.config.batch_size * self.processes * self.config.gradient_accumulation_steps,
+            "metrics": self.last_metrics, "best": self.best,
             "log_history": self.log_history, "args": asdict(self.config),
             "srformer": {k: v for k, v in self.unwrapped.config.to_dict().items() if k.startswith("srformer_")},
             "model_type": self.model_type, "srsum_version": __version__,
@@ -391,12 +402,12 @@ class _Run:
         """checkpoint-<step>/ (and best/ when ``with_best``), written by the main process."""
         self.accelerator.wait_for_everyone()
         folder = self.run_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
+        rngs = gather_shards([rng_state()], self.accelerator)  # each process's, in rank order
         if self.main:
             current = self.trainer_state()
             if with_best:
                 save_checkpoint(self.run_dir / BEST, self.unwrapped, self.tokenizer, current)
-            save_checkpoint(folder, self.unwrapped, self.tokenizer, current, self.optimizer, self.scheduler,
-                            rng_state())
+            save_checkpoint(folder, self.unwrapped, self.tokenizer, current, self.optimizer, self.scheduler, rngs)
             prune_checkpoints(self.run_dir, self.config.save_total_limit)
         self.accelerator.wait_for_everyone()
         return folder
