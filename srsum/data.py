@@ -208,10 +208,19 @@ def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
     return list(seen)
 
 
+class Examples(list):
+    """A list of :class:`Example` that remembers the columns its texts and summaries came from
+    (None for text files)."""
+
+    text_column: str | None = None
+    summary_column: str | None = None
+
+
 def _rows_to_examples(rows: Iterable[Mapping[str, Any]], text_col: str, summary_col: str | None,
-                      default_id: str) -> list[Example]:
+                      default_id: str) -> Examples:
     """Build Examples; ids come from an ``id`` field, else ``{default_id}-{row index}``."""
-    examples = []
+    examples = Examples()
+    examples.text_column, examples.summary_column = text_col, summary_col
     for index, row in enumerate(rows):
         raw_id = row.get("id")
         example_id = f"{default_id}-{index}" if raw_id is None else str(raw_id)
@@ -474,7 +483,9 @@ def _load_local(path: Path, split: str, text_col: str | None, summary_col: str |
             f"unsupported file type {path.suffix or '(none)'!r} for {path}; "
             "use .jsonl, .json, .csv, .tsv, .parquet, .txt or a folder of .txt files"
         )
-    return examples if limit is None else examples[:limit]
+    if limit is not None and len(examples) > limit:
+        del examples[limit:]
+    return examples
 
 
 def _looks_like_path(source: str) -> bool:

@@ -1,4 +1,4 @@
-"""Summaries and ROUGE evaluation: the library behind ``srsum summarize`` and ``srsum evaluate``.
+"""Summaries: the library behind ``srsum summarize`` (and the generation half of ``srsum evaluate``).
 
 The CLI only parses options and calls these functions; tests call them directly too.
 
@@ -7,8 +7,8 @@ The CLI only parses options and calls these functions; tests call them directly 
 * :func:`collect_articles` reads articles from files, folders, ``.jsonl`` and stdin; a bad file is
   reported and the others are kept.
 * :func:`summarize_examples` generates summaries with :func:`srsum.decoding.generate`.
-* :func:`evaluate` scores a model or the lead-N baseline on a dataset and writes predictions and a
-  metrics JSON atomically.
+
+ROUGE evaluation (``srsum evaluate``) is in :mod:`srsum.evaluation`.
 
 Progress, warnings and notes go through a :class:`Reporter`; the default one is silent except for
 warnings, which it emits with ``warnings.warn`` as :class:`srsum.data.DataWarning`.
@@ -17,18 +17,15 @@ warnings, which it emits with ``warnings.warn`` as :class:`srsum.data.DataWarnin
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from srsum import __version__
-from srsum.checkpoints import (MODELS_DIR, atomic_write_json, atomic_write_text, ensure_writable_dir,
+from srsum.checkpoints import (MODELS_DIR, atomic_write_text, ensure_writable_dir,
                                find_newest_model, read_trainer_state)
-from srsum.data import (ALL_SPLITS, TABLE_SUFFIXES, Example, _article_files, lead_n, load_examples,
+from srsum.data import (ALL_SPLITS, TABLE_SUFFIXES, Example, _article_files, load_examples,
                         read_article)
 from srsum.errors import SrsumError
 from srsum.reporting import Reporter
@@ -40,7 +37,6 @@ NO_MODEL_HELP = (
 )
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
           "float16": "float16", "fp16": "float16"}
-_LEAD = re.compile(r"^lead-?(\d+)$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,8 +196,11 @@ class Failure:
     message: str
 
 
-def collect_articles(paths: Sequence[str]) -> tuple[list[Example], list[Failure]]:
+def collect_articles(paths: Sequence[str], text_column: str | None = None) -> tuple[list[Example], list[Failure]]:
     """Read articles for ``summarize``: each file, folder, table file or ``-`` on its own.
+
+    ``text_column`` names the article column of table files (.jsonl/.json/.csv/.parquet); by default
+    the usual names (article, document, text, ...) are tried.
 
     A file that cannot be used (missing, empty, a folder without .txt files, an empty row of a
     .jsonl) becomes a :class:`Failure` naming it; the rest are still returned. Ids are made unique.
@@ -224,7 +223,7 @@ def collect_articles(paths: Sequence[str]) -> tuple[list[Example], list[Failure]
             elif path.suffix.lower() in TABLE_SUFFIXES:
                 if not path.exists():
                     raise SrsumError(f"file not found: {raw}")
-                for example in load_examples(str(path), split=ALL_SPLITS):
+                for example in load_examples(str(path), split=ALL_SPLITS, text_column=text_column):
                     if example.text.strip():
                         examples.append(Example(example.id, example.text.strip(), example.summary))
                     else:
@@ -246,13 +245,20 @@ def collect_articles(paths: Sequence[str]) -> tuple[list[Example], list[Failure]
 # generation
 
 
+TRUNCATION_WARNINGS = 3  # more truncated articles than this: one warning with the count instead
+
+
 def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], settings: SummarizeSettings,
-                       reporter: Reporter | None = None, warn_each: bool = True) -> list[str]:
+                       reporter: Reporter | None = None, warn_each: bool = True,
+                       on_summary: Callable[[int, str], None] | None = None) -> list[str]:
     """Summaries of ``examples`` in order; over-long articles are truncated with a warning naming both lengths.
 
-    ``warn_each=False`` (evaluation) gives one warning with the count of truncated articles instead.
+    A few truncated articles are named one by one; more than :data:`TRUNCATION_WARNINGS` (or any number
+    with ``warn_each=False``) give one warning with the count. ``on_summary(index, summary)`` is called as
+    each summary is finished (batches run longest first), so a caller can write results as they come.
+    Ends with a note of the tokens read and written per second.
     """
-    from srsum.tokenization import encode_examples, resolve_max_source_length
+    from srsum.tokenization import clip_chars, encode_examples, resolve_max_source_length
 
     reporter = reporter or Reporter()
     settings.validate()
@@ -262,30 +268,55 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     if not examples:
         return []
 
-    lengths: list[int] = []
-
-    def truncated(index: int, length: int, limit: int) -> None:
-        lengths.append(length)
-        if warn_each:
-            reporter.warn(f"article {examples[index].id!r} is {length} tokens long, more than the max source length "
-                          f"{limit}: truncated to {limit} tokens")
-
+    cut: list[tuple[int, int]] = []  # (index, full length) of every truncated article
     with reporter.progress("tokenizing", len(examples)) as advance:
         encoded = encode_examples(tokenizer, summarizer.model_type, [e.text for e in examples], None, max_source,
-                                  on_truncate=truncated, advance=advance)
-    if lengths and not warn_each:
-        reporter.warn(f"{len(lengths)} of {len(examples)} articles are longer than the max source length {max_source} "
-                      f"tokens (longest {max(lengths)}) and were truncated to {max_source} tokens")
-    return generate_summaries(model, tokenizer, [row.input_ids for row in encoded], settings, reporter)
+                                  on_truncate=lambda index, length, limit: cut.append((index, length)),
+                                  advance=advance)
+    if cut and warn_each and len(cut) <= TRUNCATION_WARNINGS:
+        for index, length in cut:
+            about = "about " if len(examples[index].text) > clip_chars(max_source) else ""
+            reporter.warn(f"article {examples[index].id!r} is {about}{length} tokens long, more than the max source "
+                          f"length {max_source}: truncated to {max_source} tokens")
+    elif cut:
+        reporter.warn(f"{len(cut)} of {len(examples)} articles are longer than the max source length {max_source} "
+                      f"tokens (longest {max(length for _, length in cut)}) and were truncated to {max_source} tokens")
+    stats = GenerationStats()
+    summaries = generate_summaries(model, tokenizer, [row.input_ids for row in encoded], settings, reporter,
+                                   on_summary=on_summary, stats=stats)
+    reporter.info(stats.describe())
+    return summaries
+
+
+@dataclass
+class GenerationStats:
+    """What a generation job read and wrote, and how long its decoding took (encoder included)."""
+
+    articles: int = 0
+    source_tokens: int = 0
+    summary_tokens: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        rate = (lambda tokens: f"{tokens / self.seconds:,.0f}") if self.seconds > 0 else (lambda tokens: "-")
+        return (f"summarized {self.articles} article(s) in {self.seconds:.1f} s: {self.source_tokens:,} source "
+                f"tokens ({rate(self.source_tokens)}/s), {self.summary_tokens:,} summary tokens "
+                f"({rate(self.summary_tokens)}/s)")
 
 
 def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], settings: SummarizeSettings,
-                       reporter: Reporter | None = None, description: str = "generating") -> list[str]:
-    """Decode summaries for tokenized sources, longest first in batches, returned in input order."""
+                       reporter: Reporter | None = None, description: str = "generating",
+                       on_summary: Callable[[int, str], None] | None = None,
+                       stats: GenerationStats | None = None) -> list[str]:
+    """Decode summaries for tokenized sources, longest first in batches, returned in input order.
+
+    ``on_summary(index, summary)`` is called for each finished summary; ``stats`` (if given) is filled in.
+    """
     from srsum.decoding import generate, resolve_step
     from srsum.tokenization import pad_batch
 
     reporter = reporter or Reporter()
+    stats = stats if stats is not None else GenerationStats()
     decoder_settings = settings.decoder_settings()
     device = next(model.parameters()).device
     resolve_step(decoder_settings.step, device)  # a step the device cannot run fails before any work
@@ -293,6 +324,7 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     summaries: list[str] = [""] * len(sources)
     was_training = model.training
     model.eval()
+    started = time.perf_counter()
     try:
         with reporter.progress(description, len(sources)) as advance:
             for start in range(0, len(order), settings.batch_size):
@@ -300,12 +332,24 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
                 ids, mask = pad_batch([sources[i] for i in batch], tokenizer.pad_token_id)
                 output = generate(model, ids.to(device), mask.to(device), **asdict(decoder_settings))
                 texts = tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+                stats.articles += len(batch)
+                stats.source_tokens += sum(len(sources[i]) for i in batch)
+                stats.summary_tokens += _new_tokens(output, tokenizer)
+                stats.seconds = time.perf_counter() - started
                 for i, text in zip(batch, texts):
                     summaries[i] = text.strip()
-                advance(len(batch))
+                    if on_summary is not None:
+                        on_summary(i, summaries[i])
+                advance(len(batch), tokens_per_s=f"{stats.summary_tokens / max(stats.seconds, 1e-9):.0f}")
     finally:
         model.train(was_training)
     return summaries
+
+
+def _new_tokens(output, tokenizer) -> int:
+    """Tokens generated in a batch of output ids (decoder start and padding after the end left out)."""
+    pad = tokenizer.pad_token_id
+    return int((output[:, 1:] != pad).sum().item()) if pad is not None else int(output[:, 1:].numel())
 
 
 def summarize_texts(texts: Sequence[str], model: str | None = None, settings: SummarizeSettings | None = None,
@@ -317,6 +361,36 @@ def summarize_texts(texts: Sequence[str], model: str | None = None, settings: Su
     return summarize_examples(summarizer, examples, settings or SummarizeSettings(), reporter)
 
 
+class InOrder:
+    """Summaries arrive longest batch first; ``emit(rows)`` receives them in input order as soon as every
+    earlier one is done, so output streams while the job runs. ``rest()`` gives the finished rows not yet
+    emitted (after an interruption: what would otherwise be lost)."""
+
+    def __init__(self, examples: Sequence[Example], emit: Callable[[list[dict[str, Any]]], None]):
+        self.examples, self.emit = examples, emit
+        self.done: dict[int, str] = {}
+        self.next = 0  # first index not yet emitted
+
+    def add(self, index: int, summary: str) -> None:
+        self.done[index] = summary
+        ready = []
+        while self.next in self.done:
+            ready.append(self._row(self.next))
+            self.next += 1
+        if ready:
+            self.emit(ready)
+
+    def rest(self) -> list[dict[str, Any]]:
+        return [self._row(i) for i in sorted(self.done) if i >= self.next]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every finished row, in input order."""
+        return [self._row(i) for i in sorted(self.done)]
+
+    def _row(self, index: int) -> dict[str, Any]:
+        return {"id": self.examples[index].id, "summary": self.done[index]}
+
+
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write JSON Lines atomically (temporary file in the same folder, then ``os.replace``)."""
     path = Path(path).expanduser()
@@ -324,129 +398,3 @@ def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
         raise SrsumError(f"cannot write {path}: it is a folder")
     ensure_writable_dir(path.parent if str(path.parent) else ".", "output folder")
     return atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation
-
-
-def parse_baseline(name: str) -> int:
-    """The N of a ``lead-N`` baseline name; SrsumError for anything else."""
-    match = _LEAD.match(name.strip().lower())
-    if not match or int(match.group(1)) < 1:
-        raise SrsumError(f"--baseline: unknown baseline {name!r}; use lead-3 (or lead-N)")
-    return int(match.group(1))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
-
-
-def default_eval_dir(model: str | None, baseline: str | None, dataset: str, split: str) -> Path:
-    """``evaluations/<model-or-baseline>-<dataset>-<split>``."""
-    if baseline is not None:
-        label = baseline
-    elif model is not None:
-        path = Path(model)
-        label = f"{path.parent.name}-{path.name}" if path.name in ("best",) or path.name.startswith("checkpoint-") \
-            else path.name
-    else:
-        label = "newest"
-    data_label = Path(dataset).stem if Path(dataset).suffix else Path(dataset).name
-    return Path("evaluations") / _slug(f"{label}-{data_label}-{split}")
-
-
-def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = None, split: str = "test",
-             text_column: str | None = None, summary_column: str | None = None, limit: int | None = None,
-             generation: SummarizeSettings | None = None, device: str | None = None, dtype: str | None = None,
-             output_dir: str | Path | None = None, models_root: str | Path = MODELS_DIR,
-             reporter: Reporter | None = None, summarizer: Summarizer | None = None,
-             aggregation: str = "bootstrap") -> dict[str, Any]:
-    """Score a model (or ``baseline="lead-3"``) on ``dataset`` with ROUGE-1/2/L/Lsum.
-
-    Writes ``predictions.jsonl`` (id, prediction, reference, per-example ROUGE) and ``metrics.json``
-    (ROUGE, model, dataset, split, example count, every generation setting and the SRformer settings)
-    atomically into ``output_dir`` when it is given, and returns the metrics dictionary.
-    """
-    from srsum.metrics import ROUGE_TYPES, per_example_scores, rouge_scores
-
-    reporter = reporter or Reporter()
-    generation = (generation or SummarizeSettings()).validate()
-    if baseline is not None and model is not None:
-        raise SrsumError("give either --model or --baseline, not both")
-    lead = parse_baseline(baseline) if baseline is not None else None
-    if output_dir is not None:
-        output_dir = ensure_writable_dir(output_dir)
-    if lead is None and summarizer is None:
-        summarizer = load_summarizer(model, device, dtype, models_root, reporter)
-    started = time.perf_counter()
-    examples = load_examples(dataset, split=split, text_column=text_column, summary_column=summary_column,
-                             limit=limit)
-    missing = [example for example in examples if example.summary is None]
-    if len(missing) == len(examples):
-        raise SrsumError(f"dataset {dataset!r} has no reference summaries (split {split!r}); name the column with "
-                         "--summary-column")
-    if missing:
-        reporter.warn(f"{len(missing)} of {len(examples)} examples have no reference summary and are skipped")
-        examples = [example for example in examples if example.summary is not None]
-    empty = [example.id for example in examples if not example.text.strip()]
-    if empty:
-        reporter.warn(f"{len(empty)} examples have an empty article and are skipped: {', '.join(empty[:5])}")
-        examples = [example for example in examples if example.text.strip()]
-        if not examples:
-            raise SrsumError(f"dataset {dataset!r}: every article is empty")
-
-    if lead is not None:
-        with reporter.progress(f"lead-{lead}", len(examples)) as advance:
-            predictions = []
-            for example in examples:
-                predictions.append(lead_n(example.text, lead))
-                advance()
-    else:
-        predictions = summarize_examples(summarizer, examples, generation, reporter, warn_each=False)
-    references = [example.summary or "" for example in examples]
-    scores = rouge_scores(predictions, references, aggregation=aggregation)
-    per_example = per_example_scores(predictions, references)
-    elapsed = time.perf_counter() - started
-
-    metrics: dict[str, Any] = {
-        "rouge": scores,
-        "rouge_settings": {"types": list(ROUGE_TYPES), "use_stemmer": True, "aggregation": aggregation,
-                           "seed": 42, "lsum_sentence_splitter": "srsum.metrics.split_sentences (offline Punkt)"},
-        "model": None if summarizer is None else summarizer.source,
-        "model_type": None if summarizer is None else summarizer.model_type,
-        "baseline": None if lead is None else f"lead-{lead}",
-        "srformer": None if summarizer is None else summarizer.srformer_settings(),
-        "dataset": dataset,
-        "split": split,
-        "text_column": text_column,
-        "summary_column": summary_column,
-        "limit": limit,
-        "n_examples": len(examples),
-        "generation": None if lead is not None else {
-            **generation.to_dict(),
-            "max_source_length": _effective_max_source(summarizer, generation),
-            "device": str(next(summarizer.model.parameters()).device),
-            "dtype": str(next(summarizer.model.parameters()).dtype).replace("torch.", ""),
-            "decoder": "srsum.decoding.generate",
-        },
-        "seconds": round(elapsed, 3),
-        "srsum_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if output_dir is not None:
-        rows = [{"id": example.id, "prediction": prediction, "reference": reference, **{
-            key: round(value, 4) for key, value in scores_.items()}}
-                for example, prediction, reference, scores_ in zip(examples, predictions, references, per_example)]
-        write_jsonl(output_dir / "predictions.jsonl", rows)
-        metrics["predictions_file"] = str(output_dir / "predictions.jsonl")
-        atomic_write_json(output_dir / "metrics.json", metrics)
-        metrics["metrics_file"] = str(output_dir / "metrics.json")
-    return metrics
-
-
-def _effective_max_source(summarizer: Summarizer, generation: SummarizeSettings) -> int:
-    from srsum.tokenization import resolve_max_source_length
-
-    return resolve_max_source_length(summarizer.model,
-                                     generation.max_source_length or summarizer.default_max_source_length())

@@ -61,18 +61,44 @@ class Encoded:
     labels: list[int] | None = None
 
 
+# A token of the supported tokenizers spans at most a few dozen characters (runs of spaces collapse
+# first), so the first max_source_length tokens lie within this many characters per token.
+CHARS_PER_TOKEN_BOUND = 64
+
+
+def clip_chars(max_source_length: int) -> int:
+    """Characters of an article that are tokenized at most: a 50 MB article costs what its head costs."""
+    return max_source_length * CHARS_PER_TOKEN_BOUND
+
+
 def encode_sources(tokenizer, model_type: str, texts: Sequence[str], max_source_length: int) -> list[tuple[list[int], int]]:
-    """Token ids of ``prefix + text`` truncated to ``max_source_length`` (end token kept), with the full length."""
+    """Token ids of ``prefix + text`` truncated to ``max_source_length`` (end token kept), with the full length.
+
+    A text longer than :func:`clip_chars` characters is tokenized only that far; its full length is then
+    estimated from the tokens per character of that head (exact for every shorter text). Should the head
+    give too few tokens (a text of very long tokens), the whole text is tokenized after all.
+    """
     prefix = source_prefix(model_type)
-    encoded = tokenizer([prefix + text for text in texts], truncation=False, add_special_tokens=True,
-                        verbose=False)["input_ids"]
+    limit = clip_chars(max_source_length)
+    heads = [text[:limit] for text in texts]
+    encoded = _token_ids(tokenizer, [prefix + head for head in heads])
     results = []
-    for ids in encoded:
+    for text, head, ids in zip(texts, heads, encoded):
         full = len(ids)
+        if len(head) < len(text):
+            if full > max_source_length:
+                full = max(full + 1, round(full * len(text) / len(head)))
+            else:
+                ids = _token_ids(tokenizer, [prefix + text])[0]
+                full = len(ids)
         if full > max_source_length:
             ids = ids[: max_source_length - 1] + ids[-1:] if max_source_length > 1 else ids[:1]
         results.append((list(ids), full))
     return results
+
+
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
 
 
 def encode_examples(tokenizer, model_type: str, texts: Sequence[str], summaries: Sequence[str | None] | None,

@@ -13,7 +13,7 @@ from conftest import CNN_SAMPLE
 from typer.testing import CliRunner
 
 from srsum.cli import app
-from srsum.summarize import evaluate
+from srsum.evaluation import evaluate
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

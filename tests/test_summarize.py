@@ -10,8 +10,10 @@ from rouge_score import rouge_scorer, scoring
 from srsum.data import Example, load_examples
 from srsum.errors import SrsumError
 from srsum.metrics import split_sentences
-from srsum.summarize import (SummarizeSettings, Reporter, collect_articles, evaluate, load_summarizer,
-                             parse_baseline, summarize_examples, summarize_texts, write_jsonl)
+from srsum.evaluation import evaluate, parse_baseline
+from srsum.reporting import Reporter
+from srsum.summarize import (SummarizeSettings, collect_articles, load_summarizer, summarize_examples, summarize_texts,
+                             write_jsonl)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -209,3 +211,123 @@ def test_write_jsonl_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]
     with pytest.raises(SrsumError, match="is a folder"):
         write_jsonl(tmp_path, [])
+
+
+# --------------------------------------------------------------------------- long, many and interrupted jobs
+
+
+@pytest.fixture
+def t5_tokenizer(shared_data):
+    from conftest import TOKENIZER_DIRS
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIRS["t5"]))
+
+
+def test_a_huge_article_is_tokenized_only_as_far_as_it_is_kept(t5_tokenizer, monkeypatch):
+    from srsum.tokenization import clip_chars, encode_sources
+
+    text = " ".join(f"Sentence {i} of a very long article about the harbour." for i in range(20_000))  # ~1 MB
+    limit = 64
+    whole = t5_tokenizer("summarize: " + text)["input_ids"]
+    seen = []
+    real_call = type(t5_tokenizer).__call__
+    monkeypatch.setattr(type(t5_tokenizer), "__call__",
+                        lambda self, texts, **kw: seen.extend(len(t) for t in texts) or real_call(self, texts, **kw))
+    [(ids, estimated)] = encode_sources(t5_tokenizer, "t5", [text], limit)
+    assert ids == whole[: limit - 1] + whole[-1:]  # the same ids as tokenizing everything
+    assert max(seen) <= clip_chars(limit) + len("summarize: ") < len(text) / 10
+    assert abs(estimated - len(whole)) < 0.05 * len(whole)
+
+
+class WordTokenizer:
+    """One token per word (its length), then an end token: words can be longer than any sentencepiece piece."""
+
+    def __call__(self, texts, **kwargs):
+        return {"input_ids": [[len(word) for word in text.split()] + [1] for text in texts]}
+
+
+def test_a_text_of_very_long_tokens_is_tokenized_whole():
+    from srsum.tokenization import clip_chars, encode_sources
+
+    text = " ".join(["y" * 200] * 10)  # ten tokens, but the first clip_chars(4) characters hold only two
+    assert len(text[:clip_chars(4)].split()) < 4
+    [(ids, full)] = encode_sources(WordTokenizer(), "bart", [text], 4)
+    assert full == 11 and ids == [200, 200, 200, 1]
+
+
+def _long_examples(count):
+    return [Example(f"long-{i}", " ".join(f"Sentence {j} of article {i}." for j in range(60))) for i in range(count)]
+
+
+@pytest.mark.parametrize("count, expected", [(2, 2), (6, 1)])
+def test_many_truncated_articles_give_one_warning(trained_t5, count, expected):
+    summarizer = load_summarizer(str(trained_t5.run_dir / "best"), device="cpu")
+    reporter = Recorder()
+    summarize_examples(summarizer, _long_examples(count), SummarizeSettings(max_length=3, num_beams=1), reporter)
+    truncation = [w for w in reporter.warnings if "max source length" in w]
+    assert len(truncation) == expected
+    if expected == 1:
+        assert truncation[0].startswith(f"{count} of {count} articles are longer than the max source length 64")
+    else:
+        assert truncation[0].startswith("article 'long-0' is ")
+    note = [n for n in reporter.notes if n.startswith("summarized ")]
+    assert len(note) == 1 and f"summarized {count} article(s)" in note[0] and "summary tokens" in note[0]
+
+
+def test_summaries_are_handed_over_as_they_finish_and_in_order(trained_t5):
+    from srsum.summarize import InOrder
+
+    summarizer = load_summarizer(str(trained_t5.run_dir / "best"), device="cpu")
+    examples = [Example(f"a{i}", "word " * (5 + 7 * i)) for i in range(5)]
+    finished, emitted = [], []
+    results = InOrder(examples, emitted.extend)
+    summaries = summarize_examples(summarizer, examples, SummarizeSettings(max_length=3, num_beams=1, batch_size=2),
+                                   Recorder(), on_summary=lambda i, s: (finished.append(i), results.add(i, s)))
+    assert finished == [4, 3, 2, 1, 0]  # longest first
+    assert [row["id"] for row in emitted] == [e.id for e in examples]
+    assert [row["summary"] for row in emitted] == summaries
+    assert results.rest() == []
+
+
+def test_in_order_keeps_what_is_finished_but_not_yet_emitted():
+    from srsum.summarize import InOrder
+
+    examples = [Example(f"a{i}", "text") for i in range(4)]
+    emitted = []
+    results = InOrder(examples, lambda rows: emitted.append([r["id"] for r in rows]))
+    results.add(2, "c")
+    results.add(0, "a")
+    results.add(3, "d")
+    assert emitted == [["a0"]]
+    assert [r["id"] for r in results.rest()] == ["a2", "a3"]
+    results.add(1, "b")
+    assert emitted == [["a0"], ["a1", "a2", "a3"]] and results.rest() == []
+
+
+def test_interrupted_evaluation_keeps_the_finished_predictions(trained_t5, cnn_sample, tmp_path, monkeypatch):
+    import srsum.decoding
+
+    real_generate, calls = srsum.decoding.generate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(srsum.decoding, "generate", interrupted)
+    out = tmp_path / "e"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cnn_sample, model=str(trained_t5.run_dir / "best"), limit=4, device="cpu", output_dir=out,
+                 generation=SummarizeSettings(max_length=3, num_beams=1, batch_size=2))
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.partial.jsonl"]
+    rows = [json.loads(line) for line in (out / "predictions.partial.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["reference"] for row in rows)
+    monkeypatch.setattr(srsum.decoding, "generate", real_generate)
+    metrics = evaluate(cnn_sample, model=str(trained_t5.run_dir / "best"), limit=4, device="cpu", output_dir=out,
+                       generation=SummarizeSettings(max_length=3, num_beams=1, batch_size=2))
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl"]  # the partial file is gone
+    assert metrics["text_column"] == "article" and metrics["summary_column"] == "summary"  # the sample's columns
+    predictions = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["mean_prediction_words"] == round(sum(len(p.split()) for p in predictions) / 4, 2)

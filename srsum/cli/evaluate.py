@@ -71,8 +71,8 @@ def evaluate(
 
     Scores match rouge-score called the way the Hugging Face summarization example calls it (stemming, one sentence per line for Lsum, bootstrap mid F1 with seed 42). Writes predictions.jsonl and metrics.json (every generation setting, model, dataset, split, example count, SRformer settings).
     """
-    from srsum.summarize import default_eval_dir
-    from srsum.summarize import evaluate as run_evaluation
+    from srsum.evaluation import default_eval_dir
+    from srsum.evaluation import evaluate as run_evaluation
 
     reporter = RichReporter(quiet)
     with handled(reporter):

@@ -43,45 +43,74 @@ def summarize(
     step: str = StepOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Article column of .jsonl/.json/.csv/"
+                                              ".parquet inputs (default: article/document/text/...)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON Lines {id, summary} instead of plain text."),
     quiet: bool = QuietOption,
 ) -> None:
     """Summarize articles with a trained checkpoint or a pretrained T5/BART model.
 
-    Articles longer than the max source length are truncated with a warning. A file that cannot be read is named on stderr and the others are still summarized (the exit code is then 1).
+    Articles longer than the max source length are truncated with a warning. Summaries are printed as they are finished; Ctrl-C keeps the finished ones (printed, or written to --output). A file that cannot be read is named on stderr and the others are still summarized (the exit code is then 1).
     """
-    from srsum.summarize import collect_articles, load_summarizer, summarize_examples, write_jsonl
+    from srsum.summarize import InOrder, collect_articles, load_summarizer, summarize_examples, write_jsonl
 
     reporter = RichReporter(quiet)
     with handled(reporter):
-        settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size, batch_size,
-                               max_source_length, step)
+        settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
+                                       batch_size, max_source_length, step)
         if output is not None:
             from srsum.checkpoints import ensure_writable_dir
 
             if output.is_dir():
                 raise SrsumError(f"--output {output} is a folder; give a file name such as summaries.jsonl")
             ensure_writable_dir(output.parent, "output folder")
-        examples, failures = collect_articles(files)
+        examples, failures = collect_articles(files, text_column=text_column)
         for failure in failures:
             print_error(failure.message)
         if not examples:
             raise typer.Exit(EXIT_BAD_INPUT)
         summarizer = load_summarizer(model, device, dtype, reporter=reporter)
-        summaries = summarize_examples(summarizer, examples, settings, reporter)
-        rows = [{"id": example.id, "summary": summary} for example, summary in zip(examples, summaries)]
+        printer = _Printer(as_json, headers=len(examples) > 1)
+        results = InOrder(examples, (lambda rows: None) if output is not None else printer.print)
+        try:
+            summarize_examples(summarizer, examples, settings, reporter, on_summary=results.add)
+        except KeyboardInterrupt:
+            _keep_finished(results, output, printer, len(examples), reporter)
+            raise
         if output is not None:
-            write_jsonl(output, rows)
-            reporter.info(f"wrote {len(rows)} summaries to {output}")
-        elif as_json:
-            sys.stdout.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        else:
-            for row in rows:
-                if len(rows) > 1:
-                    sys.stdout.write(f"==> {row['id']} <==\n")
-                sys.stdout.write(row["summary"] + "\n")
-                if len(rows) > 1:
-                    sys.stdout.write("\n")
+            write_jsonl(output, results.rows())
+            reporter.info(f"wrote {len(examples)} summaries to {output}")
         if failures:
-            print_error(f"{len(failures)} input(s) could not be summarized; the other {len(rows)} were")
+            print_error(f"{len(failures)} input(s) could not be summarized; the other {len(examples)} were")
             raise typer.Exit(EXIT_BAD_INPUT)
+
+
+class _Printer:
+    """Summaries on stdout as they are finished: plain text (``==> id <==`` headers when there are
+    several) or JSON Lines."""
+
+    def __init__(self, as_json: bool, headers: bool):
+        self.as_json, self.headers = as_json, headers
+
+    def print(self, rows: list[dict]) -> None:
+        for row in rows:
+            if self.as_json:
+                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            elif self.headers:
+                sys.stdout.write(f"==> {row['id']} <==\n{row['summary']}\n\n")
+            else:
+                sys.stdout.write(row["summary"] + "\n")
+        sys.stdout.flush()
+
+
+def _keep_finished(results, output: Optional[Path], printer: _Printer, total: int, reporter) -> None:
+    """Ctrl-C: the summaries finished so far are written (--output) or printed, not lost."""
+    from srsum.summarize import write_jsonl
+
+    if output is not None:
+        finished = results.rows()
+        if finished:
+            write_jsonl(output, finished)
+            reporter.warn(f"interrupted: wrote the {len(finished)} of {total} summaries finished to {output}")
+    else:
+        printer.print(results.rest())
