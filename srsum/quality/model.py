@@ -52,7 +52,12 @@ def new_t5(vocab_size: int, size: ModelSize) -> T5ForConditionalGeneration:
 def new_bart(vocab_size: int, size: ModelSize, max_source_len: int = 256) -> BartForConditionalGeneration:
     """A randomly initialised full-attention BART of the same size as :func:`new_t5` (d_model, heads,
     d_ff, layers). The tasks' ids hold: PAD (0) pads and starts the decoder, as for T5, EOS (1) ends;
-    no forced BOS/EOS, so generation and the tasks' own label shifting agree."""
+    no forced BOS/EOS, so generation and the tasks' own label shifting agree.
+
+    Weights start at std d_model^-1/2 (0.125 here), not BART's 0.02: 0.02 suits d_model 768, but at
+    d_model 64 the attention logits start near 0 and stay there. A probe on the lookup task (lr 1e-3,
+    batch 16, 4,000 steps): with 0.02 the loss sat at ln 10 (chance) for 2,000 steps; with 0.125 step
+    accuracy was 0.43 after 1,500 steps, like the T5's 0.39 after 1,750."""
     config = BartConfig(vocab_size=vocab_size, d_model=size.d_model, encoder_layers=size.num_layers,
                         decoder_layers=size.num_decoder_layers, encoder_attention_heads=size.num_heads,
                         decoder_attention_heads=size.num_heads, encoder_ffn_dim=size.d_ff,
@@ -60,6 +65,7 @@ def new_bart(vocab_size: int, size: ModelSize, max_source_len: int = 256) -> Bar
                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, activation_function="relu",
                         pad_token_id=PAD, eos_token_id=EOS, bos_token_id=EOS, decoder_start_token_id=PAD,
                         forced_bos_token_id=None, forced_eos_token_id=None, scale_embedding=False,
+                        init_std=size.d_model ** -0.5,
                         tie_word_embeddings=True)
     return BartForConditionalGeneration(config)
 
