@@ -1,0 +1,74 @@
+"""Cross-attention cost profiler: analytic, counted and measured, for full, segmented and srformer.
+
+Everything here returns data; nothing prints. ``srsum profile`` (srsum/cli/profile.py) renders it.
+The package: ``analytic`` (closed forms and option checks), ``counted`` (FLOP counting), ``measured``
+(devices, bandwidth, timed runs, live-bytes peak memory), ``models`` (the random models those run),
+``report`` (report dataclasses, table rows, JSON, plot) and ``runner`` (profile and sweep). This module
+re-exports their public names, so ``from srsum import profiling; profiling.profile(...)`` works.
+
+Three kinds of figures, side by side for each variant:
+
+* **Analytic** — SPEC section 10 (paper Table 1), per head and decoder layer for one example, in the
+  paper's units (multiply-accumulates for computation, stored values for memory). The terms the
+  paper's table leaves out are kept apart: ``q·R`` = m d² and ``RAF + W`` = M d³ + M d².
+  Whole-decoder figures multiply by heads x layers x batch. Per decode step a head-layer reads
+  2 n d values (full), 2 s d (segmented) or 2 s d + d² + d (srformer); times heads, layers, batch,
+  beams and bytes per value, divided by the memory bandwidth, that is the floor a step cannot beat.
+* **Counted** — FLOPs of the real cross-attention modules of a model, counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` over one teacher-forced pass and over m decode
+  steps (``generate``), split into the attention's matrix products, its other work and the host
+  model's q/k/v/o projections (identical for all variants). FlopCounterMode only knows matrix
+  products, convolutions and CUDA attention kernels; :data:`ELEMENTWISE_FLOPS` lists what we add:
+
+  ====================================================================  ==============================
+  op (aten, in-place forms too)                                         FLOPs counted
+  ====================================================================  ==============================
+  add sub mul div neg abs relu threshold clamp clamp_min clamp_max      1 per output element
+  where masked_fill gt ge lt le eq ne maximum minimum exp log sqrt
+  rsqrt reciprocal pow sigmoid tanh sign heaviside
+  addcmul addcdiv lerp                                                  2 per output element
+  _softmax _log_softmax _safe_softmax                                   5 per output element
+                                                                        (max, subtract, exp, sum, divide)
+  sum mean amax amin max min prod cumsum logsumexp                      1 per input element
+  linalg_vector_norm norm                                               2 per input element
+  var std                                                               3 per input element
+  fused scaled-dot-product attention (CPU and CUDA kernels)             its two products (matrix
+                                                                        products) + 5 per score (other)
+  ====================================================================  ==============================
+
+  Data movement (copy, cat, index, gather, view, expand) counts zero.
+* **Measured** — time per decode step (whole model, and inside the cross-attention modules) and
+  peak memory above the model's own weights, on the chosen device. On CUDA the peak comes from the
+  caching allocator; elsewhere from :class:`LiveBytesTracker`, which adds up the storages that
+  operators create while they are alive.
+
+The counted and measured figures run a model with random weights whose decoder cross-attention is
+converted by ``srsum.engine.convert``; the encoder is not run (random encoder states stand in for
+its output), because only the decoder's cross-attention differs between the variants.
+"""
+
+from srsum.profiling.analytic import (  # noqa: F401
+    CostShape, DTYPE_NAMES, PROFILED_VARIANTS, analytic_computation, analytic_memory, analytic_product_flops,
+    bytes_per_value, decode_values_read, left_out_terms, raf_steps, reduction, require_positive_int,
+    resolve_dtype_name, validate_lengths,
+)
+from srsum.profiling.counted import (  # noqa: F401
+    CROSS_ATTENTION_NAMES, ELEMENTWISE_FLOPS, FUSED_ATTENTION_OPS, FlopCount, PROJECTION_NAMES,
+    count_cross_attention_flops, cross_attention_modules, flop_mappings, projection_names,
+)
+from srsum.profiling.measured import (  # noqa: F401
+    BANDWIDTH_NAMES_GBPS, CrossAttentionTimer, GPU_BANDWIDTH_GBPS, LiveBytesTracker, gpu_bandwidth_gbps,
+    measure_copy_bandwidth_gbps, measure_peak_bytes, parse_bandwidth, resolve_bandwidth, resolve_device, timed,
+)
+from srsum.profiling.models import (  # noqa: F401
+    DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHAPES, ProfileInputs, attention_shape, build_host_model, decode_run,
+    engine_available, host_model_type, load_profile_config, make_inputs, make_variant_model, teacher_forced_run,
+)
+from srsum.profiling.report import (  # noqa: F401
+    Measured, ProfileReport, ReportRow, SweepReport, VARIANT_COLOURS, VariantProfile, plot_sweep,
+    write_profile_json, write_sweep_json, write_sweep_outputs,
+)
+from srsum.profiling.runner import (  # noqa: F401
+    DEFAULT_SWEEP_M, DEFAULT_SWEEP_N, ProfileSetup, analytic_profile, prepare, profile, profile_with, sweep,
+    sweep_lengths,
+)

@@ -1,0 +1,281 @@
+"""Measured figures and the hardware they depend on: devices, memory bandwidth (data sheets or a timed
+copy), live-bytes peak memory tracking and timed decode steps. torch is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from typing import Any, Callable, Iterable
+
+from srsum.errors import SrsumError
+
+# Peak memory bandwidth in GB/s (vendor data sheets). Matched in order against the CUDA device name,
+# every keyword must appear (upper-cased); the first match wins.
+GPU_BANDWIDTH_GBPS: tuple[tuple[tuple[str, ...], float, str], ...] = (
+    (("H200",), 4800.0, "H200"),
+    (("H100", "PCIE"), 2000.0, "H100 PCIe"),
+    (("H100", "NVL"), 3900.0, "H100 NVL"),
+    (("H100",), 3350.0, "H100 SXM"),
+    (("A100", "80GB", "PCIE"), 1935.0, "A100 80GB PCIe"),
+    (("A100", "80GB"), 2039.0, "A100 80GB SXM"),
+    (("A100",), 1555.0, "A100 40GB"),
+    (("L40S",), 864.0, "L40S"),
+    (("L40",), 864.0, "L40"),
+    (("L4",), 300.0, "L4"),
+    (("A10G",), 600.0, "A10G"),
+    (("A10",), 600.0, "A10"),
+    (("V100",), 900.0, "V100"),
+    (("T4",), 320.0, "T4"),
+    (("4090",), 1008.0, "RTX 4090"),
+    (("3090",), 936.0, "RTX 3090"),
+)
+# Names accepted by --bandwidth besides a number of GB/s.
+BANDWIDTH_NAMES_GBPS = {
+    "h200": 4800.0, "h100": 3350.0, "h100-sxm": 3350.0, "h100-pcie": 2000.0, "h100-nvl": 3900.0,
+    "a100": 2039.0, "a100-80gb": 2039.0, "a100-40gb": 1555.0, "l40s": 864.0, "l4": 300.0,
+    "a10g": 600.0, "a10": 600.0, "v100": 900.0, "t4": 320.0, "rtx4090": 1008.0, "rtx3090": 936.0,
+}
+
+
+def resolve_device(name: str):
+    """A usable ``torch.device`` for ``name`` (cpu, cuda, cuda:N, mps) or SrsumError."""
+    import torch
+
+    text = str(name).strip().lower()
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise SrsumError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SrsumError(f"device {name!r} is not available: this machine has no usable CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SrsumError(f"device {name!r} is not available: only {torch.cuda.device_count()} CUDA GPU(s)")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SrsumError(f"device {name!r} is not available on this machine")
+        return device
+    raise SrsumError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps")
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory bandwidth
+# --------------------------------------------------------------------------------------------------
+
+
+def gpu_bandwidth_gbps(device_name: str) -> tuple[float, str] | None:
+    """Data-sheet bandwidth for a CUDA device name, or None when the card is not in the table."""
+    upper = device_name.upper()
+    for keywords, gbps, label in GPU_BANDWIDTH_GBPS:
+        if all(word in upper for word in keywords):
+            return gbps, label
+    return None
+
+
+def parse_bandwidth(text: str) -> float:
+    """``--bandwidth``: GB/s as a number, or a card name (h100, h200, a100-80gb, ...)."""
+    value = str(text).strip().lower()
+    if value in BANDWIDTH_NAMES_GBPS:
+        return BANDWIDTH_NAMES_GBPS[value]
+    try:
+        gbps = float(value.removesuffix("gb/s").strip())
+    except ValueError:
+        names = ", ".join(sorted(BANDWIDTH_NAMES_GBPS))
+        raise SrsumError(f"--bandwidth must be GB/s (a number) or one of {names}; got {text!r}") from None
+    if not math.isfinite(gbps) or gbps <= 0:
+        raise SrsumError(f"--bandwidth must be a positive number of GB/s, got {text!r}")
+    return gbps
+
+
+_MEASURED_BANDWIDTH: dict[str, float] = {}
+
+
+def measure_copy_bandwidth_gbps(device, megabytes: int = 128, repeats: int = 3) -> float:
+    """Bytes read + written per second by a large tensor copy on ``device`` (best of ``repeats``)."""
+    import torch
+
+    key = str(device)
+    if key in _MEASURED_BANDWIDTH:
+        return _MEASURED_BANDWIDTH[key]
+    source = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)  # (values,)
+    target = torch.empty_like(source)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first copy warms pages and caches up
+        _synchronize(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    gbps = 2 * source.numel() * 4 / best / 1e9
+    _MEASURED_BANDWIDTH[key] = gbps
+    return gbps
+
+
+def resolve_bandwidth(bandwidth: str | float | None, device) -> tuple[float, str]:
+    """(GB/s, where it comes from) for the bandwidth floor."""
+    import torch
+
+    if bandwidth is not None:
+        gbps = bandwidth if isinstance(bandwidth, (int, float)) else parse_bandwidth(bandwidth)
+        if gbps <= 0:
+            raise SrsumError(f"--bandwidth must be positive, got {bandwidth}")
+        return float(gbps), "given (--bandwidth)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        known = gpu_bandwidth_gbps(name)
+        if known is not None:
+            return known[0], f"data sheet, {known[1]}"
+        return measure_copy_bandwidth_gbps(device), f"measured copy on {name}"
+    return measure_copy_bandwidth_gbps(device), f"measured copy on {device.type}"
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory and time measurement
+# --------------------------------------------------------------------------------------------------
+
+
+class LiveBytesTracker:
+    """Peak bytes of the tensor storages operators create while it is active (CPU and any device).
+
+    A TorchDispatchMode sees every operator's outputs; each new storage is counted until Python
+    frees it (a weak reference's callback), and the running maximum is the peak above what was
+    alive before. Views and in-place results share a storage and count once.
+    """
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self._seen: dict[int, weakref.ref] = {}
+        self._mode = None
+
+    def __enter__(self) -> "LiveBytesTracker":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                inputs = tracker._storage_ids(tree_flatten((args, kwargs))[0])
+                out = func(*args, **(kwargs or {}))
+                for item in tree_flatten(out)[0]:
+                    tracker._note(item, inputs)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+        self._mode = None
+
+    @staticmethod
+    def _storage_ids(items: list) -> set[int]:
+        import torch
+
+        return {id(item.untyped_storage()) for item in items if isinstance(item, torch.Tensor)}
+
+    def _note(self, item: Any, input_storages: set[int]) -> None:
+        """Count ``item``'s storage if the operator made it (not a view or in-place result of an input)."""
+        import torch
+
+        if not isinstance(item, torch.Tensor):
+            return
+        storage = item.untyped_storage()
+        key = id(storage)
+        if key in input_storages or (key in self._seen and self._seen[key]() is storage):
+            return
+        size = storage.nbytes()
+        self._seen[key] = weakref.ref(storage, lambda _ref, k=key, b=size: self._free(k, b))
+        self.live += size
+        self.peak = max(self.peak, self.live)
+
+    def _free(self, key: int, size: int) -> None:
+        self.live -= size
+        self._seen.pop(key, None)
+
+
+def measure_peak_bytes(run: Callable[[], Any], device) -> int:
+    """Peak memory ``run()`` allocates above what was allocated before it."""
+    import torch
+
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            run()
+            torch.cuda.synchronize(device)
+            return max(0, torch.cuda.max_memory_allocated(device) - before)
+        with LiveBytesTracker() as tracker:
+            run()
+        return tracker.peak
+
+
+class CrossAttentionTimer:
+    """Wall time spent inside the cross-attention modules (forward hooks; syncs the GPU on each)."""
+
+    def __init__(self, modules: Iterable[Any], device) -> None:
+        self.seconds = 0.0
+        self._device = device
+        self._handles = []
+        for module in modules:
+            self._handles.append(module.register_forward_pre_hook(self._start))
+            self._handles.append(module.register_forward_hook(self._stop))
+        self._started = 0.0
+
+    def _start(self, module, args) -> None:
+        _synchronize(self._device)
+        self._started = time.perf_counter()
+
+    def _stop(self, module, args, output) -> None:
+        _synchronize(self._device)
+        self.seconds += time.perf_counter() - self._started
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def timed(run: Callable[[], Any], device) -> float:
+    """Seconds ``run()`` takes, the device synchronised before and after."""
+    import torch
+
+    with torch.no_grad():
+        _synchronize(device)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        return time.perf_counter() - start
+
+
+def _time_decode(model, decode: Callable[[], Any], steps: int, device) -> tuple[float, float]:
+    """(whole step, cross-attention share of a step) in seconds, averaged over ``steps``.
+
+    On a CPU one run with timing hooks gives both (the hooks cost microseconds); on a GPU the hooks
+    must synchronise, so the whole-step time comes from a second run without them.
+    """
+    from srsum.profiling.counted import cross_attention_modules
+
+    timer = CrossAttentionTimer(cross_attention_modules(model).values(), device)
+    try:
+        hooked_s = timed(decode, device)
+    finally:
+        timer.remove()
+    whole_s = hooked_s if device.type == "cpu" else timed(decode, device)
+    return whole_s / steps, timer.seconds / steps

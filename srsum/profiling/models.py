@@ -1,0 +1,253 @@
+"""The models the counted and measured figures run: a randomly initialised T5/BART with the shapes of
+``--model`` (t5-small's by default), its cross-attention converted by ``srsum.engine.convert``, and random
+encoder states standing in for the encoder. torch and transformers are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from srsum.errors import SrsumError
+from srsum.profiling.analytic import CostShape, resolve_dtype_name
+
+# t5-small's attention shapes; the vocabulary is cut to 512 because the LM head is not part of
+# cross-attention and would only slow the measured decode steps on a CPU.
+DEFAULT_MODEL_SHAPES = {
+    "d_model": 512,
+    "d_kv": 64,
+    "num_heads": 8,
+    "num_layers": 6,
+    "num_decoder_layers": 6,
+    "d_ff": 2048,
+    "vocab_size": 512,
+    "decoder_start_token_id": 0,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+DEFAULT_MODEL_NAME = "t5-small shapes (random weights, vocab 512)"
+
+
+def _engine_attribute(name: str):
+    """``srsum.engine.<name>``, or None while the engine is not importable."""
+    try:
+        import srsum.engine as engine
+    except ImportError:
+        return None
+    return getattr(engine, name, None)
+
+
+def engine_available() -> bool:
+    return _engine_attribute("convert") is not None
+
+
+def _looks_like_checkpoint(folder: Path) -> bool:
+    weights = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+    return any((folder / name).exists() for name in weights)
+
+
+def load_profile_config(model: str | None):
+    """(config, description) for ``--model``: None (t5-small shapes), a config.json, a checkpoint
+    folder (loaded with srsum.engine.load_model, its config used) or a hub name (config only)."""
+    from transformers import AutoConfig, T5Config
+
+    if model is None:
+        return T5Config(**DEFAULT_MODEL_SHAPES), DEFAULT_MODEL_NAME
+    _register_srsum_model_types()
+    path = Path(model).expanduser()
+    if path.is_file():
+        return _config_from_file(path), f"config {path}"
+    if path.is_dir():
+        if _looks_like_checkpoint(path):
+            return _config_from_checkpoint(path), f"checkpoint {path}"
+        if (path / "config.json").is_file():
+            return _config_from_file(path / "config.json"), f"config {path / 'config.json'}"
+        raise SrsumError(f"--model {model}: folder has neither config.json nor model weights")
+    if model.startswith((".", "/", "~")) or model.endswith(".json"):
+        raise SrsumError(f"--model {model}: no such file or folder")
+    try:
+        with _quiet_hub():
+            config = AutoConfig.from_pretrained(model)
+    except Exception as error:  # network, unknown repo, bad config: one line for the user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SrsumError(f"--model {model}: could not fetch its config from the Hugging Face hub ({reason})") from None
+    return config, f"hub config {model}"
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """Silence huggingface_hub's retry warnings: a failed fetch ends in one SrsumError line."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
+
+
+def _register_srsum_model_types() -> None:
+    try:
+        import srsum  # noqa: F401  (the package registers srformer_t5 / srformer_bart with Auto classes)
+        import srsum.engine  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _config_from_file(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        json.loads(path.read_text())
+        return AutoConfig.from_pretrained(str(path))
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SrsumError(f"--model {path}: not a readable model config ({reason})") from None
+
+
+def _config_from_checkpoint(path: Path):
+    load_model = _engine_attribute("load_model")
+    if load_model is None:
+        return _config_from_file(path / "config.json")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return load_model(str(path)).config
+    except SrsumError:
+        raise
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SrsumError(f"--model {path}: could not load the checkpoint ({reason})") from None
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def host_model_type(config) -> str:
+    """'t5' or 'bart' (srformer_t5 / srformer_bart count as their host), else SrsumError."""
+    model_type = str(getattr(config, "model_type", ""))
+    for host in ("t5", "bart"):
+        if model_type in (host, f"srformer_{host}"):
+            return host
+    raise SrsumError(f"srsum profile supports T5 and BART models; this config is model_type {model_type!r}")
+
+
+def attention_shape(config) -> dict[str, int]:
+    """d_model, heads, head dim and decoder layers of a T5 or BART config."""
+    if host_model_type(config) == "t5":
+        layers = getattr(config, "num_decoder_layers", None) or config.num_layers
+        return {"d_model": config.d_model, "heads": config.num_heads, "head_dim": config.d_kv, "layers": layers}
+    heads = config.decoder_attention_heads
+    return {"d_model": config.d_model, "heads": heads, "head_dim": config.d_model // heads, "layers": config.decoder_layers}
+
+
+def build_host_model(config, device, dtype_name: str, seed: int = 0):
+    """A randomly initialised T5/BART with ``config``'s shapes (an srformer config builds its host)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    host = host_model_type(config)
+    settings = {k: v for k, v in config.to_dict().items() if not k.startswith("srformer_")}
+    settings.pop("model_type", None)
+    settings.pop("architectures", None)
+    host_config = AutoConfig.for_model(host, **settings)
+    _fill_special_tokens(host_config)
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(host_config)
+    return model.to(device=device, dtype=getattr(torch, resolve_dtype_name(dtype_name))).eval()
+
+
+def _fill_special_tokens(config) -> None:
+    """Generation needs a start, end and pad token; random models from bare configs may lack them."""
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = 0
+    if getattr(config, "eos_token_id", None) is None:
+        config.eos_token_id = 1
+    if getattr(config, "decoder_start_token_id", None) is None:
+        config.decoder_start_token_id = config.pad_token_id
+
+
+def make_variant_model(host_model, variant: str, seg_size: int, schedule_length: int):
+    """A copy of ``host_model`` whose cross-attention is ``variant`` (srsum.engine.convert).
+
+    Without the engine only ``full`` is available (the host's own attention); other variants
+    raise SrsumError.
+    """
+    convert = _engine_attribute("convert")
+    model = copy.deepcopy(host_model)
+    if convert is None:
+        if variant == "full":
+            return model
+        raise SrsumError(f"variant {variant!r} needs srsum.engine, which is not available")
+    converted = convert(model, attention=variant, seg_size=seg_size, schedule_length=schedule_length)
+    return converted.eval()
+
+
+@dataclass
+class ProfileInputs:
+    """Random encoder output standing in for the encoder, and teacher-forced decoder tokens."""
+
+    encoder_states: Any    # (batch, n, d_model)
+    attention_mask: Any    # (batch, n), all ones
+    decoder_tokens: Any    # (batch, m)
+
+
+def make_inputs(shape: CostShape, d_model: int, vocab_size: int, device, dtype_name: str, seed: int = 0) -> ProfileInputs:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randn(shape.batch, shape.n, d_model, generator=generator)
+    tokens = torch.randint(2, max(3, vocab_size), (shape.batch, shape.m), generator=generator)
+    return ProfileInputs(
+        encoder_states=states.to(device=device, dtype=getattr(torch, resolve_dtype_name(dtype_name))),
+        attention_mask=torch.ones(shape.batch, shape.n, dtype=torch.long, device=device),
+        decoder_tokens=tokens.to(device),
+    )
+
+
+def teacher_forced_run(model, inputs: ProfileInputs) -> Callable[[], Any]:
+    """One teacher-forced decoder pass over all m positions (the encoder is not run)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    def run():
+        return model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=inputs.encoder_states),
+            attention_mask=inputs.attention_mask,
+            decoder_input_ids=inputs.decoder_tokens,
+            use_cache=False,
+        )
+
+    return run
+
+
+def decode_run(model, inputs: ProfileInputs, steps: int, beams: int) -> Callable[[], Any]:
+    """``steps`` incremental decode steps with ``generate`` (exactly that many: EOS suppressed)."""
+    from transformers import GenerationConfig
+    from transformers.modeling_outputs import BaseModelOutput
+
+    config = model.config
+    generation = GenerationConfig(
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=getattr(config, "bos_token_id", None),
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        num_beams=beams,
+        do_sample=False,
+    )
+
+    def run():
+        return model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=inputs.encoder_states),
+            attention_mask=inputs.attention_mask,
+            generation_config=generation,
+        )
+
+    return run
