@@ -423,8 +423,18 @@ def _hub_failure(name: str, config: str | None, split: str, error: Exception) ->
     return SrsumError(
         f"could not download or load dataset {label}, split {split!r}, from the Hugging Face Hub: {reason}. "
         "Without network access use a local file instead, e.g. --dataset path/to/file.jsonl "
-        "(also .json, .csv, .parquet or a folder of .txt files)"
+        "(also .json, .csv, .parquet or a folder of .txt files)" + _offline_hint()
     )
+
+
+def _offline_hint() -> str:
+    from srsum.hub import hub_unreachable_reason, is_offline
+
+    if is_offline():
+        return ""
+    reason = hub_unreachable_reason()
+    return "" if reason is None else (f"; the Hub cannot be reached ({reason}): offline, HF_HUB_OFFLINE=1 and "
+                                      "HF_DATASETS_OFFLINE=1 use cached copies without retrying")
 
 
 def _load_hub(name: str, config: str | None, split: str, text_col: str | None, summary_col: str | None,

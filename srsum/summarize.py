@@ -151,9 +151,15 @@ def _looks_like_local_path(name: str) -> bool:
 
 
 def check_model_source(name: str) -> None:
-    """Fail fast for a local-looking model path that does not exist (instead of asking the Hub)."""
-    if not Path(name).expanduser().exists() and _looks_like_local_path(name):
+    """Fail fast for a local-looking model path that does not exist, and for a Hub name when the Hub
+    cannot be reached and the model is not cached (instead of retrying for half a minute)."""
+    from srsum.hub import require_hub
+
+    if Path(name).expanduser().exists():
+        return
+    if _looks_like_local_path(name):
         raise SrsumError(f"model: {name} not found (neither a local model folder nor a Hugging Face model name)")
+    require_hub(name)
 
 
 def load_summarizer(model: str | None = None, device: str | None = None, dtype: str | None = None,

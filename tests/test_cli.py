@@ -127,6 +127,46 @@ def test_one_bad_article_is_named_and_the_others_are_summarized(best, article, t
     assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["article"]
 
 
+def test_summarize_reads_a_named_text_column(best, tmp_path):
+    table = tmp_path / "posts.jsonl"
+    table.write_text("".join(json.dumps({"id": f"p{i}", "body": f"Post {i} says the park opens in May."}) + "\n"
+                             for i in range(2)))
+    assert_one_line_error(run("summarize", table, "--model", best), "no text column found", "--text-column")
+    result = run("summarize", table, "--model", best, "--text-column", "body", "--max-length", "4", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["p0", "p1"]
+
+
+@pytest.mark.parametrize("to_file", [True, False])
+def test_ctrl_c_keeps_the_finished_summaries(best, tmp_path, monkeypatch, to_file):
+    import srsum.decoding
+
+    real_generate, calls = srsum.decoding.generate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(srsum.decoding, "generate", interrupted)
+    files = []
+    for i in range(5):  # article i is longer than article i - 1: batches run a4, a3 | a2, a1 | a0
+        files.append(tmp_path / f"a{i}.txt")
+        files[-1].write_text(" ".join(["The park opens in May."] * (i + 1)))
+    output = tmp_path / "out.jsonl"
+    args = ["summarize", *files, "--model", best, "--max-length", "3", "--num-beams", "1", "--batch-size", "2",
+            "--json"] + (["--output", output] if to_file else [])
+    result = run(*args)
+    assert_one_line_error(result, "interrupted", code=130)
+    if to_file:
+        assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["a1", "a2", "a3", "a4"]
+        assert "wrote the 4 of 5 summaries finished" in result.stderr
+        assert sorted(p.name for p in output.parent.iterdir() if p.suffix == ".jsonl") == ["out.jsonl"]
+    else:
+        assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["a1", "a2", "a3", "a4"]
+
+
 def _missing(tmp):
     return tmp / "missing.txt"
 
