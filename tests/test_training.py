@@ -347,3 +347,92 @@ def test_resume_with_another_w_init_or_memory_ratio_is_an_error(trained_t5):
         train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, w_init="paper"))
     with pytest.raises(SrsumError, match=r"--memory-ratio 0.05, not 0.1"):
         train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, memory_ratio=0.1))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14: exact resume with dropout, loss lines without a terminal, contradicting flags on --resume
+
+
+def _tiny_t5_with_dropout(folder: Path) -> Path:
+    from conftest import TOKENIZER_DIRS, tiny_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIRS["t5"]))
+    tiny_model("t5", vocab_size=len(tokenizer), dropout_rate=0.1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_resume_is_exact_with_dropout(tmp_path):
+    # dropout 0.1: the resumed run must draw the same dropout masks as the uninterrupted one, so nothing may
+    # draw from the global RNG between the checkpoint and the next step (a DataLoader iterator did)
+    model = _tiny_t5_with_dropout(tmp_path / "dropout-t5")
+    straight = train(tiny_training_config(model, tmp_path / "straight", eval_samples=0, save_steps=3, epochs=1,
+                                          max_target_length=48))
+    run = tmp_path / "interrupted"
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_training_config(model, run, eval_samples=0, save_steps=3, epochs=1, max_target_length=48),
+              stop_after_steps=3)
+    assert last_checkpoint(run).name == "checkpoint-3"
+    resumed = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
+    assert resumed.global_step == straight.global_step == 4
+    losses = [[e["loss"] for e in json.loads((folder / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+              for folder in (straight.checkpoint, resumed.checkpoint)]
+    assert losses[1] == losses[0]
+    straight_weights, continued = _final_weights(straight.checkpoint), _final_weights(resumed.checkpoint)
+    for name, tensor in straight_weights.items():
+        torch.testing.assert_close(continued[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    # ... and the dropout matters: the same run without the saved random state ends elsewhere
+    (run / "checkpoint-3" / "rng.json").unlink()
+    import shutil
+
+    shutil.rmtree(run / "checkpoint-4")
+    with pytest.warns(UserWarning, match="no random state"):
+        afresh = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
+    assert not torch.equal(_final_weights(afresh.checkpoint)["lm_head.weight"], straight_weights["lm_head.weight"])
+
+
+def test_loss_lines_every_logging_steps_when_asked(tmp_path, tiny_t5_dir):
+    reporter = Recorder()
+    train(tiny_training_config(tiny_t5_dir, tmp_path / "run", eval_samples=0, logging_steps=3), reporter,
+          log_lines=True)
+    lines = [line for line in reporter.lines if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 3/8", "step 6/8", "step 8/8"]
+    assert all(", learning rate " in line and float(line.split("loss ")[1].split(",")[0]) > 0 for line in lines)
+    quiet = Recorder()
+    train(tiny_training_config(tiny_t5_dir, tmp_path / "run2", eval_samples=0, logging_steps=3), quiet)
+    assert not any(line.startswith("step ") for line in quiet.lines)  # on a terminal the progress bar shows it
+
+
+def test_cli_prints_loss_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_t5_dir):
+    import subprocess
+    import sys
+
+    config = tiny_training_config(tiny_t5_dir, tmp_path / "run", eval_samples=0, epochs=1)
+    command = [sys.executable, "-m", "srsum.cli", "train", "--model", config.model, "--dataset", config.dataset,
+               "--train-split", "test", "--validation-split", "test", "--train-limit", "8", "--eval-samples", "0",
+               "--batch-size", "2", "--epochs", "1", "--max-source-length", "64", "--max-target-length", "16",
+               "--seg-size", "16", "--logging-steps", "2", "--output-dir", config.output_dir]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"], done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 5, r"--epochs 2, not 5; drop --epochs"),
+    ("learning_rate", 0.1, r"--learning-rate 0.001, not 0.1"),
+    ("batch_size", 4, r"--batch-size 2, not 4"),
+    ("bf16", True, r"--bf16 off, not on"),
+    ("max_target_length", 32, r"--max-target-length 16, not 32"),
+])
+def test_resume_with_a_contradicting_setting_is_an_error(trained_t5, field, value, message):
+    with pytest.raises(SrsumError, match=message):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(trained_t5.run_dir),
+                             **{field: value}))
+    # the same value as the checkpoint's, or the hardware, may be given
+    same = json.loads((trained_t5.checkpoint / "trainer_state.json").read_text())["args"][field]
+    result = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(trained_t5.run_dir),
+                                  cpu=True, **{field: same}))
+    assert result.global_step == 8

@@ -94,7 +94,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the last complete checkpoint of --output-dir "
                                 "(default: the newest run under models/) to the same total step count.",
                                 rich_help_panel=SAVE_PANEL),
-    logging_steps: int = typer.Option(10, "--logging-steps", rich_help_panel=SAVE_PANEL),
+    logging_steps: int = typer.Option(10, "--logging-steps", help="Record the mean loss every N steps (when stderr "
+                                      "is not a terminal, also print it as a plain line).",
+                                      rich_help_panel=SAVE_PANEL),
     as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, steps, metrics) as JSON."),
     quiet: bool = QuietOption,
 ) -> None:
@@ -123,7 +125,8 @@ def train(
             max_target_length=max_target_length, bf16=bf16, cpu=cpu, seed=seed, save_steps=save_steps,
             save_total_limit=save_total_limit, best_metric=best_metric, eval_num_beams=eval_num_beams,
             logging_steps=logging_steps, resume=resume)
-        result = run_training(config, reporter)
+        # not a terminal (a log file, a pipe): no progress bar is drawn, so print a loss line every --logging-steps
+        result = run_training(config, reporter, log_lines=not reporter.console.is_terminal)
         if not result.main_process:
             return
         if as_json:

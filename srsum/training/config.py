@@ -189,6 +189,7 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
     saved_args = state.get("args")
     if not isinstance(saved_args, dict):
         raise SrsumError(f"--resume: {checkpoint} has no training settings in its trainer_state.json")
+    _check_given_settings(config, saved_args, checkpoint)
     known = {f.name for f in fields(TrainingConfig)}
     resumed = TrainingConfig(**{key: value for key, value in saved_args.items() if key in known})
     resumed.resume = True
@@ -196,3 +197,24 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
     resumed.cpu = config.cpu  # hardware choices may change between sessions
     return resumed.validate()
 
+
+# settings a resumed run takes from the command line rather than from its checkpoint
+_RESUME_FREE = ("resume", "output_dir", "run_name", "cpu")
+
+
+def _check_given_settings(config: TrainingConfig, saved_args: dict[str, Any], checkpoint: Path) -> None:
+    """SrsumError naming the first setting of ``config`` that was set (differs from its default) and contradicts
+    the checkpoint's: a resumed run keeps every training setting of its checkpoint."""
+    defaults = TrainingConfig(model="", dataset="")
+    for item in fields(TrainingConfig):
+        name = item.name
+        given = getattr(config, name)
+        if name in _RESUME_FREE or name not in saved_args or given == getattr(defaults, name):
+            continue
+        saved = saved_args[name]
+        if given != saved:
+            flag = f"--{name.replace('_', '-')}"
+            shown = (lambda value: "on" if value is True else "off" if value is False else value)
+            raise SrsumError(f"--resume: checkpoint {checkpoint} was trained with {flag} {shown(saved)}, not "
+                             f"{shown(given)}; drop {flag} (a resumed run keeps the settings of its checkpoint) or "
+                             "start a new run with another --output-dir")

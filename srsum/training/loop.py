@@ -46,8 +46,12 @@ def _parameter_groups(model, weight_decay: float):
 
 
 def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_root: str | Path = MODELS_DIR,
-          stop_after_steps: int | None = None, on_step: Callable[[int], None] | None = None) -> TrainResult:
+          stop_after_steps: int | None = None, on_step: Callable[[int], None] | None = None,
+          log_lines: bool = False) -> TrainResult:
     """Fine-tune and checkpoint; see the package docstring.
+
+    ``log_lines``: also report one plain ``step S/T: loss L, learning rate R`` line every ``logging_steps`` steps
+    (``reporter.info``; the CLI asks for it when stderr is not a terminal, where no progress bar is drawn).
 
     ``stop_after_steps`` (a test hook) raises KeyboardInterrupt right after that optimizer step (and its
     checkpoint, if one is due), exactly as a Ctrl-C there would; ``on_step(step)`` is called after each
@@ -67,6 +71,7 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
     config.run_name = config.run_name or run_dir.name
     try:
         run = _Run(config, accelerator, reporter, run_dir, resume_from)
+        run.log_lines = log_lines
         agree(run.setup, accelerator)
         return run.train(stop_after_steps, on_step)
     except BaseException:
@@ -118,6 +123,7 @@ class _Run:
         self.last_metrics: dict[str, Any] = {}
         self.dead_warned = False
         self.running_loss, self.running_count = 0.0, 0
+        self.log_lines = False
 
     # ---- setup: data, model, optimizer, restored state
 
@@ -317,8 +323,11 @@ class _Run:
         mean_loss = self.running_loss / self.running_count
         self.advance(1, loss=mean_loss)
         if step % config.logging_steps == 0 or step == self.total_steps:
-            self.log_history.append({"step": step, "loss": round(mean_loss, 5),
-                                     "learning_rate": self.scheduler.get_last_lr()[0]})
+            learning_rate = self.scheduler.get_last_lr()[0]
+            self.log_history.append({"step": step, "loss": round(mean_loss, 5), "learning_rate": learning_rate})
+            if self.log_lines:
+                self.reporter.info(f"step {step}/{self.total_steps}: loss {mean_loss:.4f}, learning rate "
+                                   f"{learning_rate:.3g}")
             self.running_loss, self.running_count = 0.0, 0
         end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
         improved = False
