@@ -17,6 +17,8 @@ TRAIN_EPILOG = """[bold]Examples[/bold]
 
   accelerate launch -m srsum.cli train --model t5-small --dataset arxiv --batch-size 4
 
+  torchrun --nproc_per_node 2 -m srsum.cli train --model t5-small --dataset xsum --cpu
+
   srsum train --resume --output-dir models/t5-small-srformer-seg64-20250101-120000
 
   srsum train --model ./tiny-t5 --dataset data.jsonl --train-split all --validation-split all --max-steps 10
@@ -66,7 +68,8 @@ def train(
     epochs: int = typer.Option(3, "--epochs", rich_help_panel=TRAINING_PANEL),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs).",
                                             rich_help_panel=TRAINING_PANEL),
-    batch_size: int = typer.Option(8, "--batch-size", help="Per device.", rich_help_panel=TRAINING_PANEL),
+    batch_size: int = typer.Option(8, "--batch-size", help="Per process (the global batch is this times the "
+                                   "processes times --gradient-accumulation-steps).", rich_help_panel=TRAINING_PANEL),
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", rich_help_panel=TRAINING_PANEL),
     gradient_accumulation_steps: int = typer.Option(1, "--gradient-accumulation-steps",
                                                     rich_help_panel=TRAINING_PANEL),
@@ -102,7 +105,7 @@ def train(
 ) -> None:
     """Fine-tune a pretrained T5 or BART with SRformer cross-attention.
 
-    The model is converted to --attention with --seg-size, trained with AdamW and a linear schedule, scored on the validation split after every epoch, and saved atomically to --output-dir/checkpoint-STEP (model, tokenizer, optimizer, scheduler, RNG, trainer_state.json); best/ holds the best validation score. Ctrl-C stops cleanly and --resume continues. Runs unchanged under 'accelerate launch'.
+    The model is converted to --attention with --seg-size, trained with AdamW and a linear schedule, scored on the validation split after every epoch, and saved atomically to --output-dir/checkpoint-STEP (model, tokenizer, optimizer, scheduler, RNG, trainer_state.json); best/ holds the best validation score. Ctrl-C stops cleanly and --resume continues. Under 'accelerate launch' or 'torchrun' it trains data-parallel: --batch-size is per process, the validation is shared out, only the main process writes.
     """
     from srsum.training import TrainingConfig
     from srsum.training import train as run_training

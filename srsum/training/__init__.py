@@ -2,7 +2,8 @@
 
 :func:`train` converts a pretrained model (``srsum.engine.load_model`` with ``attention``, ``seg_size``
 and ``schedule_length``; G defaults to the max target length), trains it with AdamW and a linear
-schedule under ``accelerate`` (single process, or several GPUs with ``accelerate launch``), evaluates
+schedule under ``accelerate`` (one process, or data-parallel over the processes of ``accelerate launch`` /
+``torchrun``: see :mod:`srsum.training.loop` and :mod:`srsum.training.batches`), evaluates
 validation loss and ROUGE after every epoch, and writes checkpoints atomically (see
 :mod:`srsum.checkpoints`). ``resume=True`` continues the last complete checkpoint of the run folder to
 the same total step count, with the settings recorded in its ``trainer_state.json``.
