@@ -5,6 +5,7 @@ the ROUGE arithmetic is :mod:`srsum.metrics`'s.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import datetime, timezone
@@ -68,6 +69,11 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     if baseline is not None and model is not None:
         raise SrsumError("give either --model or --baseline, not both")
     lead = parse_baseline(baseline) if baseline is not None else None
+    group = _process_group(device)
+    if group is not None:  # under torchrun / accelerate launch: each process summarizes its share
+        device = str(group.device) if device in (None, "cuda") else device
+        if not group.is_main_process:
+            reporter, output_dir = Reporter(), None  # one progress bar and one writer: the main process
     if output_dir is not None:
         output_dir = ensure_writable_dir(output_dir)
     if lead is None and summarizer is None:
@@ -98,7 +104,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
                 predictions.append(lead_n(example.text, lead))
                 advance()
     else:
-        predictions = _summaries(summarizer, examples, generation, reporter, output_dir)
+        predictions = _sharded_summaries(summarizer, examples, generation, reporter, output_dir, group)
     references = [example.summary or "" for example in examples]
     scores = rouge_scores(predictions, references, aggregation=aggregation)
     per_example = per_example_scores(predictions, references)
@@ -127,6 +133,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
             "dtype": str(next(summarizer.model.parameters()).dtype).replace("torch.", ""),
             "decoder": "srsum.decoding.generate",
         },
+        "processes": 1 if group is None else group.num_processes,
         "seconds": round(elapsed, 3),
         "srsum_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -141,6 +148,37 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
         metrics["metrics_file"] = str(output_dir / "metrics.json")
         (output_dir / PARTIAL_PREDICTIONS).unlink(missing_ok=True)  # an earlier interrupted run's
     return metrics
+
+
+def launched_processes() -> int:
+    """Processes a launcher (torchrun, accelerate launch) started for this job; 1 without one."""
+    from srsum.training.distributed import launched_processes as launched
+
+    return launched()
+
+
+def is_main_process() -> bool:
+    """False on every process but the first under a launcher (the one that writes and prints)."""
+    return launched_processes() == 1 or int(os.environ.get("RANK", "0")) == 0
+
+
+def _process_group(device: str | None):
+    """accelerate's process state under a launcher (``None`` in a single process)."""
+    if launched_processes() == 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
+def _sharded_summaries(summarizer: Summarizer, examples, generation: SummarizeSettings, reporter: Reporter,
+                       output_dir: Path | None, group) -> list[str]:
+    """The predictions; under a launcher each process makes a contiguous share and all get every prediction."""
+    if group is None:
+        return _summaries(summarizer, examples, generation, reporter, output_dir)
+    from srsum.training.distributed import map_sharded
+
+    return map_sharded(examples, lambda part: _summaries(summarizer, part, generation, reporter, output_dir), group)
 
 
 def _summaries(summarizer: Summarizer, examples, generation: SummarizeSettings, reporter: Reporter,

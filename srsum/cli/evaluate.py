@@ -71,7 +71,7 @@ def evaluate(
 
     Scores match rouge-score called the way the Hugging Face summarization example calls it (stemming, one sentence per line for Lsum, bootstrap mid F1 with seed 42). Writes predictions.jsonl and metrics.json (every generation setting, model, dataset, split, example count, SRformer settings).
     """
-    from srsum.evaluation import default_eval_dir
+    from srsum.evaluation import default_eval_dir, is_main_process
     from srsum.evaluation import evaluate as run_evaluation
 
     reporter = RichReporter(quiet)
@@ -82,6 +82,8 @@ def evaluate(
         metrics = run_evaluation(dataset, model=model, baseline=baseline, split=split, text_column=text_column,
                                  summary_column=summary_column, limit=limit, generation=settings, device=device,
                                  dtype=dtype, output_dir=target, reporter=reporter)
+        if not is_main_process():
+            return  # under a launcher the first process reports for all
         if as_json:
             emit_json(metrics)
         else:
