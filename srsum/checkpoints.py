@@ -6,10 +6,15 @@ Layout of a training run folder (``models/<run-name>/`` by default)::
                            optimizer.pt, scheduler.pt, rng.json, trainer_state.json
     best/                  model, tokenizer and trainer_state.json of the best evaluation so far
 
-Every folder is first written as ``<name>.tmp-XXXXXXXX`` beside its final place and renamed when
-complete, so an interrupted write never leaves a half-written checkpoint under a final name; folders
-with ``.tmp`` in their name are ignored by every reader here. ``trainer_state.json`` is written last.
-Files (predictions, metrics) are written the same way with :func:`atomic_write_text`.
+Every folder is first written as ``<name>.tmp-XXXXXXXX`` beside its final place, its files and itself
+flushed to disk (fsync), and renamed when complete, so an interrupted write never leaves a half-written
+checkpoint under a final name; folders with ``.tmp`` in their name are ignored by every reader here.
+``trainer_state.json`` is written last. An existing folder (``best/``) is swapped for the new one in one
+atomic exchange where the system has it (Linux ``renameat2``); elsewhere it is moved aside as
+``<name>.tmp-old-XXXX`` first, and :func:`recover_run_dir` (run when training starts and before every save)
+puts it back if a crash came between the two renames, and removes the leftovers of interrupted writes.
+Files (predictions, metrics) are written the same way with :func:`atomic_write_text`. Written files and
+folders get the usual permissions of the process umask (0644 / 0755 under umask 022).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +62,59 @@ def ensure_writable_dir(folder: str | Path, what: str = "output directory") -> P
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames into it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _settle(folder: Path) -> None:
+    """Give everything under ``folder`` the umask's permissions (temporary files and folders are created 0600 /
+    0700) and flush it to disk, deepest first."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            os.chmod(path, 0o666 & ~mask)
+            with open(path, "rb") as stream:
+                os.fsync(stream.fileno())
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        _fsync_dir(Path(root))
+    os.chmod(folder, 0o777 & ~mask)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
@@ -68,8 +127,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
+            if hasattr(os, "fchmod"):  # mkstemp creates 0600
+                os.fchmod(stream.fileno(), 0o666 & ~_umask())
             os.fsync(stream.fileno())
         os.replace(temp, path)
+        _fsync_dir(path.parent)
     except BaseException as error:
         Path(temp).unlink(missing_ok=True)
         if isinstance(error, OSError):
@@ -88,8 +150,10 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success it replaces ``final``.
 
     On any exception (KeyboardInterrupt included) the temporary folder is removed and ``final`` is
-    left as it was. An existing ``final`` is moved aside, the new folder renamed into place, and the
-    old one deleted.
+    left as it was. The new folder is flushed to disk (files, then folder) before it is renamed. An existing
+    ``final`` is exchanged with the new folder atomically where the system can; otherwise it is moved aside
+    as ``<name>.tmp-old-XXXX`` and the new folder renamed into place (a crash between the two renames is
+    repaired by :func:`recover_run_dir`). Then the old one is deleted.
     """
     final = Path(final)
     try:
@@ -97,18 +161,61 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         temp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.tmp-"))
     except OSError as error:
         raise SrsumError(f"cannot write {final}: {_describe(error)}") from None
+    old = None
     try:
         yield temp
-        old = None
+        _settle(temp)
         if final.exists():
-            old = final.with_name(f"{final.name}.tmp-old-{temp.name.rsplit('-', 1)[-1]}")
-            os.rename(final, old)
-        os.rename(temp, final)
+            if _exchange(temp, final):
+                old = temp  # the exchange left the previous folder under the temporary name
+            else:
+                old = final.with_name(f"{final.name}{_OLD}{temp.name.rsplit('-', 1)[-1]}")
+                os.rename(final, old)
+                os.rename(temp, final)
+        else:
+            os.rename(temp, final)
+        _fsync_dir(final.parent)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        if old is not temp:
+            shutil.rmtree(temp, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+_OLD = ".tmp-old-"
+_LEFTOVER = re.compile(r"^(?P<name>\.?[^/]+?)\.tmp-")
+
+
+def recover_run_dir(run_dir: str | Path) -> list[Path]:
+    """Repair a run folder after a crash: a folder moved aside as ``<name>.tmp-old-XXXX`` whose ``<name>`` is
+    missing (the crash came between the two renames of :func:`atomic_dir`) is put back; every other leftover
+    of an interrupted write (``<name>.tmp-XXXX`` folders, ``.<file>.tmp-XXXX`` files) is removed. Returns the
+    paths removed. Only the main process of a run may call this (nothing else writes there)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = []
+    for path in sorted(run_dir.iterdir()):
+        match = _LEFTOVER.match(path.name)
+        if match is None:
+            continue
+        final = run_dir / match.group("name")
+        if _OLD in path.name and path.is_dir() and not final.exists() and is_complete_folder(path):
+            os.rename(path, final)
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    _fsync_dir(run_dir)
+    return removed
+
+
+def is_complete_folder(path: Path) -> bool:
+    """A written-out checkpoint or model folder, whatever its name: config.json and trainer_state.json."""
+    return path.is_dir() and (path / "config.json").is_file() and (path / TRAINER_STATE).is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +230,7 @@ def is_temporary(path: Path) -> bool:
 def is_complete(path: str | Path) -> bool:
     """True for a finished checkpoint folder: not temporary, with config.json and trainer_state.json."""
     path = Path(path)
-    return (path.is_dir() and not is_temporary(path) and (path / "config.json").is_file()
-            and (path / TRAINER_STATE).is_file())
+    return not is_temporary(path) and is_complete_folder(path)
 
 
 def checkpoint_step(path: Path) -> int | None:

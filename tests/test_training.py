@@ -436,3 +436,99 @@ def test_resume_with_a_contradicting_setting_is_an_error(trained_t5, field, valu
     result = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(trained_t5.run_dir),
                                   cpu=True, **{field: same}))
     assert result.global_step == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14: crash safety and permissions of checkpoint writes
+
+
+@pytest.fixture
+def umask():
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder.parent)): p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+
+
+def test_written_folders_and_files_follow_the_umask(tmp_path, umask):
+    for mask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)):
+        umask(mask)
+        final = tmp_path / f"best-{mask:o}"
+        with atomic_dir(final) as temp:
+            (temp / "a.txt").write_text("one")
+            os.close(os.open(temp / "secret.bin", os.O_CREAT | os.O_WRONLY, 0o600))  # as a library may write
+            (temp / "sub").mkdir(mode=0o700)
+            (temp / "sub" / "b.txt").write_text("two")
+        modes = _modes(final)
+        assert {name: mode for name, mode in modes.items() if (tmp_path / name).is_dir()} == {
+            final.name: dir_mode, f"{final.name}/sub": dir_mode}
+        assert {mode for name, mode in modes.items() if (tmp_path / name).is_file()} == {file_mode}
+        written = atomic_write_json(tmp_path / f"metrics-{mask:o}.json", {"a": 1})
+        assert written.stat().st_mode & 0o777 == file_mode
+
+
+def test_new_folder_is_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(f"rename {Path(b).name}"), real_rename(a, b))[1])
+    with atomic_dir(tmp_path / "checkpoint-1") as temp:
+        for name in ("config.json", "model.safetensors", "trainer_state.json"):
+            (temp / name).write_text(name)
+    rename = events.index("rename checkpoint-1")
+    assert events[:rename].count("fsync") >= 4  # three files and the folder, before it gets its final name
+    assert "fsync" in events[rename:]  # and the run folder's entry afterwards
+
+
+def test_crash_between_the_two_renames_of_best_is_repaired(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    best = _fake_checkpoint(run / "best", 2)
+    _fake_checkpoint(run / "checkpoint-2", 2)
+    monkeypatch.setattr(checkpoints, "_exchange", lambda a, b: False)  # a system without an atomic exchange
+    real_rename = os.rename
+
+    def rename(source, target):
+        if Path(target).name == "best":
+            raise KeyboardInterrupt  # killed after best/ was moved aside, before the new one took its place
+        return real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(best) as temp:
+            _fake_checkpoint(temp / "x", 4)
+    monkeypatch.setattr(os, "rename", real_rename)
+    names = sorted(p.name for p in run.iterdir())
+    assert "best" not in names and any(name.startswith("best.tmp-old-") for name in names)
+    # leftovers of an interrupted checkpoint write and of an atomic file write
+    (run / "checkpoint-4.tmp-abc123").mkdir()
+    (run / ".metrics.json.tmp-xyz").write_text("half")
+    removed = checkpoints.recover_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint-2"]
+    assert json.loads((run / "best" / "trainer_state.json").read_text())["global_step"] == 2  # the old best is back
+    assert sorted(p.name for p in removed) == [".metrics.json.tmp-xyz", "checkpoint-4.tmp-abc123"]
+
+
+def test_atomic_exchange_replaces_best_in_one_step(tmp_path, monkeypatch):
+    best = _fake_checkpoint(tmp_path / "best", 2)
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (renames.append(b), real_rename(a, b))[1])
+    with atomic_dir(best) as temp:
+        (temp / "config.json").write_text("{}")
+        (temp / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert json.loads((best / "trainer_state.json").read_text())["global_step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    if checkpoints.sys.platform.startswith("linux"):
+        assert renames == []  # swapped by renameat2(RENAME_EXCHANGE): never a moment without best/
+
+
+def test_training_removes_leftovers_of_a_killed_run(tmp_path, tiny_t5_dir):
+    run = tmp_path / "run"
+    train(tiny_training_config(tiny_t5_dir, run, eval_samples=0, epochs=1, train_limit=4))
+    (run / "checkpoint-9.tmp-killed").mkdir()  # what a kill -9 in the middle of a save leaves
+    (run / "checkpoint-9.tmp-killed" / "model.safetensors").write_text("half")
+    resumed = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
+    assert resumed.global_step == 2 and sorted(p.name for p in run.iterdir()) == ["checkpoint-2"]

@@ -20,7 +20,7 @@ from typing import Any
 from srsum import __version__
 from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writable_dir, last_checkpoint,
                                list_checkpoints, load_torch_file, prune_checkpoints, read_rng_state,
-                               read_trainer_state, rng_state, save_checkpoint, set_rng_state)
+                               read_trainer_state, recover_run_dir, rng_state, save_checkpoint, set_rng_state)
 from srsum.errors import SrsumError
 from srsum.reporting import Reporter
 from srsum.training.config import (DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
@@ -67,7 +67,8 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
         reporter.warn(warning)
     config, run_dir, resume_from = agree(lambda: _run_folder(config, accelerator, models_root), accelerator)
     created = not run_dir.exists()
-    agree(lambda: ensure_writable_dir(run_dir) if main else None, accelerator)
+    # the main process writes: the folder must be writable, and is repaired after a crash (leftover .tmp folders)
+    agree(lambda: recover_run_dir(ensure_writable_dir(run_dir)) if main else None, accelerator)
     config.run_name = config.run_name or run_dir.name
     try:
         run = _Run(config, accelerator, reporter, run_dir, resume_from)
@@ -413,6 +414,7 @@ class _Run:
         folder = self.run_dir / f"{CHECKPOINT_PREFIX}{self.global_step}"
         rngs = gather_shards([rng_state()], self.accelerator)  # each process's, in rank order
         if self.main:
+            recover_run_dir(self.run_dir)
             current = self.trainer_state()
             if with_best:
                 save_checkpoint(self.run_dir / BEST, self.unwrapped, self.tokenizer, current)
