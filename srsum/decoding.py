@@ -18,7 +18,7 @@ import torch._dynamo.exc
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
 from .engine.attention import SRformerCrossAttention, decoding_states, held_tensors
-from .errors import SrsumError
+from .errors import SrsumError, UsageError
 
 NEG_INF = float("-inf")
 DEAD = -1.0e9  # the score HF gives to beams that must not be chosen
@@ -43,17 +43,17 @@ class GenerationSettings:
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
-            raise SrsumError(f"num_beams: must be an integer >= 1, got {self.num_beams!r}")
+            raise UsageError(f"num_beams: must be an integer >= 1, got {self.num_beams!r}")
         if self.max_new_tokens < 1:
-            raise SrsumError(f"max_length: must be >= 1, got {self.max_new_tokens}")
+            raise UsageError(f"max_length: must be >= 1, got {self.max_new_tokens}")
         if self.min_new_tokens < 0:
-            raise SrsumError(f"min_length: must be >= 0, got {self.min_new_tokens}")
+            raise UsageError(f"min_length: must be >= 0, got {self.min_new_tokens}")
         if self.max_new_tokens < self.min_new_tokens:
-            raise SrsumError(f"max_length ({self.max_new_tokens}) is below min_length ({self.min_new_tokens})")
+            raise UsageError(f"max_length ({self.max_new_tokens}) is below min_length ({self.min_new_tokens})")
         if self.no_repeat_ngram_size < 0:
-            raise SrsumError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
+            raise UsageError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
         if self.step not in STEP_MODES:
-            raise SrsumError(f"step: must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
+            raise UsageError(f"step: must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
         return self
 
 
@@ -246,11 +246,11 @@ def resolve_step(step: str, device: torch.device) -> str:
     """``auto``: a CUDA graph on CUDA (captured per decoding, about one step's cost), eager elsewhere.
     ``graph`` needs CUDA; ``compiled`` works anywhere (on CUDA it also replays CUDA graphs)."""
     if step not in STEP_MODES:
-        raise SrsumError(f"step: must be one of {', '.join(STEP_MODES)}, got {step!r}")
+        raise UsageError(f"step: must be one of {', '.join(STEP_MODES)}, got {step!r}")
     if step == "auto":
         return "graph" if device.type == "cuda" else "eager"
     if step == "graph" and device.type != "cuda":
-        raise SrsumError(f"step: 'graph' captures CUDA graphs and needs a CUDA device, not {device.type}; "
+        raise UsageError(f"step: 'graph' captures CUDA graphs and needs a CUDA device, not {device.type}; "
                          f"use eager or compiled")
     return step
 

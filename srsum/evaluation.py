@@ -15,7 +15,7 @@ from typing import Any
 from srsum import __version__
 from srsum.checkpoints import MODELS_DIR, atomic_write_json, ensure_writable_dir
 from srsum.data import lead_n, load_examples
-from srsum.errors import SrsumError
+from srsum.errors import SrsumError, UsageError
 from srsum.reporting import Reporter
 from srsum.summarize import SummarizeSettings, Summarizer, load_summarizer, summarize_examples, write_jsonl
 
@@ -28,7 +28,7 @@ def parse_baseline(name: str) -> int:
     """The N of a ``lead-N`` baseline name; SrsumError for anything else."""
     match = _LEAD.match(name.strip().lower())
     if not match or int(match.group(1)) < 1:
-        raise SrsumError(f"--baseline: unknown baseline {name!r}; use lead-3 (or lead-N)")
+        raise UsageError(f"--baseline: unknown baseline {name!r}; use lead-3 (or lead-N)")
     return int(match.group(1))
 
 
@@ -67,7 +67,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     reporter = reporter or Reporter()
     generation = (generation or SummarizeSettings()).validate()
     if baseline is not None and model is not None:
-        raise SrsumError("give either --model or --baseline, not both")
+        raise UsageError("give either --model or --baseline, not both")
     lead = parse_baseline(baseline) if baseline is not None else None
     group = _process_group(device)
     if group is not None:  # under torchrun / accelerate launch: each process summarizes its share

@@ -27,7 +27,7 @@ from srsum.checkpoints import (MODELS_DIR, atomic_write_text, ensure_writable_di
                                find_newest_model, read_trainer_state)
 from srsum.data import (ALL_SPLITS, TABLE_SUFFIXES, Example, _article_files, load_examples,
                         read_article)
-from srsum.errors import SrsumError
+from srsum.errors import SrsumError, UsageError
 from srsum.reporting import Reporter
 
 NO_MODEL_HELP = (
@@ -69,13 +69,13 @@ class SummarizeSettings:
             checks.append(("--max-source-length", self.max_source_length, 1))
         for name, value, low in checks:
             if value < low:
-                raise SrsumError(f"{name} must be at least {low}, got {value}")
+                raise UsageError(f"{name} must be at least {low}, got {value}")
         if self.min_length > self.max_length:
-            raise SrsumError(f"--min-length {self.min_length} is larger than --max-length {self.max_length}")
+            raise UsageError(f"--min-length {self.min_length} is larger than --max-length {self.max_length}")
         from srsum.decoding import STEP_MODES
 
         if self.step not in STEP_MODES:
-            raise SrsumError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
+            raise UsageError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,13 +99,13 @@ def resolve_device(name: str | None):
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise SrsumError(f"--device: unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+        raise UsageError(f"--device: unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SrsumError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SrsumError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SrsumError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     return device
 
 
@@ -117,7 +117,7 @@ def resolve_dtype(name: str | None):
         return torch.float32
     key = DTYPES.get(str(name).lower())
     if key is None:
-        raise SrsumError(f"--dtype: unknown dtype {name!r}; use float32, bfloat16 or float16")
+        raise UsageError(f"--dtype: unknown dtype {name!r}; use float32, bfloat16 or float16")
     return getattr(torch, key)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from srsum.data import source_prefix
-from srsum.errors import SrsumError
+from srsum.errors import SrsumError, UsageError
 
 DEFAULT_MAX_SOURCE_LENGTH = 1024
 DEFAULT_MAX_TARGET_LENGTH = 128
@@ -46,9 +46,9 @@ def resolve_max_source_length(model, requested: int | None, default: int = DEFAU
     if requested is None:
         return default if limit is None else min(default, limit)
     if requested < 1:
-        raise SrsumError(f"--max-source-length must be a positive number of tokens, got {requested}")
+        raise UsageError(f"--max-source-length must be a positive number of tokens, got {requested}")
     if limit is not None and requested > limit:
-        raise SrsumError(f"--max-source-length {requested} is longer than this model's {limit} positions")
+        raise UsageError(f"--max-source-length {requested} is longer than this model's {limit} positions")
     return requested
 
 

@@ -212,12 +212,12 @@ def test_summarize_bad_model_and_unwritable_output(best, article, tmp_path):
     blocker.write_text("x")
     assert_one_line_error(run("summarize", article, "--model", best, "--output", blocker / "s.jsonl"),
                           "cannot write to output folder")
-    assert_one_line_error(run("summarize", article, "--model", best, "--num-beams", "0"), "--num-beams must be")
-    assert_one_line_error(run("summarize", article, "--model", best, "--step", "graphs"), "--step must be one of")
+    assert_one_line_error(run("summarize", article, "--model", best, "--num-beams", "0"), "--num-beams must be", code=2)
+    assert_one_line_error(run("summarize", article, "--model", best, "--step", "graphs"), "--step must be one of", code=2)
     if not torch.cuda.is_available():
         assert_one_line_error(run("summarize", article, "--model", best, "--step", "graph", "--device", "cpu"),
-                              "'graph' captures CUDA graphs and needs a CUDA device")
-    assert_one_line_error(run("summarize", article, "--model", best, "--device", "cuda:7"), "--device")
+                              "'graph' captures CUDA graphs and needs a CUDA device", code=2)
+    assert_one_line_error(run("summarize", article, "--model", best, "--device", "cuda:7"), "--device", code=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +279,9 @@ def test_evaluate_bad_options(cnn, best, tmp_path):
     blocker.write_text("x")
     assert_one_line_error(run("evaluate", "--baseline", "lead-3", "--dataset", cnn, "--output-dir", blocker / "x"),
                           "cannot write to output directory")
-    assert_one_line_error(run("evaluate", "--baseline", "oracle", "--dataset", cnn), "unknown baseline 'oracle'")
+    assert_one_line_error(run("evaluate", "--baseline", "oracle", "--dataset", cnn), "unknown baseline 'oracle'", code=2)
     assert_one_line_error(run("evaluate", "--baseline", "lead-3", "--model", best, "--dataset", cnn),
-                          "either --model or --baseline")
+                          "either --model or --baseline", code=2)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What every srsum command shares: the Typer app, one-line errors and exit codes, the rich
 reporter (progress bars, warnings, metrics tables on stderr) and the generation options.
 
-Exit codes: 1 for bad input or an unusable file/model, 2 for a malformed command line, 130 for
-Ctrl-C. Nothing here imports torch or transformers, so ``srsum --help`` answers at once.
+Exit codes: 1 for an unusable input, file or model; 2 for a command-line mistake, including an option
+value that cannot work (:class:`srsum.errors.UsageError`); 130 for Ctrl-C. Nothing here imports torch or transformers, so ``srsum --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from srsum import __version__
-from srsum.errors import SrsumError
+from srsum.errors import SrsumError, UsageError
 from srsum.reporting import Reporter
 
 EXIT_BAD_INPUT = 1
@@ -178,6 +178,8 @@ def handled(reporter: RichReporter) -> Iterator[None]:
         warnings.showwarning = show
         try:
             yield
+        except UsageError as error:
+            raise fail(str(error), EXIT_USAGE) from None
         except SrsumError as error:
             raise fail(str(error)) from None
         except TrainingInterrupted as error:
