@@ -49,7 +49,8 @@ def test_micro_batches_of_all_processes_are_the_global_batches_of_one():
     assert two[1][-1] == []  # the last global micro-batch has one row: rank 1 gets none
     assert steps_per_epoch(9, 2, 2, 1) == steps_per_epoch(9, 4, 1, 1) == 3
     assert steps_per_epoch(16, 2, 2, 1) * 2 == steps_per_epoch(16, 2, 1, 1) == 8
-    assert steps_per_epoch(9, 1, 2, 2) == 3 and [len(g) for g in step_groups(micro_batches(order, 1, 2, 0), 2)] == [2, 2, 1]
+    assert steps_per_epoch(9, 1, 2, 2) == 3
+    assert [len(group) for group in step_groups(micro_batches(order, 1, 2, 0), 2)] == [2, 2, 1]
 
 
 def test_single_process_helpers_return_their_input():

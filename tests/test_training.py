@@ -532,3 +532,75 @@ def test_training_removes_leftovers_of_a_killed_run(tmp_path, tiny_t5_dir):
     (run / "checkpoint-9.tmp-killed" / "model.safetensors").write_text("half")
     resumed = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
     assert resumed.global_step == 2 and sorted(p.name for p in run.iterdir()) == ["checkpoint-2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 14: a new model from a config.json and a local tokenizer (--config / --tokenizer), offline
+
+
+def _t5_config_file(folder: Path, vocab_size: int) -> Path:
+    from conftest import tiny_t5_config
+
+    tiny_t5_config(vocab_size=vocab_size).save_pretrained(folder)  # config.json only: no weights, no tokenizer
+    return folder / "config.json"
+
+
+def test_new_model_from_a_config_and_a_local_tokenizer(tmp_path):
+    from conftest import TOKENIZER_DIRS
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = TOKENIZER_DIRS["t5"]
+    config_file = _t5_config_file(tmp_path / "t5-config", len(AutoTokenizer.from_pretrained(str(tokenizer_dir))))
+    settings = dict(model="", model_config=str(config_file), tokenizer=str(tokenizer_dir), eval_samples=0,
+                    epochs=1, train_limit=4)
+    reporter = Recorder()
+    first = train(tiny_training_config("", tmp_path / "first", **settings), reporter)
+    assert any(line.startswith(f"training a new t5 from {config_file} with srformer") for line in reporter.lines)
+    model = load_model(str(first.checkpoint))
+    assert model.config.model_type == "srformer_t5" and model.config.d_model == 32
+    assert model.config.srformer_calibration["source"] == "batch"  # converted and calibrated like a plain model
+    assert any(first.checkpoint.glob("tokenizer*"))
+    state = json.loads((first.checkpoint / "trainer_state.json").read_text())
+    assert state["args"]["model_config"] == str(config_file) and state["args"]["tokenizer"] == str(tokenizer_dir)
+    # the start model comes from --seed: the same seed, the same run
+    second = train(tiny_training_config("", tmp_path / "second", **settings))
+    torch.testing.assert_close(_final_weights(second.checkpoint)["lm_head.weight"],
+                               _final_weights(first.checkpoint)["lm_head.weight"])
+    # a folder holding config.json works too; --resume continues from the checkpoint
+    assert train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(first.run_dir))).global_step == 2
+
+
+def test_config_errors_are_one_line(tmp_path, tiny_t5_dir):
+    from conftest import TOKENIZER_DIRS
+
+    tokenizer = str(TOKENIZER_DIRS["t5"])
+    small = _t5_config_file(tmp_path / "small", vocab_size=100)
+    cases = [
+        (dict(model=str(tiny_t5_dir), model_config=str(small)), "--model and --config exclude each other"),
+        (dict(model="", model_config=str(tmp_path / "nothing")), "neither a config.json file nor a folder"),
+        (dict(model="", model_config=str(small)), "--config needs --tokenizer"),  # its folder has no tokenizer
+        (dict(model="", model_config=str(small), tokenizer=tokenizer), r"--tokenizer has \d+ tokens but the "
+                                                                         "config's vocab_size is 100"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(SrsumError, match=message):
+            train(tiny_training_config("", tmp_path / "run", eval_samples=0, **overrides))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_cli_trains_from_config_and_tokenizer(tmp_path):
+    from conftest import CNN_SAMPLE, TOKENIZER_DIRS
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from srsum.cli import app
+
+    tokenizer = TOKENIZER_DIRS["t5"]
+    config_dir = _t5_config_file(tmp_path / "cfg", len(AutoTokenizer.from_pretrained(str(tokenizer)))).parent
+    result = CliRunner().invoke(app, ["train", "--config", str(config_dir), "--tokenizer", str(tokenizer),
+                                      "--dataset", str(CNN_SAMPLE), "--train-split", "test", "--train-limit", "2",
+                                      "--eval-samples", "0", "--batch-size", "2", "--epochs", "1",
+                                      "--max-source-length", "64", "--max-target-length", "16", "--seg-size", "16",
+                                      "--output-dir", str(tmp_path / "run"), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["global_step"] == 1

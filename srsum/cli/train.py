@@ -22,6 +22,8 @@ TRAIN_EPILOG = """[bold]Examples[/bold]
   srsum train --resume --output-dir models/t5-small-srformer-seg64-20250101-120000
 
   srsum train --model ./tiny-t5 --dataset data.jsonl --train-split all --validation-split all --max-steps 10
+
+  srsum train --config my-t5/config.json --tokenizer my-t5/ --dataset data.jsonl --train-split all --epochs 1
 """
 
 TRAINING_PANEL = "Training"
@@ -33,6 +35,11 @@ SAVE_PANEL = "Checkpoints"
 def train(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Pretrained T5/BART (Hub name such as t5-small or "
                                         "facebook/bart-base, or a local folder) or an srsum checkpoint."),
+    model_config: Optional[str] = typer.Option(None, "--config", help="Instead of --model: train a new, randomly "
+                                               "initialised T5/BART built from this config.json (or its folder), "
+                                               "offline."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: the model's; "
+                                            "needed with --config unless its folder holds one)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cnn_dailymail, xsum, arxiv, mediasum, a Hub "
                                           "dataset name (owner/name[:config]), or a local .jsonl/.json/.csv/.parquet "
                                           "file or folder of .txt files.", rich_help_panel=DATA_PANEL),
@@ -112,8 +119,9 @@ def train(
 
     reporter = RichReporter(quiet)
     with handled(reporter):
-        if not resume and (model is None or dataset is None):
-            missing = " and ".join(name for name, value in (("--model", model), ("--dataset", dataset)) if value is None)
+        if not resume and ((model is None and model_config is None) or dataset is None):
+            missing = " and ".join(name for name, value in (("--model", model or model_config), ("--dataset", dataset))
+                                   if value is None)
             raise SrsumError(f"{missing} required, e.g. srsum train --model t5-small --dataset cnn_dailymail "
                              "(or --resume to continue a run)")
         config = TrainingConfig(
@@ -127,7 +135,7 @@ def train(
             weight_decay=weight_decay, warmup_steps=warmup_steps, max_source_length=max_source_length,
             max_target_length=max_target_length, bf16=bf16, cpu=cpu, seed=seed, save_steps=save_steps,
             save_total_limit=save_total_limit, best_metric=best_metric, eval_num_beams=eval_num_beams,
-            logging_steps=logging_steps, resume=resume)
+            logging_steps=logging_steps, resume=resume, model_config=model_config, tokenizer=tokenizer)
         # not a terminal (a log file, a pipe): no progress bar is drawn, so print a loss line every --logging-steps
         result = run_training(config, reporter, log_lines=not reporter.console.is_terminal)
         if not result.main_process:

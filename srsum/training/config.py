@@ -22,7 +22,7 @@ DEFAULT_SEG_SIZE = 64
 class TrainingConfig:
     """Every training setting; recorded under ``args`` in each checkpoint's trainer_state.json."""
 
-    model: str
+    model: str  # a pretrained T5/BART or srsum checkpoint; "" with model_config
     dataset: str
     attention: str | None = None  # None: srformer for a new run, the checkpoint's when resuming
     seg_size: int | None = None  # None: 64 for a new run, the checkpoint's when resuming
@@ -57,6 +57,8 @@ class TrainingConfig:
     eval_num_beams: int = 1
     logging_steps: int = 10
     resume: bool = False
+    model_config: str | None = None  # config.json (or its folder): train a new, randomly initialised model
+    tokenizer: str | None = None  # tokenizer folder (default: the model's, or the model_config folder's)
 
     def validate(self) -> TrainingConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -95,6 +97,9 @@ class TrainingConfig:
             if not 0 < ratio < math.inf:
                 raise SrsumError(f"--memory-ratio must be a positive number, got {self.memory_ratio}")
             self.memory_ratio = ratio
+        if self.model_config is not None and self.model:
+            raise SrsumError("--model and --config exclude each other: --model starts from pretrained weights, "
+                             "--config from a new, randomly initialised model")
         if self.attention is not None:
             from srsum.engine import normalize_variant
 
@@ -138,10 +143,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
+def model_label(config: TrainingConfig) -> str:
+    """What a run starts from, in words: the model, or ``<config folder>-new`` for a model built from --config."""
+    if config.model_config is None:
+        return Path(config.model).name
+    path = Path(config.model_config).expanduser()
+    return f"{(path if path.suffix != '.json' else path.resolve().parent).name}-new"
+
+
 def default_run_name(config: TrainingConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     seg = config.seg_size or DEFAULT_SEG_SIZE
-    return _slug(f"{Path(config.model).name}-{config.attention or DEFAULT_ATTENTION}-seg{seg}-{stamp}")
+    return _slug(f"{model_label(config)}-{config.attention or DEFAULT_ATTENTION}-seg{seg}-{stamp}")
 
 
 def find_resume_dir(config: TrainingConfig, models_root: str | Path = MODELS_DIR) -> Path:

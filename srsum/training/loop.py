@@ -10,6 +10,7 @@ prints and writes (each process's RNG state is saved beside the main one's, so `
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -29,8 +30,9 @@ from srsum.training.batches import epoch_order, label_tokens, loss_sum, micro_ba
 from srsum.training.distributed import (agree, gather_shards, make_accelerator, on_main, reduce_sums,
                                         single_process_launch_warning)
 from srsum.training.evaluation import is_better, memory_line, memory_rows, merge_log, validation
-from srsum.training.inputs import load_split, tokenize_split
+from srsum.training.inputs import config_file, load_split, new_model_folder, tokenize_split
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json")
 MEMORY_EXAMPLES = 16  # examples of the calibration batch (the first training batches) and the memory reports
 
 
@@ -94,7 +96,8 @@ def _run_folder(config: TrainingConfig, accelerator, models_root) -> tuple[Train
         if resume_from is None:
             raise SrsumError(f"--resume: no complete checkpoint in {run_dir}")
         return resumed_config(config, resume_from), run_dir, resume_from
-    check_model_source(config.model)
+    if config.model_config is None:
+        check_model_source(config.model)
     run_dir = Path(on_main(lambda: config.output_dir or str(Path(models_root) / (config.run_name or
                                                                                default_run_name(config))),
                            accelerator)).expanduser()  # the time stamp of the default name: the main process's
@@ -125,6 +128,7 @@ class _Run:
         self.dead_warned = False
         self.running_loss, self.running_count = 0.0, 0
         self.log_lines = False
+        self.scratch: tempfile.TemporaryDirectory | None = None  # the start model built from --config
 
     # ---- setup: data, model, optimizer, restored state
 
@@ -150,8 +154,17 @@ class _Run:
 
         config, reporter = self.config, self.reporter
         self.source = self.resume_from or config.model
+        if self.resume_from is None and config.model_config is not None:  # a new model from --config
+            tokenizer_source = config.tokenizer or config_file(config.model_config).parent
+            if config.tokenizer is None and not any((tokenizer_source / name).is_file() for name in TOKENIZER_FILES):
+                raise SrsumError("--config needs --tokenizer (a folder with tokenizer files) unless the config's "
+                                 "folder holds them")
+            self.scratch = tempfile.TemporaryDirectory(prefix="srsum-new-model-")
+            self.source = new_model_folder(config.model_config, load_tokenizer(tokenizer_source),
+                                           Path(self.scratch.name), config.seed)
         source_config = load_config(str(self.source))  # one-line errors for a folder that is not a model
-        self.tokenizer = load_tokenizer(self.source)
+        tokenizer_source = self.resume_from or config.tokenizer or self.source
+        self.tokenizer = load_tokenizer(tokenizer_source)
         resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
         train_examples = load_split(config, config.train_split, config.train_limit, "training")
         self.eval_examples = (load_split(config, config.validation_split, config.eval_samples, "validation")
@@ -183,7 +196,7 @@ class _Run:
                 # an srsum checkpoint as the start of a new run loads as saved (the conversion settings unused)
                 init = {name: getattr(config, name) for name in ("w_init", "memory_ratio")
                         if getattr(config, name) is not None}
-                model = load_model(config.model, attention=config.attention, seg_size=config.seg_size,
+                model = load_model(str(self.source), attention=config.attention, seg_size=config.seg_size,
                                    dtype=torch.float32, device=self.accelerator.device,
                                    schedule_length=config.schedule_length, calibration_batch=self.train_batch, **init)
         except SrsumError:
@@ -246,7 +259,9 @@ class _Run:
                                f"{self.total_steps})")
             self.memory(self.train_batch, f"at step {self.global_step}", " (resumed)")
             return
-        self.reporter.info(f"training {config.model} with {config.attention} cross-attention (seg size "
+        origin = (f"a new {self.model_type.removeprefix('srformer_')} from {config.model_config}"
+                  if config.model_config else config.model)
+        self.reporter.info(f"training {origin} with {config.attention} cross-attention (seg size "
                            f"{config.seg_size}, G {config.schedule_length}) into {self.run_dir}: {self.total_steps} "
                            "steps")
         calibration = getattr(self.unwrapped.config, "srformer_calibration", None)
@@ -268,6 +283,9 @@ class _Run:
                     epoch += 1
         except KeyboardInterrupt:
             raise TrainingInterrupted(self.global_step, self.run_dir, last_checkpoint(self.run_dir)) from None
+        finally:
+            if self.scratch is not None:
+                self.scratch.cleanup()
         self.accelerator.wait_for_everyone()
         return TrainResult(self.run_dir, self.checkpoint, self.global_step, self.total_steps, self.best,
                            self.last_metrics, self.resume_from, self.main)
