@@ -127,7 +127,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
         "mean_prediction_words": round(sum(len(p.split()) for p in predictions) / len(predictions), 2),
         "mean_reference_words": round(sum(len(r.split()) for r in references) / len(references), 2),
         "generation": None if lead is not None else {
-            **generation.to_dict(),
+            **generation.for_model(summarizer.model).to_dict(),
             "max_source_length": _effective_max_source(summarizer, generation),
             "device": str(next(summarizer.model.parameters()).device),
             "dtype": str(next(summarizer.model.parameters()).dtype).replace("torch.", ""),

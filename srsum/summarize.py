@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +47,25 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 # settings
 
 
+# What summarize/evaluate generate with when neither the command line nor the model says otherwise.
+GENERATION_DEFAULTS = {"num_beams": 4, "max_length": 128, "min_length": 0, "length_penalty": 1.0,
+                       "no_repeat_ngram_size": 3}
+
+
 @dataclass
 class SummarizeSettings:
     """How a summarize/evaluate job generates: the decoder's settings (``decoder_settings``, checked
-    again by srsum.decoding) plus batching and source truncation. Recorded in evaluate's metrics JSON."""
+    again by srsum.decoding) plus batching and source truncation. Recorded in evaluate's metrics JSON.
 
-    num_beams: int = 4
-    max_length: int = 128  # new tokens at most
-    min_length: int = 0  # new tokens at least
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 3
+    A generation field left at None takes the model's own default (:meth:`for_model`: the checkpoint's
+    ``task_specific_params["summarization"]``, as t5-small ships them), else :data:`GENERATION_DEFAULTS`.
+    """
+
+    num_beams: int | None = None
+    max_length: int | None = None  # new tokens at most
+    min_length: int | None = None  # new tokens at least
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
     batch_size: int = 8
     max_source_length: int | None = None  # None: what the model was trained with, else 1024
     step: str = "auto"  # decoder step: "eager", "graph" (CUDA graph), "compiled" (torch.compile), "auto"
@@ -64,13 +73,11 @@ class SummarizeSettings:
     def validate(self) -> SummarizeSettings:
         checks = [("--num-beams", self.num_beams, 1), ("--max-length", self.max_length, 1),
                   ("--min-length", self.min_length, 0), ("--no-repeat-ngram-size", self.no_repeat_ngram_size, 0),
-                  ("--batch-size", self.batch_size, 1)]
-        if self.max_source_length is not None:
-            checks.append(("--max-source-length", self.max_source_length, 1))
+                  ("--batch-size", self.batch_size, 1), ("--max-source-length", self.max_source_length, 1)]
         for name, value, low in checks:
-            if value < low:
+            if value is not None and value < low:
                 raise UsageError(f"{name} must be at least {low}, got {value}")
-        if self.min_length > self.max_length:
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
             raise UsageError(f"--min-length {self.min_length} is larger than --max-length {self.max_length}")
         from srsum.decoding import STEP_MODES
 
@@ -78,16 +85,36 @@ class SummarizeSettings:
             raise UsageError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
         return self
 
+    def for_model(self, model) -> SummarizeSettings:
+        """These settings with every unset generation field filled: from the model's
+        ``task_specific_params["summarization"]`` (Hugging Face's lengths count the decoder start token,
+        so max_length/min_length there are one more than new tokens), else :data:`GENERATION_DEFAULTS`."""
+        params = (getattr(model.config, "task_specific_params", None) or {}).get("summarization") or {}
+        from_model = {key: params[key] for key in ("num_beams", "length_penalty", "no_repeat_ngram_size")
+                      if key in params}
+        from_model.update({key: max(0, int(params[key]) - 1) for key in ("max_length", "min_length")
+                           if key in params})
+        filled = {key: value if value is not None else from_model.get(key, GENERATION_DEFAULTS[key])
+                  for key, value in asdict(self).items() if key in GENERATION_DEFAULTS}
+        resolved = replace(self, **filled)
+        if resolved.min_length > resolved.max_length:  # a model's min above the user's --max-length
+            resolved = replace(resolved, min_length=resolved.max_length if self.min_length is None else
+                               resolved.min_length)
+        return resolved.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def decoder_settings(self):
-        """The srsum.decoding settings these map to (lengths are new tokens in both)."""
+        """The srsum.decoding settings these map to (lengths are new tokens in both); unset fields take
+        :data:`GENERATION_DEFAULTS` (call :meth:`for_model` first to use the model's)."""
         from srsum.decoding import GenerationSettings
 
-        return GenerationSettings(num_beams=self.num_beams, max_new_tokens=self.max_length,
-                                  min_new_tokens=self.min_length, length_penalty=self.length_penalty,
-                                  no_repeat_ngram_size=self.no_repeat_ngram_size, step=self.step).validate()
+        value = {key: GENERATION_DEFAULTS[key] if getattr(self, key) is None else getattr(self, key)
+                 for key in GENERATION_DEFAULTS}
+        return GenerationSettings(num_beams=value["num_beams"], max_new_tokens=value["max_length"],
+                                  min_new_tokens=value["min_length"], length_penalty=value["length_penalty"],
+                                  no_repeat_ngram_size=value["no_repeat_ngram_size"], step=self.step).validate()
 
 
 def resolve_device(name: str | None):
@@ -267,8 +294,8 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     from srsum.tokenization import clip_chars, encode_examples, resolve_max_source_length
 
     reporter = reporter or Reporter()
-    settings.validate()
     model, tokenizer = summarizer.model, summarizer.tokenizer
+    settings = settings.validate().for_model(model)
     max_source = resolve_max_source_length(
         model, settings.max_source_length or summarizer.default_max_source_length())
     if not examples:

@@ -174,8 +174,12 @@ def test_paths_that_are_not_models(tmp_path):
     ("step", "graphs", "--step must be one of auto, eager, graph, compiled"),
 ])
 def test_generation_settings_are_checked(field, value, message):
-    with pytest.raises(SrsumError, match=message):
-        SummarizeSettings(**{field: value}).validate()
+    from types import SimpleNamespace
+
+    from srsum.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):  # at once, or once the model's defaults fill the rest
+        SummarizeSettings(**{field: value}).validate().for_model(SimpleNamespace(config=SimpleNamespace()))
 
 
 def test_baseline_names():
@@ -331,3 +335,25 @@ def test_interrupted_evaluation_keeps_the_finished_predictions(trained_t5, cnn_s
     assert metrics["text_column"] == "article" and metrics["summary_column"] == "summary"  # the sample's columns
     predictions = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert metrics["mean_prediction_words"] == round(sum(len(p.split()) for p in predictions) / 4, 2)
+
+
+def test_unset_generation_options_take_the_models_summarization_defaults(trained_t5):
+    from types import SimpleNamespace
+
+    t5_small_like = SimpleNamespace(config=SimpleNamespace(task_specific_params={"summarization": {
+        "early_stopping": True, "length_penalty": 2.0, "max_length": 200, "min_length": 30,
+        "no_repeat_ngram_size": 3, "num_beams": 4, "prefix": "summarize: "}}))
+    resolved = SummarizeSettings().for_model(t5_small_like)
+    assert (resolved.num_beams, resolved.max_length, resolved.min_length, resolved.length_penalty) == (4, 199, 29, 2.0)
+    given = SummarizeSettings(num_beams=1, max_length=10).for_model(t5_small_like)
+    assert (given.num_beams, given.max_length, given.min_length, given.length_penalty) == (1, 10, 10, 2.0)
+    plain = SummarizeSettings().for_model(SimpleNamespace(config=SimpleNamespace()))
+    assert (plain.num_beams, plain.max_length, plain.min_length, plain.no_repeat_ngram_size) == (4, 128, 0, 3)
+
+    summarizer = load_summarizer(str(trained_t5.run_dir / "best"), device="cpu")
+    summarizer.model.config.task_specific_params = {"summarization": {"max_length": 3, "num_beams": 1}}
+    [short] = summarize_examples(summarizer, [Example("a", "The park opens in May. " * 5)], SummarizeSettings())
+    [longer] = summarize_examples(summarizer, [Example("a", "The park opens in May. " * 5)],
+                                  SummarizeSettings(max_length=12, min_length=12, num_beams=1))
+    tokens = summarizer.tokenizer
+    assert len(tokens(short, add_special_tokens=False).input_ids) <= 2 < len(tokens(longer, add_special_tokens=False).input_ids)

@@ -239,24 +239,30 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 GENERATION_HELP = "Generation"
 
 
-def generation_settings(num_beams: int, max_length: int, min_length: int, length_penalty: float, no_repeat_ngram_size: int,
-                batch_size: int, max_source_length: Optional[int], step: str = "auto"):
+def generation_settings(num_beams: Optional[int], max_length: Optional[int], min_length: Optional[int],
+                        length_penalty: Optional[float], no_repeat_ngram_size: Optional[int], batch_size: int,
+                        max_source_length: Optional[int], step: str = "auto"):
+    """The generation options as SummarizeSettings; those not given stay None and take the model's defaults."""
     from srsum.summarize import SummarizeSettings
 
     return SummarizeSettings(num_beams=num_beams, max_length=max_length, min_length=min_length,
-                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                              batch_size=batch_size, max_source_length=max_source_length, step=step).validate()
+                             length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                             batch_size=batch_size, max_source_length=max_source_length, step=step).validate()
 
 
 ModelOption = typer.Option(None, "--model", "-m", help="An srsum checkpoint folder, a T5/BART model folder or a Hub "
                            "name such as t5-small. Default: the newest checkpoint under models/.")
-NumBeams = typer.Option(4, "--num-beams", help="Beam width (1: greedy).", rich_help_panel=GENERATION_HELP)
-MaxLength = typer.Option(128, "--max-length", help="Most new tokens per summary.", rich_help_panel=GENERATION_HELP)
-MinLength = typer.Option(0, "--min-length", help="Fewest new tokens per summary.", rich_help_panel=GENERATION_HELP)
-LengthPenalty = typer.Option(1.0, "--length-penalty", help="Beam score length exponent (>1 favours longer).",
-                             rich_help_panel=GENERATION_HELP)
-NoRepeat = typer.Option(3, "--no-repeat-ngram-size", help="Never repeat an n-gram of this size (0: off).",
-                        rich_help_panel=GENERATION_HELP)
+_MODEL_DEFAULT = "the model's own summarization setting, else"
+NumBeams = typer.Option(None, "--num-beams", help=f"Beam width (1: greedy). Default: {_MODEL_DEFAULT} 4.",
+                        rich_help_panel=GENERATION_HELP, show_default=False)
+MaxLength = typer.Option(None, "--max-length", help=f"Most new tokens per summary. Default: {_MODEL_DEFAULT} 128.",
+                         rich_help_panel=GENERATION_HELP, show_default=False)
+MinLength = typer.Option(None, "--min-length", help=f"Fewest new tokens per summary. Default: {_MODEL_DEFAULT} 0.",
+                         rich_help_panel=GENERATION_HELP, show_default=False)
+LengthPenalty = typer.Option(None, "--length-penalty", help="Beam score length exponent (>1 favours longer). "
+                             f"Default: {_MODEL_DEFAULT} 1.0.", rich_help_panel=GENERATION_HELP, show_default=False)
+NoRepeat = typer.Option(None, "--no-repeat-ngram-size", help="Never repeat an n-gram of this size (0: off). "
+                        f"Default: {_MODEL_DEFAULT} 3.", rich_help_panel=GENERATION_HELP, show_default=False)
 BatchSize = typer.Option(8, "--batch-size", help="Articles generated together.", rich_help_panel=GENERATION_HELP)
 MaxSource = typer.Option(None, "--max-source-length", help="Truncate articles to this many tokens (default: what "
                          "the checkpoint was trained with, else 1024).", rich_help_panel=GENERATION_HELP)
