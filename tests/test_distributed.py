@@ -162,14 +162,29 @@ def _dropout_t5(folder: Path) -> Path:
 
 
 RUNNER = """
-import json, sys
+import json, os, sys
+from srsum.errors import SrsumError
 from srsum.training import TrainingConfig, TrainingInterrupted, train
+from srsum.training.distributed import agree, map_sharded, on_main, shard
 spec = json.loads(sys.argv[1])
 for name, stop in (("straight", None), ("interrupted", spec["stop"])):
     try:
         train(TrainingConfig(**spec["config"], output_dir=spec["root"] + "/" + name), stop_after_steps=stop)
     except TrainingInterrupted as interrupted:
         print("interrupted at", interrupted.step, interrupted.checkpoint)
+# the helpers other commands can use, under the same two processes
+rank = int(os.environ["RANK"])
+squares = map_sharded(list(range(5)), lambda part: [x * x for x in part])
+def fail_on_rank_1():
+    if rank == 1:
+        raise SrsumError("rank 1 cannot read the file")
+try:
+    agree(fail_on_rank_1)
+    agreed = "no error"
+except SrsumError as error:
+    agreed = str(error)
+print("helpers", json.dumps({"rank": rank, "shard": shard(list(range(5))), "squares": squares,
+                             "main_pid": on_main(os.getpid), "agreed": agreed}), flush=True)
 """
 
 
@@ -186,6 +201,12 @@ def test_resume_under_two_processes_continues_exactly_with_dropout(tmp_path):
     done = _torchrun(str(runner), json.dumps({"config": settings, "root": str(tmp_path), "stop": 5}))
     interrupted = tmp_path / "interrupted"
     assert f"interrupted at 5 {interrupted / 'checkpoint-4'}" in done.stdout
+    helpers = sorted((json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines()
+                      if line.startswith("helpers ")), key=lambda seen: seen["rank"])
+    assert [seen["shard"] for seen in helpers] == [[0, 1, 2], [3, 4]]
+    assert all(seen["squares"] == [0, 1, 4, 9, 16] for seen in helpers)  # gathered in order, on both
+    assert helpers[0]["main_pid"] == helpers[1]["main_pid"]
+    assert all(seen["agreed"] == "rank 1 cannot read the file" for seen in helpers)  # raised on both
     assert sorted(p.name for p in interrupted.iterdir()) == ["checkpoint-3", "checkpoint-4"]  # epoch 1, step 4
     assert _state(interrupted / "checkpoint-4")["num_processes"] == 2
     # summaries of different lengths: the processes drew different dropout masks, so their random states differ

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from srsum.reporting import Reporter
-from srsum.summarize import SummarizeSettings, generate_summaries
 from srsum.training.batches import label_tokens, loss_sum
 from srsum.training.config import TrainingConfig
 from srsum.training.distributed import gather_shards, reduce_sums, shard_bounds
@@ -20,6 +19,7 @@ def validation(model, tokenizer, rows, examples, config: TrainingConfig, acceler
     import torch
 
     from srsum.metrics import rouge_scores
+    from srsum.summarize import SummarizeSettings, generate_summaries  # here: srsum.summarize may use this package
     from srsum.tokenization import Seq2SeqCollator
 
     batch_size = config.eval_batch_size or config.batch_size

@@ -75,7 +75,7 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
     try:
         run = _Run(config, accelerator, reporter, run_dir, resume_from)
         run.log_lines = log_lines
-        agree(run.setup, accelerator)
+        run.setup()
         return run.train(stop_after_steps, on_step)
     except BaseException:
         if main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
