@@ -102,8 +102,14 @@ class Example:
 # small helpers
 
 
-def source_prefix(model_type: str) -> str:
-    """Return the input prefix a model family expects: ``"summarize: "`` for T5-family, else ``""``."""
+def source_prefix(model: Any) -> str:
+    """The input prefix a model expects: a model config's own ``task_specific_params["summarization"]
+    ["prefix"]`` when it has one, else its family's (``"summarize: "`` for T5, ``""`` otherwise); ``model``
+    is a config or a model_type name."""
+    params = (getattr(model, "task_specific_params", None) or {}).get("summarization") or {}
+    if isinstance(params.get("prefix"), str):
+        return params["prefix"]
+    model_type = model if isinstance(model, str) else getattr(model, "model_type", "")
     return "summarize: " if "t5" in model_type.lower() else ""
 
 

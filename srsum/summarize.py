@@ -303,7 +303,7 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
 
     cut: list[tuple[int, int]] = []  # (index, full length) of every truncated article
     with reporter.progress("tokenizing", len(examples)) as advance:
-        encoded = encode_examples(tokenizer, summarizer.model_type, [e.text for e in examples], None, max_source,
+        encoded = encode_examples(tokenizer, model.config, [e.text for e in examples], None, max_source,
                                   on_truncate=lambda index, length, limit: cut.append((index, length)),
                                   advance=advance)
     if cut and warn_each and len(cut) <= TRUNCATION_WARNINGS:

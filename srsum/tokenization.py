@@ -1,6 +1,7 @@
 """Tokenizers and batches for training, evaluation and summarization.
 
-One rule for every command: the source is ``source_prefix(model_type) + text`` ("summarize: " for T5),
+One rule for every command: the source is ``source_prefix(model) + text`` (the model's own summarization
+prefix, else "summarize: " for T5),
 truncated to the max source length; a truncated article is reported through ``on_truncate`` with its
 real and its allowed length.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -71,14 +73,14 @@ def clip_chars(max_source_length: int) -> int:
     return max_source_length * CHARS_PER_TOKEN_BOUND
 
 
-def encode_sources(tokenizer, model_type: str, texts: Sequence[str], max_source_length: int) -> list[tuple[list[int], int]]:
+def encode_sources(tokenizer, model: Any, texts: Sequence[str], max_source_length: int) -> list[tuple[list[int], int]]:
     """Token ids of ``prefix + text`` truncated to ``max_source_length`` (end token kept), with the full length.
 
     A text longer than :func:`clip_chars` characters is tokenized only that far; its full length is then
     estimated from the tokens per character of that head (exact for every shorter text). Should the head
     give too few tokens (a text of very long tokens), the whole text is tokenized after all.
     """
-    prefix = source_prefix(model_type)
+    prefix = source_prefix(model)  # model: its config or its model_type name
     limit = clip_chars(max_source_length)
     heads = [text[:limit] for text in texts]
     encoded = _token_ids(tokenizer, [prefix + head for head in heads])
@@ -101,7 +103,7 @@ def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False)["input_ids"]
 
 
-def encode_examples(tokenizer, model_type: str, texts: Sequence[str], summaries: Sequence[str | None] | None,
+def encode_examples(tokenizer, model: Any, texts: Sequence[str], summaries: Sequence[str | None] | None,
                     max_source_length: int, max_target_length: int | None = None,
                     on_truncate: Callable[[int, int, int], None] | None = None,
                     batch_size: int = 64, advance: Callable[[int], None] | None = None) -> list[Encoded]:
@@ -112,7 +114,7 @@ def encode_examples(tokenizer, model_type: str, texts: Sequence[str], summaries:
     results: list[Encoded] = []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start:start + batch_size])
-        sources = encode_sources(tokenizer, model_type, chunk, max_source_length)
+        sources = encode_sources(tokenizer, model, chunk, max_source_length)
         labels: list[list[int] | None] = [None] * len(chunk)
         if summaries is not None:
             targets = list(summaries[start:start + batch_size])

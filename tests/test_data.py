@@ -317,6 +317,11 @@ def test_source_prefix():
     assert source_prefix("T5ForConditionalGeneration") == "summarize: "
     assert source_prefix("bart") == ""
     assert source_prefix("srformer_bart") == ""
+    from types import SimpleNamespace
+
+    assert source_prefix(SimpleNamespace(model_type="t5", task_specific_params=None)) == "summarize: "
+    tldr = SimpleNamespace(model_type="bart", task_specific_params={"summarization": {"prefix": "TL;DR: "}})
+    assert source_prefix(tldr) == "TL;DR: "
 
 
 def test_lead_n_on_real_article():
