@@ -130,6 +130,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     reference = train(tiny_training_config(tiny_t5_dir, tmp_path / "one", eval_samples=3, batch_size=4))
 
     printed = json.loads(done.stdout)  # only the main process prints
+    assert done.stderr.count("Warning: 8 of 8 training articles are longer") == 1
     run = tmp_path / "two"
     assert printed["checkpoint"] == str(run / "checkpoint-4") and printed["global_step"] == 4
     assert sorted(p.name for p in run.iterdir()) == ["best", "checkpoint-4"]  # one writer: no .tmp folders
@@ -150,6 +151,19 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     assert state["metrics"]["loss"] == pytest.approx(expected["metrics"]["loss"], abs=2e-4)
     for name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         assert state["metrics"][name] == pytest.approx(expected["metrics"][name], abs=1e-3), name
+
+
+@pytest.mark.slow
+def test_an_error_under_two_processes_is_one_line_from_the_main_process(tmp_path, tiny_t5_dir):
+    config = tiny_training_config(tiny_t5_dir, tmp_path / "run", dataset=str(tmp_path / "missing.jsonl"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "srsum.cli", "train", *_cli_args(config)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "missing.jsonl" in errors[0], done.stderr[-3000:]
+    assert "/srsum/" not in done.stderr  # no traceback from srsum's processes (torchrun prints its own report)
 
 
 def _dropout_t5(folder: Path) -> Path:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
 
-from srsum.cli.common import QuietOption, RichReporter, app, emit_json, handled
+from srsum.cli.common import EXIT_INTERRUPTED, QuietOption, RichReporter, app, emit_json, handled
 from srsum.errors import SrsumError
 
 TRAIN_EPILOG = """[bold]Examples[/bold]
@@ -25,6 +27,41 @@ TRAIN_EPILOG = """[bold]Examples[/bold]
 
   srsum train --config my-t5/config.json --tokenizer my-t5/ --dataset data.jsonl --train-split all --epochs 1
 """
+
+def _launch_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (0 without a launcher)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+class _OtherProcessReporter(RichReporter):
+    """The reporter of the non-main processes of a launch: silent (the main process prints, once)."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+
+    def warn(self, message: str) -> None:
+        pass
+
+
+@contextmanager
+def _silent_errors_off_main(rank: int):
+    """On a non-main process, end with the exit code of an error or interruption but leave the message to the main
+    process (the training library raises the same SrsumError on every process); bugs keep their traceback."""
+    from srsum.training import TrainingInterrupted
+
+    if rank == 0:
+        yield
+        return
+    try:
+        yield
+    except SrsumError:
+        raise typer.Exit(1) from None
+    except (TrainingInterrupted, KeyboardInterrupt):
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
 
 TRAINING_PANEL = "Training"
 DATA_PANEL = "Data"
@@ -117,8 +154,9 @@ def train(
     from srsum.training import TrainingConfig
     from srsum.training import train as run_training
 
-    reporter = RichReporter(quiet)
-    with handled(reporter):
+    rank = _launch_rank()
+    reporter = RichReporter(quiet) if rank == 0 else _OtherProcessReporter()
+    with handled(reporter), _silent_errors_off_main(rank):
         if not resume and ((model is None and model_config is None) or dataset is None):
             missing = " and ".join(name for name, value in (("--model", model or model_config), ("--dataset", dataset))
                                    if value is None)
