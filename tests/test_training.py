@@ -604,3 +604,23 @@ def test_cli_trains_from_config_and_tokenizer(tmp_path):
                                       "--output-dir", str(tmp_path / "run"), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["global_step"] == 1
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path, tiny_t5_dir):
+    # the loss of a step is the mean over all its label tokens, so 2 x 2 accumulated = one batch of 4 (the
+    # summaries have different lengths: a mean of per-batch means would differ)
+    settings = dict(eval_samples=0, epochs=1, max_target_length=48)
+    accumulated = train(tiny_training_config(tiny_t5_dir, tmp_path / "acc", batch_size=2,
+                                             gradient_accumulation_steps=2, **settings))
+    large = train(tiny_training_config(tiny_t5_dir, tmp_path / "large", batch_size=4, **settings))
+    assert accumulated.global_step == large.global_step == 2
+    states = [json.loads((r.checkpoint / "trainer_state.json").read_text()) for r in (accumulated, large)]
+    assert states[0]["global_batch_size"] == states[1]["global_batch_size"] == 4
+    # calibrated on the same first two global batches (8 examples)
+    calibrations = [state["srformer"]["srformer_calibration"] for state in states]
+    assert calibrations[0] == calibrations[1] and calibrations[0]["examples"] == 8
+    assert [e["loss"] for e in states[0]["log_history"] if "loss" in e] == pytest.approx(
+        [e["loss"] for e in states[1]["log_history"] if "loss" in e], rel=1e-5)
+    first, second = _final_weights(accumulated.checkpoint), _final_weights(large.checkpoint)
+    for name, tensor in first.items():
+        torch.testing.assert_close(second[name], tensor, rtol=1e-4, atol=1e-5, msg=name)

@@ -174,9 +174,10 @@ class _Run:
         self.eval_rows = (tokenize_split(self.tokenizer, model_type, self.eval_examples, config, reporter,
                                          "validation") if self.eval_examples else [])
         self.collator = Seq2SeqCollator(self.tokenizer.pad_token_id)
-        # the first training batches (epoch 0's order), at most MEMORY_EXAMPLES examples: calibrates a new run's W
-        # and is where memory is measured when there is no validation
-        first = self.epoch_order(0)[:min(2 * config.batch_size * self.processes, MEMORY_EXAMPLES)]
+        # the first two global batches (epoch 0's order; all processes, all accumulated micro-batches), at most
+        # MEMORY_EXAMPLES examples: calibrates a new run's W and is where memory is measured without validation
+        global_batch = config.batch_size * self.processes * config.gradient_accumulation_steps
+        first = self.epoch_order(0)[:min(2 * global_batch, MEMORY_EXAMPLES)]
         self.train_batch = self.collator([self.train_rows[i] for i in first])
         self.eval_batch = self.collator(self.eval_rows[:MEMORY_EXAMPLES]) if self.eval_rows else None
 
