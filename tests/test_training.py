@@ -624,3 +624,14 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path, tiny_t5_dir):
     first, second = _final_weights(accumulated.checkpoint), _final_weights(large.checkpoint)
     for name, tensor in first.items():
         torch.testing.assert_close(second[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_cli_resume_with_a_contradicting_flag_is_one_line(trained_t5):
+    from typer.testing import CliRunner
+
+    from srsum.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--resume", "--output-dir", str(trained_t5.run_dir), "--epochs", "5"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "was trained with --epochs 2, not 5; drop --epochs" in errors[0], result.output
