@@ -635,3 +635,17 @@ def test_cli_resume_with_a_contradicting_flag_is_one_line(trained_t5):
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "was trained with --epochs 2, not 5; drop --epochs" in errors[0], result.output
+
+
+def test_resume_of_a_multi_process_checkpoint_of_an_older_srsum_is_refused(tmp_path, trained_t5):
+    import shutil
+
+    run = tmp_path / "old-run"
+    shutil.copytree(trained_t5.run_dir, run)
+    state_file = run / "checkpoint-8" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["num_processes"] = 4  # what an older srsum wrote under 4 GPUs (no global_batch_size yet)
+    del state["global_batch_size"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(SrsumError, match="written by an older srsum under 4 processes"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))

@@ -240,6 +240,11 @@ class _Run:
             return
         state = read_trainer_state(self.resume_from)
         saved_processes = int(state.get("num_processes", 1))
+        if saved_processes > 1 and "global_batch_size" not in state:
+            raise SrsumError(f"--resume: {self.resume_from} was written by an older srsum under {saved_processes} "
+                             "processes (another data split, and a schedule stepped once per process), which cannot "
+                             "be continued; start a new run from it with --model "
+                             f"{self.resume_from} and another --output-dir")
         if saved_processes != self.processes:
             raise SrsumError(f"--resume: {self.resume_from} was trained on {saved_processes} process"
                              f"{'es' if saved_processes > 1 else ''}, this run has {self.processes}; launch it with "
