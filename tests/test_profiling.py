@@ -1,7 +1,9 @@
-"""srsum profile: SPEC section 10's figures, counted FLOPs against the analytic ones, the sweep's files
-and the CLI's one-line errors. Tiny random models only (nothing downloaded)."""
+"""srsum profile: SPEC section 10's figures, counted FLOPs against the analytic ones (to the digit), the
+encoder's self-attention, the bounded measured run, the sweep's files and the CLI's limits and one-line
+errors. Random models only (nothing downloaded). The scaling of probe counts is in test_profiling_scaling.py."""
 
 import json
+import re
 import struct
 
 import pytest
@@ -138,20 +140,26 @@ def test_live_bytes_tracker_counts_new_storages_only():
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
     config = write_config(tmp_path_factory.mktemp("cfg"), TINY_T5)
-    return profiling.profile(model=config, n=64, m=16, seg_size=8, bandwidth="100")
+    return profiling.profile(model=config, n=64, m=16, seg_size=8, bandwidth="100", measure=True)
 
 
-def _within(counted, analytic, tolerance=0.05):
-    return abs(counted - analytic) <= tolerance * analytic
+def _whole(result, report, decode=False):
+    """The analytic whole-decoder products, summed from the per head-layer terms here (not the report's total)."""
+    shape = report.shape
+    if not decode:
+        return sum(result.products.values()) * shape.head_layers
+    return (sum(result.decode_products.values()) * shape.decode_rows
+            + sum(result.shared_decode_products.values()) * shape.batch * shape.beams)
 
 
-def test_counted_products_match_analytic(tiny_report):
+def test_counted_products_equal_analytic(tiny_report):
     shape = tiny_report.shape
     assert (shape.heads, shape.head_dim, shape.layers) == (4, 16, 2)
     for variant, result in tiny_report.variants.items():
-        teacher, decode = sum(result.products.values()), sum(result.decode_products.values())
-        assert _within(result.counted_teacher_forced.products, teacher * shape.head_layers), variant
-        assert _within(result.counted_decode.products, decode * shape.decode_rows), variant
+        assert result.counted_teacher_forced.products == _whole(result, tiny_report), variant
+        assert result.counted_decode.products == _whole(result, tiny_report, decode=True), variant
+        assert result.counted_teacher_forced.products == result.teacher_products_total
+    assert not [note for note in tiny_report.notes if "counted matrix products" in note]
 
 
 def test_full_attention_products_are_exact(tiny_report):
@@ -168,11 +176,16 @@ def test_raf_and_elementwise_work_is_counted(tiny_report):
     assert len(projections) == 1 and projections.pop() > 0  # same q/k/v/o work for every variant
 
 
-def test_measured_figures_are_present(tiny_report):
+def test_measured_figures_are_present_and_say_what_ran(tiny_report):
     for result in tiny_report.variants.values():
         measured = result.measured
         assert measured.decode_step_s > 0 and 0 < measured.cross_attention_step_s <= measured.decode_step_s
         assert measured.decode_peak_bytes > 0 and measured.teacher_forced_peak_bytes > 0
+        # runs stop early rather than overrun their share of the budget: at most m steps, at most 3 repeats
+        assert 1 <= measured.repeats <= 3
+        assert 1 <= measured.steps_timed <= tiny_report.shape.m and 1 <= measured.peak_steps <= tiny_report.shape.m
+        assert measured.seconds < 60
+    assert "n 64, m 16" in tiny_report.measuring and "of the 60 s budget" in tiny_report.measuring
 
 
 def test_bart_counts_match_analytic(tmp_path):
@@ -182,10 +195,8 @@ def test_bart_counts_match_analytic(tmp_path):
     assert report.shape.head_dim == 16
     assert "P_σ·Wᵀ" in report.variants["srformer"].products  # BART clamps: P_σ first, then d³ per step
     for result in report.variants.values():
-        analytic = sum(result.products.values()) * report.shape.head_layers
-        assert _within(result.counted_teacher_forced.products, analytic), result.variant
-        analytic = sum(result.decode_products.values()) * report.shape.decode_rows
-        assert _within(result.counted_decode.products, analytic), result.variant
+        assert result.counted_teacher_forced.products == _whole(result, report), result.variant
+        assert result.counted_decode.products == _whole(result, report, decode=True), result.variant
 
 
 @pytest.mark.parametrize("tiny", [TINY_T5, TINY_BART])
@@ -196,8 +207,7 @@ def test_decode_counts_match_analytic_when_segments_are_skipped(tmp_path, tiny):
                                variants=("full", "srformer"))
     srformer, full = report.variants["srformer"], report.variants["full"]
     assert "W_k·G" in srformer.decode_products and "W_k·G" not in srformer.products
-    analytic = sum(srformer.decode_products.values()) * report.shape.decode_rows
-    assert _within(srformer.counted_decode.products, analytic)
+    assert srformer.counted_decode.products == _whole(srformer, report, decode=True)
     assert srformer.counted_decode.projections < full.counted_decode.projections / 2  # 8 of 20 segments
 
 
@@ -210,13 +220,13 @@ def test_checkpoint_folder_is_profiled_from_its_config(tmp_path):
                                measure=False, variants=("full",))
     assert report.model.startswith("checkpoint") and report.shape.heads == 4
     full = report.variants["full"]
-    assert full.counted_teacher_forced.products == sum(full.products.values()) * report.shape.head_layers
+    assert full.counted_teacher_forced.products == _whole(full, report)
 
 
 # ------------------------------------------------------------------ sweep files
 def test_sweep_writes_readable_json_and_png(tmp_path):
     config = write_config(tmp_path, TINY_T5)
-    report = profiling.sweep(over="m", lengths=[4, 8], model=config, seg_size=8, bandwidth="100")
+    report = profiling.sweep(over="m", lengths=[4, 8], model=config, seg_size=8, bandwidth="100", measure=True)
     json_path, png_path = profiling.write_sweep_outputs(report, tmp_path / "out")
     data = json.loads(json_path.read_text())
     assert data["n"] == [32, 64] and data["m"] == [4, 8]
@@ -276,6 +286,23 @@ def test_cli_sweep_writes_files(tmp_path):
     (["--seg-size", "2.5"], "--seg-size"),
     (["--n", "0"], "--n"),
     (["--m", "-1"], "--m"),
+    (["--n", "1e12"], "--n"),
+    (["--m", "1e12"], "--m"),
+    (["--n", "1048577"], "--n"),
+    (["--m", "9" * 5000], "--m"),
+    (["--seg-size", "-8"], "--seg-size"),
+    (["--seg-size", "1.0"], "--seg-size"),
+    (["--batch", "1e6"], "--batch"),
+    (["--batch", "5000"], "--batch"),
+    (["--beams", "0x10"], "--beams"),
+    (["--beams", "65"], "--beams"),
+    (["--schedule-length", "nan"], "--schedule-length"),
+    (["--encoder-block", "-512"], "--encoder-block"),
+    (["--time-budget", "0"], "--time-budget"),
+    (["--time-budget", "inf"], "--time-budget"),
+    (["--measure", "--time-budget", "soon"], "--time-budget"),
+    (["--sweep", "--lengths", "64,1e12"], "--lengths"),
+    (["--sweep", "--sweep-over", "m", "--lengths", "200000"], "--lengths"),
     (["--device", "quantum"], "device"),
     (["--dtype", "int8"], "dtype"),
     (["--model", "./missing/config.json"], "--model"),
@@ -289,6 +316,144 @@ def test_cli_bad_input_is_one_line(args, words):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args", [["--n", "1e12"], ["--m", "1e12"], ["--n", "4294967296"], ["--batch", "-1"]])
+def test_cli_refuses_values_before_any_work(monkeypatch, args):
+    """Out-of-range values fail in the option checks: nothing is built, counted or measured first."""
+    def must_not_run(**kwargs):
+        raise AssertionError("profiling ran before the options were checked")
+
+    monkeypatch.setattr(profiling, "profile", must_not_run)
+    monkeypatch.setattr(profiling, "sweep", must_not_run)
+    result = invoke(*args, "--measure")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: "), result.output
+
+
+def test_limits_take_the_largest_value_and_refuse_the_next():
+    limit = profiling.MAX_LENGTH
+    assert profiling.require_positive_int(str(limit), "--n") == limit
+    assert profiling.require_positive_int("+8", "--seg-size") == 8
+    for bad in (limit + 1, str(limit + 1), "1e3", "0x10", " ", "٣"):
+        with pytest.raises(SrsumError, match="--n must be a whole number from 1 to 1,048,576"):
+            profiling.require_positive_int(bad, "--n")
+    assert profiling.check_time_budget("2.5") == 2.5
+
+
 def test_format_count_keeps_paper_numbers_exact():
     assert format_count(8_388_608) == "8,388,608"
     assert format_count(1_610_612_736) == "1.611 G"
+
+
+# ------------------------------------------------------------------ counted = analytic at the paper's settings
+@pytest.fixture(scope="module")
+def paper_report():
+    """The default model (t5-small shapes, 6 decoder layers) at the paper's n 1024, m 128, s 64, counted."""
+    return profiling.profile(n=1024, m=128, seg_size=64, bandwidth="h100")
+
+
+def test_counted_equals_analytic_to_the_digit_at_the_papers_settings(paper_report):
+    shape = paper_report.shape
+    assert (shape.n, shape.m, shape.seg_size, shape.head_dim, shape.heads, shape.layers) == (1024, 128, 64, 64, 8, 6)
+    for variant, result in paper_report.variants.items():
+        assert result.counted_teacher_forced.products == _whole(result, paper_report), variant
+        assert result.counted_decode.products == _whole(result, paper_report, decode=True), variant
+    rows = {row.label: row for row in paper_report.rows()}
+    for path in ("teacher-forced", "m decode steps"):
+        assert rows[f"counted matrix products, {path}"].values == rows[f"analytic matrix products, {path}"].values
+    # the paper's own figures stay in the same report
+    assert rows["computation / head-layer"].reduction("srformer") == 0.4375
+    assert round(rows["memory / head-layer"].reduction("srformer") * 100, 1) == 29.2
+    # full attention: 2 products of m n d multiply-adds per head-layer, in both passes
+    full = paper_report.variants["full"]
+    assert full.counted_decode.products == full.counted_teacher_forced.products == 4 * 128 * 1024 * 64 * 48
+    assert "scaled exactly to n 1024, m 128, 6 layers" in paper_report.counting
+
+
+def test_counting_cost_does_not_grow_with_the_lengths(tmp_path):
+    """Counting at n 65536 runs the same tiny probes (so it takes as long as at n 64): the report says so."""
+    config = write_config(tmp_path, TINY_T5)
+    report = profiling.profile(model=config, n=65536, m=128, seg_size=64, bandwidth="100")
+    largest_n, largest_m = map(int, re.search(r"n <= (\d+), m <= (\d+)", report.counting).groups())
+    assert largest_n <= 16 and largest_m <= 8
+    full, srformer = report.variants["full"], report.variants["srformer"]
+    assert full.counted_teacher_forced.products == 4 * 128 * 65536 * 16 * report.shape.head_layers
+    assert srformer.counted_decode.products == _whole(srformer, report, decode=True)
+
+
+def test_cli_default_table_has_counted_rows_and_paper_reductions():
+    result = invoke("--seg-size", "64", "--bandwidth", "h100")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "43.75%" in out and "29.17%" in out
+    counted = [line for line in out.splitlines() if "counted matrix products, teacher-forced" in line][0]
+    analytic = [line for line in out.splitlines() if "analytic matrix products, teacher-forced" in line][0]
+    assert counted.split("│")[2:] == analytic.split("│")[2:]
+    assert "measured: not run (add --measure" in out and "measured time" not in out
+
+
+# ------------------------------------------------------------------ the encoder's self-attention (issue 16)
+def test_encoder_figures_full_against_blocked():
+    shape = profiling.EncoderShape(n=4096, head_dim=64, heads=8, layers=6, batch=2, block=512)
+    assert profiling.encoder_computation("n×n scores", shape) == profiling.encoder_computation("blocked", shape)
+    assert profiling.encoder_computation("blocked", shape) == 4096 * 4096 * 64
+    assert profiling.encoder_memory("n×n scores", shape) == 4096 * 64 + 4096 * 4096
+    assert profiling.encoder_memory("blocked", shape) == 4096 * 64 + 512 * 4096
+    assert profiling.encoder_peak_scores("n×n scores", shape) == 8 * 2 * 4096 * 4096
+    assert profiling.encoder_peak_scores("blocked", shape) == 8 * 2 * 512 * 4096  # O(n · block)
+    short = profiling.EncoderShape(n=300, block=512)  # blocks only for inputs longer than the block
+    assert profiling.encoder_memory("blocked", short) == profiling.encoder_memory("n×n scores", short)
+
+
+def test_default_encoder_block_is_the_engines():
+    from srsum.engine import DEFAULT_ENCODER_BLOCK
+
+    assert profiling.DEFAULT_ENCODER_BLOCK == DEFAULT_ENCODER_BLOCK
+
+
+def test_report_puts_the_encoder_beside_cross_attention():
+    report = profiling.profile(n=8192, m=1024, seg_size=64, count=False, bandwidth="100", encoder_block=1024)
+    encoder = report.encoder
+    assert (encoder.n, encoder.heads, encoder.layers, encoder.head_dim, encoder.block) == (8192, 8, 6, 64, 1024)
+    rows = {row.label: row for row in report.encoder_rows()}
+    assert rows["peak score memory (one layer at a time)"].reduction("blocked") == 1 - 1024 / 8192
+    assert rows["computation / encoder"].values["n×n scores"] == 8192 * 8192 * 64 * 48
+    parts = {part["part"]: part for part in report.parts()}
+    full, srformer = parts["cross-attention, full"], parts["cross-attention, srformer"]
+    encoder_mac = parts["encoder self-attention, n×n scores"]["computation"]
+    assert full["computation"] == 1024 * 8192 * 64 * 48
+    assert srformer["share_of_attention"] == srformer["computation"] / (srformer["computation"] + encoder_mac)
+    data = report.to_dict()["encoder"]
+    assert data["shape"]["block"] == 1024 and len(data["parts"]) == 5
+    assert data["rows"][0]["reduction_vs_nxn_scores"] == {"blocked": 0.0}
+
+
+def test_cli_prints_the_encoder_table_and_takes_the_block():
+    result = invoke("--n", "4096", "--no-count", "--bandwidth", "100", "--encoder-block", "256")
+    assert result.exit_code == 0, result.output
+    assert "encoder self-attention vs decoder cross-attention" in result.stdout
+    assert "blocked (256)" in result.stdout and "which part dominates at n = 4096" in result.stdout
+
+
+def test_checkpoint_encoder_block_is_the_default(tmp_path):
+    fields = {**TINY_T5, "srformer_encoder_block": 128}
+    report = profiling.profile(model=write_config(tmp_path, fields), n=1000, m=8, seg_size=8, count=False,
+                               bandwidth="100")
+    assert report.encoder.block == 128 and report.encoder.heads == 4 and report.encoder.layers == 2
+
+
+# ------------------------------------------------------------------ the measured run is bounded
+def test_measure_skips_what_the_budget_cannot_hold():
+    """A 1 s budget at n 65536: full attention's first decode step alone (keys and values of 6 layers) is
+    far past it, so that variant is not run; the report says so instead of hanging."""
+    report = profiling.profile(n=65536, m=128, seg_size=64, count=False, measure=True, time_budget=1,
+                               bandwidth="100", variants=("full",))
+    assert report.variants["full"].measured.decode_step_s is None
+    assert any(note.startswith("full: not measured") for note in report.notes)
+
+
+def test_cli_measure_reports_steps_and_repeats(tmp_path):
+    config = write_config(tmp_path, TINY_T5)
+    result = invoke("--model", config, "--n", "64", "--m", "8", "--seg-size", "8", "--measure", "--time-budget",
+                    "20", "--no-count", "--bandwidth", "100")
+    assert result.exit_code == 0, result.output
+    assert "measured on cpu" in result.stdout and re.search(r"decode timed over \d of 8 steps", result.stdout)
+    assert "measured time / step, cross-attention" in result.stdout

@@ -1,10 +1,11 @@
 """Cross-attention cost profiler: analytic, counted and measured, for full, segmented and srformer.
 
 Everything here returns data; nothing prints. ``srsum profile`` (srsum/cli/profile.py) renders it.
-The package: ``analytic`` (closed forms and option checks), ``counted`` (FLOP counting), ``measured``
-(devices, bandwidth, timed runs, live-bytes peak memory), ``models`` (the random models those run),
-``report`` (report dataclasses, table rows, JSON, plot) and ``runner`` (profile and sweep). This module
-re-exports their public names, so ``from srsum import profiling; profiling.profile(...)`` works.
+The package: ``analytic`` (closed forms and option checks), ``scaling`` (exact scaling of probe counts),
+``counted`` (FLOP counting), ``measured`` (devices, bandwidth, timed runs within a budget, live-bytes
+peak memory), ``models`` (the random models those run), ``report`` (report dataclasses, table rows,
+JSON, plot) and ``runner`` (profile and sweep). This module re-exports their public names, so
+``from srsum import profiling; profiling.profile(...)`` works.
 
 Three kinds of figures, side by side for each variant:
 
@@ -16,8 +17,13 @@ Three kinds of figures, side by side for each variant:
   beams and bytes per value, divided by the memory bandwidth, that is the floor a step cannot beat.
 * **Counted** — FLOPs of the real cross-attention modules of a model, counted by
   ``torch.utils.flop_counter.FlopCounterMode`` over one teacher-forced pass and over m decode
-  steps (``generate``), split into the attention's matrix products, its other work and the host
-  model's q/k/v/o projections (identical for all variants). FlopCounterMode only knows matrix
+  steps, split into the attention's matrix products, its other work and the host model's q/k/v/o
+  projections (identical for all variants). They come from a few dozen probe runs on tiny lengths,
+  scaled exactly to the requested n, m, layers, batch and beams (``scaling.py`` says why that is
+  exact, and two further probes are checked each time), so counting takes about a second at any
+  length; at the paper's settings the counted products equal the analytic ones to the digit. The
+  whole-model count (``count_cross_attention_flops`` over ``generate``) stays as the yardstick the
+  tests hold the scaled one to. FlopCounterMode only knows matrix
   products, convolutions and CUDA attention kernels; :data:`ELEMENTWISE_FLOPS` lists what we add:
 
   ====================================================================  ==============================
@@ -37,10 +43,15 @@ Three kinds of figures, side by side for each variant:
   ====================================================================  ==============================
 
   Data movement (copy, cat, index, gather, view, expand) counts zero.
-* **Measured** — time per decode step (whole model, and inside the cross-attention modules) and
-  peak memory above the model's own weights, on the chosen device. On CUDA the peak comes from the
-  caching allocator; elsewhere from :class:`LiveBytesTracker`, which adds up the storages that
-  operators create while they are alive.
+* **Measured** (opt-in) — time per decode step (whole model, and inside the cross-attention modules)
+  and peak memory above the model's own weights, on the chosen device, within a time budget: decode
+  runs stop when their share of it runs out (the report says how many steps and repeats ran), and a
+  variant whose first step or memory would not fit is skipped with a note. On CUDA the peak comes
+  from the caching allocator; elsewhere from :class:`LiveBytesTracker`, which adds up the storages
+  that operators create while they are alive.
+* **Encoder** — the encoder's self-attention beside the cross-attention (analytic): Hugging Face's
+  n x n scores per head and layer against a blocked encoder whose queries run in blocks of b rows
+  (``srsum.engine``'s ``srformer_encoder_block``): the same work, O(n · b) score memory.
 
 The counted and measured figures run a model with random weights whose decoder cross-attention is
 converted by ``srsum.engine.convert``; the encoder is not run (random encoder states stand in for
@@ -48,27 +59,36 @@ its output), because only the decoder's cross-attention differs between the vari
 """
 
 from srsum.profiling.analytic import (  # noqa: F401
-    CostShape, DTYPE_NAMES, PROFILED_VARIANTS, analytic_computation, analytic_memory, analytic_product_flops,
-    bytes_per_value, decode_values_read, left_out_terms, raf_steps, reduction, require_positive_int,
-    resolve_dtype_name, validate_lengths,
+    CostShape, DEFAULT_ENCODER_BLOCK, DTYPE_NAMES, ENCODER_KINDS, EncoderShape, LIMITS, MAX_LENGTH,
+    PROFILED_VARIANTS, analytic_computation, analytic_memory, analytic_product_flops,
+    analytic_shared_decode_flops, bytes_per_value, decode_values_read, encoder_computation, encoder_memory,
+    encoder_peak_scores, encoder_product_flops, left_out_terms, raf_steps, reduction, require_positive_int,
+    resolve_dtype_name, schedule_groups, validate_lengths, whole_decoder_products,
+)
+from srsum.profiling.scaling import (  # noqa: F401
+    GENERAL_FEATURES, Lengths, ONE_SEGMENT_FEATURES, ScalingMismatch, VALIDATION_PROBES, combine, features,
+    probe_design, solve_weights,
 )
 from srsum.profiling.counted import (  # noqa: F401
-    CROSS_ATTENTION_NAMES, ELEMENTWISE_FLOPS, FUSED_ATTENTION_OPS, FlopCount, PROJECTION_NAMES,
-    count_cross_attention_flops, cross_attention_modules, flop_mappings, projection_names,
+    BUCKETS, CROSS_ATTENTION_NAMES, ELEMENTWISE_FLOPS, FUSED_ATTENTION_OPS, FlopCount, LayerCounter, PASSES,
+    PROJECTION_NAMES, ProbeCounter, ScaledCount, count_cross_attention_flops, count_scaled,
+    cross_attention_modules, flop_mappings, probe_counters, projection_names,
 )
 from srsum.profiling.measured import (  # noqa: F401
-    BANDWIDTH_NAMES_GBPS, CrossAttentionTimer, GPU_BANDWIDTH_GBPS, LiveBytesTracker, gpu_bandwidth_gbps,
-    measure_copy_bandwidth_gbps, measure_peak_bytes, parse_bandwidth, resolve_bandwidth, resolve_device, timed,
+    BANDWIDTH_NAMES_GBPS, Budget, CrossAttentionTimer, GPU_BANDWIDTH_GBPS, LiveBytesTracker, MeasurePlan, PHASES,
+    available_memory, gpu_bandwidth_gbps, matmul_rate, measure_copy_bandwidth_gbps, measure_peak_bytes,
+    measure_plan, measure_variant, parse_bandwidth, resolve_bandwidth, resolve_device, timed,
 )
 from srsum.profiling.models import (  # noqa: F401
-    DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHAPES, ProfileInputs, attention_shape, build_host_model, decode_run,
-    engine_available, host_model_type, load_profile_config, make_inputs, make_variant_model, teacher_forced_run,
+    DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHAPES, PROBE_SIZES, ProfileInputs, ShapesConfig, attention_shape,
+    build_host_model, config_encoder_block, decode_run, engine_available, host_model_type, load_profile_config,
+    make_inputs, make_variant_model, probe_host_model, teacher_forced_run,
 )
 from srsum.profiling.report import (  # noqa: F401
     Measured, ProfileReport, ReportRow, SweepReport, VARIANT_COLOURS, VariantProfile, plot_sweep,
     write_profile_json, write_sweep_json, write_sweep_outputs,
 )
 from srsum.profiling.runner import (  # noqa: F401
-    DEFAULT_SWEEP_M, DEFAULT_SWEEP_N, ProfileSetup, analytic_profile, prepare, profile, profile_with, sweep,
-    sweep_lengths,
+    DEFAULT_SWEEP_M, DEFAULT_SWEEP_N, DEFAULT_TIME_BUDGET, MAX_TIME_BUDGET, ProfileSetup, analytic_profile,
+    check_time_budget, prepare, profile, profile_with, sweep, sweep_lengths,
 )

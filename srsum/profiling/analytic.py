@@ -37,6 +37,7 @@ class CostShape:
     layers: int = 6        # decoder layers
     batch: int = 1
     beams: int = 1
+    d_model: int | None = None  # D, the width of the encoder rows; None: heads x d
 
     @property
     def segments(self) -> int:
@@ -49,6 +50,11 @@ class CostShape:
         return min(self.seg_size, self.n)
 
     @property
+    def width(self) -> int:
+        """D: d_model, or heads x d when not given."""
+        return self.d_model if self.d_model is not None else self.heads * self.head_dim
+
+    @property
     def head_layers(self) -> int:
         """Teacher-forced multiplier: heads x layers x batch."""
         return self.heads * self.layers * self.batch
@@ -59,19 +65,38 @@ class CostShape:
         return self.head_layers * self.beams
 
 
-def require_positive_int(value: Any, name: str) -> int:
-    """``value`` as an int >= 1, or SrsumError naming ``name``."""
-    if isinstance(value, bool):
-        raise SrsumError(f"{name} must be a positive integer, got {value!r}")
+# The largest value each option takes. Lengths up to 2^20 tokens cover any document a T5/BART
+# summarizer reads (the figures are closed forms or scaled counts, so their cost does not grow with
+# them); past that a number is a typo, and a fixed cap keeps every later step bounded.
+MAX_LENGTH = 1_048_576
+LIMITS = {
+    "--n": MAX_LENGTH, "--m": MAX_LENGTH, "--seg-size": MAX_LENGTH, "--schedule-length": MAX_LENGTH,
+    "--encoder-block": MAX_LENGTH, "--lengths": MAX_LENGTH, "--batch": 4096, "--beams": 64,
+}
+
+
+def require_positive_int(value: Any, name: str, maximum: int | None = None) -> int:
+    """``value`` as a whole number from 1 to ``maximum`` (default: ``LIMITS[name]``, else no cap), or a
+    one-line SrsumError naming ``name``. Accepts ints and digit strings ("1024", "+8"); refuses bools,
+    floats, signs, exponents ("1e12") and anything else."""
+    limit = maximum if maximum is not None else LIMITS.get(name)
+    expected = f"a whole number from 1 to {limit:,}" if limit else "a positive whole number"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise SrsumError(f"{name} must be {expected}, got {value!r}")
     if isinstance(value, int):
         number = value
     else:
-        text = str(value).strip()
-        if not text.lstrip("+").isdigit():
-            raise SrsumError(f"{name} must be a positive integer, got {value!r}")
-        number = int(text)
+        text = value.strip().replace("_", "")
+        digits = text[1:] if text.startswith("+") else text
+        if not digits.isascii() or not digits.isdigit():
+            raise SrsumError(f"{name} must be {expected}, got {value!r}")
+        if limit and len(digits.lstrip("0")) > len(str(limit)):
+            raise SrsumError(f"{name} must be {expected}, got {value!r} (too large)")
+        number = int(digits)
     if number < 1:
-        raise SrsumError(f"{name} must be a positive integer (at least 1), got {number}")
+        raise SrsumError(f"{name} must be {expected}, got {number}")
+    if limit and number > limit:
+        raise SrsumError(f"{name} must be {expected}, got {number:,} (too large)")
     return number
 
 
@@ -88,6 +113,7 @@ def bytes_per_value(dtype_name: str) -> int:
 
 
 def validate_lengths(n: Any, m: Any, seg_size: Any, batch: Any = 1, beams: Any = 1) -> dict[str, int]:
+    """The lengths, batch and beams as ints within :data:`LIMITS` (SrsumError naming the option)."""
     return {
         "n": require_positive_int(n, "--n"),
         "m": require_positive_int(m, "--m"),
@@ -150,11 +176,25 @@ def decode_values_read(variant: str, shape: CostShape) -> int:
     return 2 * s * d + d * d + d
 
 
+def schedule_groups(segments: int, schedule_length: int, positions: int) -> tuple[int, int]:
+    """(L, S): the distinct segments σ(t) = min(M-1, floor(t M / G)) visits for t < m, and the most
+    positions that share one. O(L): each group's end comes from its first position by a ceiling division."""
+    M, G, m = segments, schedule_length, positions
+    groups = largest = 0
+    t = 0
+    while t < m:
+        sigma = min(M - 1, (t * M) // G)
+        # first position past this group: the smallest t' with floor(t' M / G) >= sigma + 1
+        end = m if sigma == M - 1 else min(m, -(-(sigma + 1) * G // M))
+        groups += 1
+        largest = max(largest, end - t)
+        t = end
+    return groups, largest
+
+
 def raf_steps(shape: CostShape, schedule_length: int | None = None) -> int:
     """Distinct segments σ(t) = min(M-1, floor(t M / G)) visited by t = 0..m-1 (RAF steps)."""
-    G = schedule_length or shape.m
-    M = shape.segments
-    return len({min(M - 1, (t * M) // G) for t in range(shape.m)})
+    return schedule_groups(shape.segments, schedule_length or shape.m, shape.m)[0]
 
 
 def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int | None = None, *,
@@ -173,28 +213,30 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
       X_σ = clamp(P)·Wᵀ − clamp(P_σ)·Wᵀ, so P_σ·Wᵀ (d³) per step, plus P·Wᵀ (d³) once.
 
     The paper's table keeps only n d² of all this; SPEC's left-out W term (M d³) is what the clamp
-    path pays and the linear path avoids. The teacher-forced pass and m decode steps do the same
-    products (the decoder computes P, ν and P·Wᵀ once, at its first step), except that with
-    ``decode`` P comes from the encoder rows' Gram matrix [E 1]ᵀ[E 1] (2 n D² once per example for
-    all heads and layers, shown here per head-layer; D = heads x d) and W_k·G·W_vᵀ per head, instead
-    of from n projected keys (the decoder projects only the segments it visits).
+    path pays and the linear path avoids. A teacher-forced pass lays the positions out as L groups of
+    S slots (S: the largest group), so its per-position products run over L·S slots (= m when the
+    groups are equal, as at the paper's settings). The m decode steps do the same products one
+    position at a time (the decoder computes P, ν and P·Wᵀ once, at its first step), except that P
+    comes from the encoder rows' Gram matrix (:func:`analytic_shared_decode_flops`, once per example
+    for all heads and layers) through W_k·G·W_vᵀ per head (D = d_model), instead of from n projected
+    keys: the decoder projects only the segments it visits.
     """
     _check_variant(variant)
     n, m, s, d = shape.n, shape.m, shape.local_keys, shape.head_dim
-    keys = n if variant == "full" else s
-    products = {"q·Kᵀ": 2 * m * keys * d, "A·V": 2 * m * keys * d}
+    if variant == "full":
+        return {"q·Kᵀ": 2 * m * n * d, "A·V": 2 * m * n * d}
+    steps, slots = schedule_groups(shape.segments, schedule_length or shape.m, m)
+    positions = m if decode else steps * slots
+    products = {"q·Kᵀ": 2 * positions * s * d, "A·V": 2 * positions * s * d}
     if variant != "srformer":
         return products
-    steps = raf_steps(shape, schedule_length)
     if decode:
-        width = shape.heads * d  # D
-        rows = shape.segments * s if shape.segments > 1 else n  # the zero-padded rows of the Gram matrix
-        products["G=[E 1]ᵀ·[E 1]"] = 2 * rows * width * width // (shape.heads * shape.layers)
+        width = shape.width
         products["W_k·G"] = 2 * d * (width + 1) ** 2
         products["P=(W_k·G)·W_vᵀ"] = 2 * d * d * (width + 1)
     else:
         products["P=Kᵀ·V"] = 2 * shape.segments * s * d * d
-    products["q·R"] = 2 * m * d * d
+    products["q·R"] = 2 * positions * d * d
     if clamp:
         products["P_σ=K_σᵀ·V_σ"] = 2 * steps * s * d * d
         products["P_σ·Wᵀ"] = 2 * steps * d**3
@@ -206,8 +248,95 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
     return products
 
 
+def analytic_shared_decode_flops(variant: str, shape: CostShape) -> dict[str, int]:
+    """Products a decoder computes once per example (decoded row) for all heads and layers: srformer's
+    Gram matrix [E 1]ᵀ[E 1] of the encoder rows, 2 n' D² (n' = M s zero-padded rows, D = d_model)."""
+    _check_variant(variant)
+    if variant != "srformer":
+        return {}
+    rows = shape.segments * shape.local_keys
+    return {"G=[E 1]ᵀ·[E 1]": 2 * rows * shape.width * shape.width}
+
+
+def whole_decoder_products(variant: str, shape: CostShape, schedule_length: int | None = None, *,
+                           clamp: bool = False, decode: bool = False) -> int:
+    """Matrix-product FLOPs of the whole decoder's cross-attention: a teacher-forced pass (x heads x
+    layers x batch), or m decode steps (x heads x layers x batch x beams, plus the shared products once
+    per decoded row; ``generate`` decodes every beam as its own row)."""
+    per_head_layer = sum(analytic_product_flops(variant, shape, schedule_length, clamp=clamp, decode=decode).values())
+    if not decode:
+        return per_head_layer * shape.head_layers
+    shared = sum(analytic_shared_decode_flops(variant, shape).values())
+    return per_head_layer * shape.decode_rows + shared * shape.batch * shape.beams
+
+
 def reduction(value: float | None, baseline: float | None) -> float | None:
     """Fractional reduction of ``value`` against ``baseline`` (0.4375 = 43.75% less), or None."""
     if value is None or baseline is None or baseline == 0:
         return None
     return 1.0 - value / baseline
+
+
+# --------------------------------------------------------------------------------------------------
+# The encoder's self-attention (issue 16): Hugging Face's n x n scores against query blocks
+# --------------------------------------------------------------------------------------------------
+
+# srsum.engine.settings.DEFAULT_ENCODER_BLOCK (a test keeps the two equal; importing the engine here
+# would load transformers for a closed form)
+DEFAULT_ENCODER_BLOCK = 512
+ENCODER_KINDS = ("n×n scores", "blocked")
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """The encoder's self-attention: n tokens, its heads, head dim and layers, the batch, and the query
+    block of the blocked encoder (used only for inputs longer than the block)."""
+
+    n: int
+    head_dim: int = 64
+    heads: int = 8
+    layers: int = 6
+    batch: int = 1
+    block: int = DEFAULT_ENCODER_BLOCK
+
+    @property
+    def block_rows(self) -> int:
+        """Query rows whose scores exist at once in the blocked encoder: the block, or n if shorter."""
+        return min(self.block, self.n)
+
+    @property
+    def head_layers(self) -> int:
+        return self.heads * self.layers * self.batch
+
+
+def _check_encoder_kind(kind: str) -> None:
+    if kind not in ENCODER_KINDS:
+        raise SrsumError(f"unknown encoder attention {kind!r}: use {', '.join(ENCODER_KINDS)}")
+
+
+def encoder_computation(kind: str, shape: EncoderShape) -> int:
+    """MACs per head and layer in the paper's unit (the score product, as m n d for cross-attention):
+    n² d for both kinds; blocks of queries do the same work, they only keep fewer scores at once."""
+    _check_encoder_kind(kind)
+    return shape.n * shape.n * shape.head_dim
+
+
+def encoder_product_flops(kind: str, shape: EncoderShape) -> int:
+    """Both products (q·Kᵀ and A·V) per head and layer, in FLOPs: 4 n² d."""
+    return 4 * encoder_computation(kind, shape)
+
+
+def encoder_memory(kind: str, shape: EncoderShape) -> int:
+    """Values per head and layer in the paper's sense (keys and scores, as n d + m n for full
+    cross-attention): n d + n², or n d + b n with query blocks of b rows."""
+    _check_encoder_kind(kind)
+    rows = shape.n if kind == "n×n scores" else shape.block_rows
+    return shape.n * shape.head_dim + rows * shape.n
+
+
+def encoder_peak_scores(kind: str, shape: EncoderShape) -> int:
+    """Score values alive at once while one encoder layer runs (all heads, the batch): H B n², or
+    H B b n with blocks. Layers run one after another, so this is the encoder's peak for scores."""
+    _check_encoder_kind(kind)
+    rows = shape.n if kind == "n×n scores" else shape.block_rows
+    return shape.heads * shape.batch * rows * shape.n

@@ -1,17 +1,31 @@
 """Counted figures: FLOPs of the decoder's cross-attention modules, counted by
 ``torch.utils.flop_counter.FlopCounterMode`` with the formulas of :data:`ELEMENTWISE_FLOPS` added for the
 ops it does not know (see the package docstring). torch is imported inside functions.
+
+Two ways to count. :func:`count_cross_attention_flops` watches a whole-model run (a teacher-forced pass,
+``generate``): what the counts mean, and the yardstick the tests hold the other way to. Its cost grows
+with n, m and the layers. :func:`count_scaled` (what ``srsum profile`` uses) calls the real
+cross-attention modules of a two-decoder-layer copy of the model on tiny probe lengths, one example,
+and scales the counts exactly: to the requested lengths by ``scaling.py``'s features, to all layers as
+layer 0 (which builds what the layers share, e.g. the encoder rows' Gram matrix) plus (layers - 1) x
+layer 1, and to batch x beams rows (``generate`` decodes every beam as its own row). It takes about a
+second at any n and m.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from srsum.errors import SrsumError
-from srsum.profiling.models import _engine_attribute
+from srsum.profiling.analytic import CostShape, resolve_dtype_name
+from srsum.profiling.models import _engine_attribute, make_variant_model, probe_host_model
+from srsum.profiling.scaling import Lengths, ScalingMismatch, combine, probe_design, solve_weights
 
 def _numel(shape: Any) -> int:
     """Elements of a shape (torch.Size), of the first shape of a tuple of outputs, 0 otherwise."""
@@ -125,6 +139,13 @@ class FlopCount:
     def attention(self) -> int:
         return self.products + self.other
 
+    def __add__(self, other: "FlopCount") -> "FlopCount":
+        return FlopCount(self.products + other.products, self.other + other.other,
+                         self.projections + other.projections)
+
+    def times(self, factor: int) -> "FlopCount":
+        return FlopCount(self.products * factor, self.other * factor, self.projections * factor)
+
 
 PROJECTION_NAMES = frozenset({"q", "k", "v", "o", "q_proj", "k_proj", "v_proj", "out_proj"})
 CROSS_ATTENTION_NAMES = ("EncDecAttention", "encoder_attn")
@@ -210,3 +231,196 @@ def _side_for(by_module: dict[str, int], model_name: str, qualified: str) -> int
     if f"{model_name}.{qualified}" in by_module:
         return by_module[f"{model_name}.{qualified}"]
     return sum(v for k, v in by_module.items() if k.endswith("." + qualified))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scaled counts: the real modules on probe lengths (see the module docstring)
+# --------------------------------------------------------------------------------------------------
+
+PASSES = ("teacher", "decode")
+BUCKETS = ("products", "other", "projections")
+
+
+_STACK_CLASS = None
+
+
+def _layer_stack(layers: list):
+    """An nn.Module holding ``layers`` as children 0, 1, ...: FlopCounterMode's module tracker then names
+    them (and their projections) apart although they are of one class."""
+    global _STACK_CLASS
+    if _STACK_CLASS is None:
+        import torch
+
+        class ProbeLayers(torch.nn.Module):
+            def forward(self, hidden, encoder, cache):
+                for layer in self.children():
+                    layer(hidden, key_value_states=encoder, cache=cache)
+
+        _STACK_CLASS = ProbeLayers
+    stack = _STACK_CLASS()
+    for index, layer in enumerate(layers):
+        stack.add_module(str(index), layer)
+    return stack
+
+
+class LayerCounter:
+    """Counts the FLOPs of each layer of a ``_layer_stack`` over one run, q/k/v/o projections apart."""
+
+    def __init__(self, stack) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.stack = stack
+        self.side = _SoftmaxSideCounts()
+        custom, self.product_ops = flop_mappings(self.side)
+        self.counter = FlopCounterMode(display=False, custom_mapping=custom)
+        self.side.counter = self.counter
+
+    def __call__(self, run: Callable[[], Any]) -> list[FlopCount]:
+        self.side.by_module.clear()
+        with self.counter:
+            run()
+        counts = self.counter.get_flop_counts()
+        root = type(self.stack).__name__
+        found = []
+        for index, layer in enumerate(self.stack.children()):
+            key = f"{root}.{index}"
+            products, other = _split(counts.get(key, {}), self.product_ops)
+            other += self.side.by_module.get(key, 0)
+            projections = 0
+            for name in set(getattr(layer, "projection_names", ())) | PROJECTION_NAMES:
+                proj_products, proj_other = _split(counts.get(f"{key}.{name}", {}), self.product_ops)
+                products, other = products - proj_products, other - proj_other
+                projections += proj_products + proj_other
+            found.append(FlopCount(products, other, projections))
+        return found
+
+
+class ProbeCounter:
+    """Counts one variant's cross-attention modules on probe lengths (one example, up to two layers).
+
+    The probe model is a copy of the host with at most two decoder layers, one encoder layer and tiny
+    feed-forward and vocabulary sizes (none of which cross-attention touches); each probe sets the
+    modules' segment size and schedule length and calls them directly, as the decoder does: once with
+    all positions (teacher-forced, no cache), then one position at a time on a shared cache (decoding;
+    the engine keeps its decoding states on the cache object). The decoder's masks are None for inputs
+    without padding, as here.
+    """
+
+    def __init__(self, host, variant: str, dtype: str = "float32", seed: int = 0) -> None:
+        import torch
+
+        self.variant = variant
+        self.dtype = getattr(torch, resolve_dtype_name(dtype))
+        self.model = make_variant_model(host, variant, seg_size=2, schedule_length=1)
+        self.layers = list(cross_attention_modules(self.model).values())
+        self.stack = _layer_stack(self.layers)
+        self.count_layers = LayerCounter(self.stack)
+        self.width = host.config.d_model
+        self._generator = torch.Generator().manual_seed(seed)
+        self._cache: dict[Lengths, dict[str, list[FlopCount]]] = {}
+        self._primed: set[tuple[int, int]] = set()
+
+    def _configure(self, lengths: Lengths) -> None:
+        for layer in self.layers:
+            settings = getattr(layer, "settings", None)
+            if settings is not None:
+                layer.settings = dataclasses.replace(settings, seg_size=lengths.s, schedule_length=lengths.G)
+        key = (lengths.s, lengths.G)
+        if lengths.segments > lengths.G and key not in self._primed:
+            # The engine warns once per (s, G) that some segments go unvisited, and the first time it
+            # also looks up the longest input (one max op). Trigger that once, uncounted, so that every
+            # probe counts the same work whatever ran before it.
+            self._primed.add(key)
+            rows = self._random(1, lengths.n, self.width)
+            self.layers[0](self._random(1, 1, self.width), key_value_states=rows, cache=None)
+
+    def _random(self, *shape: int):
+        import torch
+
+        return torch.randn(*shape, generator=self._generator).to(self.dtype)
+
+    def count(self, lengths: Lengths) -> dict[str, list[FlopCount]]:
+        """Pass -> per-layer FlopCounts of one example at ``lengths``."""
+        if lengths in self._cache:
+            return self._cache[lengths]
+        import torch
+
+        encoder = self._random(1, lengths.n, self.width)
+        hidden = self._random(1, lengths.m, self.width)
+        steps = [self._random(1, 1, self.width) for _ in range(lengths.m)]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the engine's "M > G" note is about the probe, not the user's lengths
+            self._configure(lengths)
+            teacher = self.count_layers(lambda: self.stack(hidden, encoder, None))
+            cache = SimpleNamespace()
+
+            def decode() -> None:
+                for step in steps:
+                    self.stack(step, encoder, cache)
+
+            result = {"teacher": teacher, "decode": self.count_layers(decode)}
+        self._cache[lengths] = result
+        return result
+
+
+def probe_counters(config, variants, dtype: str = "float32", seed: int = 0) -> dict[str, ProbeCounter]:
+    """A ProbeCounter per variant, all converted from one probe host (see ``models.probe_host_model``)."""
+    import torch
+
+    host = probe_host_model(config, torch.device("cpu"), dtype, seed)
+    return {variant: ProbeCounter(host, variant, dtype, seed) for variant in variants}
+
+
+@dataclass
+class ScaledCount:
+    """Counted FLOPs of the whole decoder's cross-attention at the requested shape, and how they were got."""
+
+    teacher: FlopCount
+    decode: FlopCount
+    probes: int          # probe runs the coefficients come from
+    checked: int         # further probe runs predicted exactly before they were counted
+    probe_layers: int
+    largest: tuple[int, int]  # the largest probe n and m
+
+
+def _per_layer_total(values: list[FlopCount], layers: int) -> FlopCount:
+    """Layer 0 (it builds what the layers share) plus every later layer as layer 1."""
+    if len(values) == 1:
+        return values[0].times(layers)
+    return values[0] + values[1].times(layers - 1)
+
+
+def count_scaled(counter: ProbeCounter, shape: CostShape, schedule_length: int) -> ScaledCount:
+    """Cross-attention FLOPs of a teacher-forced pass and of m decode steps at ``shape``, scaled exactly
+    from probe runs; ScalingMismatch when a validation probe is not predicted exactly."""
+    import torch
+
+    target = Lengths(shape.n, shape.m, shape.seg_size, schedule_length)
+    regime = "one segment" if counter.variant == "full" else target.regime  # full has no segments
+    probes, validation = probe_design(regime)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: more threads only add overhead
+    try:
+        counts = [counter.count(p) for p in probes]
+        observed = [counter.count(check) for check in validation]
+    finally:
+        torch.set_num_threads(threads)
+
+    def scaled(weights, pass_name: str) -> list[FlopCount]:
+        per_layer = []
+        for index in range(len(counter.layers)):
+            values = {b: combine(weights, [getattr(c[pass_name][index], b) for c in counts]) for b in BUCKETS}
+            per_layer.append(FlopCount(**values))
+        return per_layer
+
+    for check, seen in zip(validation, observed):
+        weights = solve_weights(probes, check, regime)
+        for pass_name in PASSES:
+            if scaled(weights, pass_name) != seen[pass_name]:
+                raise ScalingMismatch(f"{counter.variant}, {pass_name}: the probe at n {check.n}, m {check.m}, "
+                                      f"s {check.s}, G {check.G} is not predicted by the others")
+    weights = solve_weights(probes, target, regime)
+    teacher = _per_layer_total(scaled(weights, "teacher"), shape.layers).times(shape.batch)
+    decode = _per_layer_total(scaled(weights, "decode"), shape.layers).times(shape.batch * shape.beams)
+    largest = (max(p.n for p in probes + validation), max(p.m for p in probes + validation))
+    return ScaledCount(teacher, decode, len(probes), len(validation), len(counter.layers), largest)

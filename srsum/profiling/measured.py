@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from srsum.errors import SrsumError
@@ -264,18 +265,172 @@ def timed(run: Callable[[], Any], device) -> float:
         return time.perf_counter() - start
 
 
-def _time_decode(model, decode: Callable[[], Any], steps: int, device) -> tuple[float, float]:
-    """(whole step, cross-attention share of a step) in seconds, averaged over ``steps``.
+# --------------------------------------------------------------------------------------------------
+# The measured run (--measure): bounded by a time budget and by memory
+# --------------------------------------------------------------------------------------------------
 
-    On a CPU one run with timing hooks gives both (the hooks cost microseconds); on a GPU the hooks
-    must synchronise, so the whole-step time comes from a second run without them.
-    """
-    from srsum.profiling.counted import cross_attention_modules
+PHASES = ("warm-up", "decode timing", "decode peak", "teacher-forced peak")
 
-    timer = CrossAttentionTimer(cross_attention_modules(model).values(), device)
+
+@dataclass
+class Budget:
+    """Wall seconds the measured run may take; each variant gets an equal share of what is left."""
+
+    seconds: float
+    started: float = field(default_factory=time.perf_counter)
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.started)
+
+
+def matmul_rate(device, dtype) -> float:
+    """FLOP/s of a 512 x 512 x 512 matrix product on ``device`` (best of 3): what the budget's estimates
+    divide by."""
+    import torch
+
+    a = torch.randn(512, 512, device=device).to(dtype)
+    b = torch.randn(512, 512, device=device).to(dtype)
+    best = math.inf
+    for _ in range(4):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 512**3 / max(best, 1e-9)
+
+
+def available_memory(device) -> int:
+    """Bytes free on ``device``: the CUDA allocator's free memory, else the machine's available RAM."""
+    import os
+
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
     try:
-        hooked_s = timed(decode, device)
-    finally:
-        timer.remove()
-    whole_s = hooked_s if device.type == "cpu" else timed(decode, device)
-    return whole_s / steps, timer.seconds / steps
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on every platform: assume plenty
+        return 1 << 50
+
+
+@dataclass
+class MeasurePlan:
+    """What one variant's measured run would cost, from closed forms: the decoder's first step (it projects
+    the n encoder rows of every layer: full attention's keys and values, srformer's Gram matrix) and the
+    bytes it keeps; when either is out of reach the variant is not run."""
+
+    start_flops: float
+    peak_bytes: float
+
+
+def measure_plan(shape, width: int, variant: str, bytes_per_value: int) -> MeasurePlan:
+    rows = shape.batch * shape.beams
+    kv = shape.heads * shape.head_dim
+    if variant == "full":
+        start = 4 * shape.n * width * kv * shape.layers * rows            # K and V of every layer
+        held = 2 * shape.n * kv * shape.layers * rows * bytes_per_value   # kept for all steps
+    else:
+        start = 2 * shape.segments * shape.local_keys * width * width * rows  # the Gram matrix
+        held = shape.segments * shape.local_keys * width * rows * bytes_per_value
+    inputs = shape.n * width * rows * bytes_per_value
+    scores = 3 * shape.heads * shape.batch * shape.m * (shape.n if variant == "full" else shape.local_keys) * 4
+    teacher = 2 * shape.n * kv * shape.batch * bytes_per_value + scores  # one layer's keys, values, scores
+    return MeasurePlan(start_flops=start, peak_bytes=inputs + max(held, teacher))
+
+
+def _steps_done(output) -> int:
+    return int(output.shape[-1]) - 1  # the decoder start token, then one token per step
+
+
+def measure_variant(model, inputs, shape, device, budget: Budget, share: float,
+                    advance: Callable[..., None] = lambda n=1, **fields: None, max_repeats: int = 3):
+    """Time and peak memory of one variant's ``model``, within ``share`` seconds (and the budget).
+
+    Decode runs use ``generate``'s ``max_time``, so they stop early rather than overrun; the timed run is
+    repeated (best of up to ``max_repeats``) while time is left, and the teacher-forced pass runs only
+    when the decode steps say it fits. Returns a ``Measured`` (``skipped`` lists what did not fit)."""
+    from srsum.profiling.counted import cross_attention_modules
+    from srsum.profiling.models import decode_run, teacher_forced_run
+    from srsum.profiling.report import Measured
+
+    started = time.perf_counter()
+    measured = Measured()
+
+    def left() -> float:
+        return min(budget.left(), share - (time.perf_counter() - started))
+
+    def phase_done(name: str) -> None:
+        advance(1, phase=name)
+
+    timed(decode_run(model, inputs, min(2, shape.m), shape.beams, max_time=max(left(), 0.01)), device)  # warm-up
+    phase_done("warm-up")
+    modules = list(cross_attention_modules(model).values())
+    whole = cross = None  # best seconds per step: the whole decoder, and inside cross-attention
+    last_seconds = 0.0
+    while measured.repeats < max_repeats and left() > 0:
+        # on a GPU the hooks synchronise, so only the first run carries them (the others time the step)
+        timer = CrossAttentionTimer(modules, device) if device.type == "cpu" or measured.repeats == 0 else None
+        run = decode_run(model, inputs, shape.m, shape.beams, max_time=max(left() / 2, 0.01))
+        try:
+            output, seconds = _timed_output(run, device)
+        finally:
+            if timer is not None:
+                timer.remove()
+        steps = _steps_done(output)
+        if steps < 1:
+            break
+        last_seconds = seconds
+        measured.repeats += 1
+        measured.steps_timed = steps if measured.repeats == 1 else min(measured.steps_timed, steps)
+        if timer is not None:
+            cross = min(cross or math.inf, timer.seconds / steps)
+        if timer is None or device.type == "cpu":
+            whole = min(whole or math.inf, seconds / steps)
+        if steps < shape.m or left() < seconds * 1.2:
+            break
+    measured.decode_step_s, measured.cross_attention_step_s = whole, cross
+    if measured.repeats == 0:
+        measured.skipped.append("decode timing: no step finished within the budget")
+    elif whole is None:
+        measured.skipped.append("whole-decoder step time: no run without timing hooks fitted in the budget")
+    phase_done("decode timing")
+    # a step's time bounds what the peak runs cost (the first, hooked GPU run stands in when it is all there is)
+    step_s = whole if whole is not None else (last_seconds / max(measured.steps_timed, 1))
+    tracking = 1 if device.type == "cuda" else 4  # the live-bytes tracker slows a CPU run down about 4x
+    if measured.repeats and left() > step_s * tracking * 2:
+        run = decode_run(model, inputs, shape.m, shape.beams, max_time=left() / tracking / 2)
+        peak, output = _peak_and_output(run, device)
+        measured.decode_peak_bytes, measured.peak_steps = peak, _steps_done(output)
+    else:
+        measured.skipped.append("decode peak memory: out of time")
+    phase_done("decode peak")
+    estimate = step_s * shape.m * tracking  # a pass over m positions costs at most m single steps
+    if measured.repeats and estimate < left():
+        measured.teacher_forced_peak_bytes = measure_peak_bytes(teacher_forced_run(model, inputs), device)
+    else:
+        measured.skipped.append(f"teacher-forced peak memory: would take about {estimate:,.0f} s")
+    phase_done("teacher-forced peak")
+    measured.seconds = time.perf_counter() - started
+    return measured
+
+
+def _timed_output(run: Callable[[], Any], device):
+    import torch
+
+    with torch.no_grad():
+        _synchronize(device)
+        start = time.perf_counter()
+        output = run()
+        _synchronize(device)
+        return output, time.perf_counter() - start
+
+
+def _peak_and_output(run: Callable[[], Any], device):
+    box = {}
+
+    def keep():
+        box["output"] = run()
+
+    peak = measure_peak_bytes(keep, device)
+    return peak, box["output"]

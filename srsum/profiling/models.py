@@ -10,6 +10,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from srsum.errors import SrsumError
@@ -30,6 +31,16 @@ DEFAULT_MODEL_SHAPES = {
     "eos_token_id": 1,
 }
 DEFAULT_MODEL_NAME = "t5-small shapes (random weights, vocab 512)"
+
+
+class ShapesConfig(SimpleNamespace):
+    """A T5 config as plain attributes: the default model's shapes without importing transformers (the
+    analytic figures need no more); :func:`build_host_model` turns it into a real one."""
+
+    model_type = "t5"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, **vars(self)}
 
 
 def _engine_attribute(name: str):
@@ -53,10 +64,10 @@ def _looks_like_checkpoint(folder: Path) -> bool:
 def load_profile_config(model: str | None):
     """(config, description) for ``--model``: None (t5-small shapes), a config.json, a checkpoint
     folder (loaded with srsum.engine.load_model, its config used) or a hub name (config only)."""
-    from transformers import AutoConfig, T5Config
-
     if model is None:
-        return T5Config(**DEFAULT_MODEL_SHAPES), DEFAULT_MODEL_NAME
+        return ShapesConfig(**DEFAULT_MODEL_SHAPES), DEFAULT_MODEL_NAME
+    from transformers import AutoConfig
+
     _register_srsum_model_types()
     path = Path(model).expanduser()
     if path.is_file():
@@ -112,21 +123,18 @@ def _config_from_file(path: Path):
 
 
 def _config_from_checkpoint(path: Path):
-    load_model = _engine_attribute("load_model")
-    if load_model is None:
+    """The checkpoint's config as srsum.engine.load_config reads it (no weights are loaded: only the
+    shapes matter here)."""
+    load_config = _engine_attribute("load_config")
+    if load_config is None:
         return _config_from_file(path / "config.json")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     try:
-        return load_model(str(path)).config
+        return load_config(str(path))
     except SrsumError:
         raise
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SrsumError(f"--model {path}: could not load the checkpoint ({reason})") from None
-    finally:
-        hf_logging.enable_progress_bar()
+        raise SrsumError(f"--model {path}: could not read the checkpoint's config ({reason})") from None
 
 
 def host_model_type(config) -> str:
@@ -139,16 +147,30 @@ def host_model_type(config) -> str:
 
 
 def attention_shape(config) -> dict[str, int]:
-    """d_model, heads, head dim and decoder layers of a T5 or BART config."""
+    """d_model, heads, head dim and decoder layers of a T5 or BART config, and the encoder's heads,
+    head dim and layers (``encoder_*``)."""
     if host_model_type(config) == "t5":
         layers = getattr(config, "num_decoder_layers", None) or config.num_layers
-        return {"d_model": config.d_model, "heads": config.num_heads, "head_dim": config.d_kv, "layers": layers}
+        return {"d_model": config.d_model, "heads": config.num_heads, "head_dim": config.d_kv, "layers": layers,
+                "encoder_heads": config.num_heads, "encoder_head_dim": config.d_kv,
+                "encoder_layers": config.num_layers}
     heads = config.decoder_attention_heads
-    return {"d_model": config.d_model, "heads": heads, "head_dim": config.d_model // heads, "layers": config.decoder_layers}
+    encoder_heads = getattr(config, "encoder_attention_heads", heads)
+    return {"d_model": config.d_model, "heads": heads, "head_dim": config.d_model // heads,
+            "layers": config.decoder_layers,
+            "encoder_heads": encoder_heads, "encoder_head_dim": config.d_model // encoder_heads,
+            "encoder_layers": getattr(config, "encoder_layers", config.decoder_layers)}
 
 
-def build_host_model(config, device, dtype_name: str, seed: int = 0):
-    """A randomly initialised T5/BART with ``config``'s shapes (an srformer config builds its host)."""
+def config_encoder_block(config) -> int | None:
+    """The blocked encoder's block size saved in an srsum checkpoint's config, if it has a positive one."""
+    value = getattr(config, "srformer_encoder_block", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def build_host_model(config, device, dtype_name: str, seed: int = 0, **changes: Any):
+    """A randomly initialised T5/BART with ``config``'s shapes (an srformer config builds its host),
+    ``changes`` applied to its fields."""
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
@@ -156,11 +178,32 @@ def build_host_model(config, device, dtype_name: str, seed: int = 0):
     settings = {k: v for k, v in config.to_dict().items() if not k.startswith("srformer_")}
     settings.pop("model_type", None)
     settings.pop("architectures", None)
+    settings.update(changes)
     host_config = AutoConfig.for_model(host, **settings)
     _fill_special_tokens(host_config)
     torch.manual_seed(seed)
     model = AutoModelForSeq2SeqLM.from_config(host_config)
     return model.to(device=device, dtype=getattr(torch, resolve_dtype_name(dtype_name))).eval()
+
+
+# Config fields a probe model shrinks: none of them changes the decoder's cross-attention.
+PROBE_SIZES = {
+    "t5": {"num_layers": 1, "d_ff": 8},
+    "bart": {"encoder_layers": 1, "encoder_ffn_dim": 8, "decoder_ffn_dim": 8},
+}
+
+
+def probe_host_model(config, device, dtype_name: str, seed: int = 0):
+    """A random T5/BART with ``config``'s cross-attention shapes but at most two decoder layers (layer 0
+    builds what the layers share, layer 1 stands for every later one), one encoder layer, tiny
+    feed-forward blocks and vocabulary: what :class:`srsum.profiling.counted.ProbeCounter` runs."""
+    host = host_model_type(config)
+    changes = dict(PROBE_SIZES[host])
+    changes["num_decoder_layers" if host == "t5" else "decoder_layers"] = min(2, attention_shape(config)["layers"])
+    specials = [getattr(config, k, None) for k in ("pad_token_id", "eos_token_id", "bos_token_id",
+                                                   "decoder_start_token_id")]
+    changes["vocab_size"] = max([8] + [v + 1 for v in specials if isinstance(v, int)])
+    return build_host_model(config, device, dtype_name, seed, **changes)
 
 
 def _fill_special_tokens(config) -> None:
@@ -185,7 +228,10 @@ def make_variant_model(host_model, variant: str, seg_size: int, schedule_length:
         if variant == "full":
             return model
         raise SrsumError(f"variant {variant!r} needs srsum.engine, which is not available")
-    converted = convert(model, attention=variant, seg_size=seg_size, schedule_length=schedule_length)
+    # W keeps the paper's init: calibrating it would run the model once more, and no FLOP count or
+    # timing depends on W's values
+    converted = convert(model, attention=variant, seg_size=seg_size, schedule_length=schedule_length,
+                        w_init="paper")
     return converted.eval()
 
 
@@ -226,8 +272,10 @@ def teacher_forced_run(model, inputs: ProfileInputs) -> Callable[[], Any]:
     return run
 
 
-def decode_run(model, inputs: ProfileInputs, steps: int, beams: int) -> Callable[[], Any]:
-    """``steps`` incremental decode steps with ``generate`` (exactly that many: EOS suppressed)."""
+def decode_run(model, inputs: ProfileInputs, steps: int, beams: int,
+               max_time: float | None = None) -> Callable[[], Any]:
+    """``steps`` incremental decode steps with ``generate`` (exactly that many: EOS suppressed), or fewer
+    when ``max_time`` seconds run out first; the run returns the tokens (start token + one per step)."""
     from transformers import GenerationConfig
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -241,6 +289,7 @@ def decode_run(model, inputs: ProfileInputs, steps: int, beams: int) -> Callable
         min_new_tokens=steps,
         num_beams=beams,
         do_sample=False,
+        max_time=max_time,
     )
 
     def run():

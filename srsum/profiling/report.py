@@ -10,17 +10,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from srsum.profiling.analytic import CostShape, bytes_per_value, reduction
+from srsum.profiling.analytic import (ENCODER_KINDS, CostShape, EncoderShape, bytes_per_value, encoder_computation,
+                                      encoder_memory, encoder_peak_scores, encoder_product_flops, reduction)
 from srsum.profiling.counted import FlopCount
+
 
 @dataclass
 class Measured:
-    """Measured on the device, per decode step, averaged over m steps."""
+    """Measured on the device (``--measure``). Times are per decode step, the best of ``repeats`` timed
+    runs of ``steps_timed`` steps; peaks are above the model's weights. None where the time budget or
+    memory did not allow that part (``skipped`` says why)."""
 
-    decode_step_s: float             # whole model (decoder and LM head; the encoder is not run)
-    cross_attention_step_s: float    # inside the cross-attention modules of all layers
-    decode_peak_bytes: int           # peak above the weights during the m decode steps
-    teacher_forced_peak_bytes: int   # peak above the weights during one teacher-forced pass
+    decode_step_s: float | None = None             # whole decoder and LM head (the encoder is not run)
+    cross_attention_step_s: float | None = None    # inside the cross-attention modules of all layers
+    decode_peak_bytes: int | None = None           # over ``peak_steps`` decode steps
+    teacher_forced_peak_bytes: int | None = None   # one teacher-forced pass over all m positions
+    steps_timed: int = 0
+    repeats: int = 0
+    peak_steps: int = 0
+    seconds: float = 0.0                           # wall time this variant's measurement took
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -31,7 +40,10 @@ class VariantProfile:
     left_out: dict[str, int]         # q·R, W and RAF, per head-layer
     values_read_per_step: int        # per head-layer
     products: dict[str, int]         # analytic FLOPs of each matrix product, per head-layer, teacher-forced
-    decode_products: dict[str, int]  # over m decode steps (the engine does the same products)
+    decode_products: dict[str, int]  # over m decode steps, per head-layer
+    shared_decode_products: dict[str, int] = field(default_factory=dict)  # once per decoded row (Gram matrix)
+    teacher_products_total: int = 0  # whole decoder, teacher-forced (analytic)
+    decode_products_total: int = 0   # whole decoder, m decode steps (analytic)
     counted_teacher_forced: FlopCount | None = None
     counted_decode: FlopCount | None = None
     measured: Measured | None = None
@@ -44,9 +56,10 @@ class ReportRow:
     label: str
     unit: str
     values: dict[str, float | None]
+    baseline: str = "full"           # what the reduction column compares against
 
     def reduction(self, variant: str) -> float | None:
-        return reduction(self.values.get(variant), self.values.get("full"))
+        return reduction(self.values.get(variant), self.values.get(self.baseline))
 
 
 @dataclass
@@ -60,6 +73,9 @@ class ProfileReport:
     schedule_length: int
     variants: dict[str, VariantProfile]
     notes: list[str] = field(default_factory=list)
+    encoder: EncoderShape | None = None
+    counting: str | None = None      # how the counted figures were obtained
+    measuring: str | None = None     # what the measured run did
 
     @property
     def bytes_per_value(self) -> int:
@@ -69,11 +85,31 @@ class ProfileReport:
         """The table: one row per quantity, a value per variant (None where not available)."""
         return _analytic_rows(self) + _counted_rows(self) + _decode_rows(self)
 
+    def encoder_rows(self) -> list[ReportRow]:
+        """The encoder's self-attention, n x n scores against query blocks (values keyed by ENCODER_KINDS)."""
+        return [] if self.encoder is None else _encoder_rows(self.encoder, self.bytes_per_value)
+
+    def parts(self) -> list[dict[str, Any]]:
+        """Whole-model attention cost by part: the encoder's self-attention (both kinds) and each
+        cross-attention variant, analytic computation (MAC) and memory (bytes), and each part's share
+        of encoder + cross-attention computation when paired with full encoder attention."""
+        if self.encoder is None:
+            return []
+        size, enc, whole = self.bytes_per_value, self.encoder, self.shape.head_layers
+        parts = [{"part": f"encoder self-attention, {kind}" + (f" ({enc.block})" if kind == "blocked" else ""),
+                  "computation": encoder_computation(kind, enc) * enc.head_layers,
+                  "memory_bytes": encoder_memory(kind, enc) * enc.head_layers * size,
+                  "peak_scores_bytes": encoder_peak_scores(kind, enc) * size} for kind in ENCODER_KINDS]
+        parts += [{"part": f"cross-attention, {name}", "computation": p.computation * whole,
+                   "memory_bytes": p.memory * whole * size, "peak_scores_bytes": None}
+                  for name, p in self.variants.items()]
+        encoder_mac = parts[0]["computation"]
+        for part in parts:
+            part["share_of_attention"] = (None if part["part"].startswith("encoder") else
+                                          part["computation"] / (part["computation"] + encoder_mac))
+        return parts
+
     def to_dict(self) -> dict[str, Any]:
-        rows = []
-        for row in self.rows():
-            reductions = {v: row.reduction(v) for v in self.variants if v != "full"}
-            rows.append({**asdict(row), "reduction_vs_full": reductions})
         return {
             "shape": {**asdict(self.shape), "segments": self.shape.segments, "local_keys": self.shape.local_keys},
             "model": self.model,
@@ -82,10 +118,22 @@ class ProfileReport:
             "bandwidth_gbps": self.bandwidth_gbps,
             "bandwidth_source": self.bandwidth_source,
             "schedule_length": self.schedule_length,
+            "counting": self.counting,
+            "measuring": self.measuring,
             "variants": {name: _variant_dict(v) for name, v in self.variants.items()},
-            "rows": rows,
+            "rows": [_row_dict(row, [v for v in self.variants if v != "full"]) for row in self.rows()],
+            "encoder": None if self.encoder is None else {
+                "shape": {**asdict(self.encoder), "block_rows": self.encoder.block_rows},
+                "rows": [_row_dict(row, ["blocked"]) for row in self.encoder_rows()],
+                "parts": self.parts(),
+            },
             "notes": list(self.notes),
         }
+
+
+def _row_dict(row: ReportRow, compared: list[str]) -> dict[str, Any]:
+    return {**asdict(row), f"reduction_vs_{row.baseline.replace('×', 'x').replace(' ', '_')}":
+            {v: row.reduction(v) for v in compared}}
 
 
 def _variant_dict(profile: VariantProfile) -> dict[str, Any]:
@@ -126,17 +174,16 @@ def _counted(count: FlopCount | None, part: str) -> float | None:
 
 
 def _counted_rows(report: ProfileReport) -> list[ReportRow]:
-    shape = report.shape
     section = "FLOPs (FlopCounterMode)"
     return [
         ReportRow(section, "analytic matrix products, teacher-forced", "FLOP",
-                  _per_variant(report, lambda p: sum(p.products.values()) * shape.head_layers)),
+                  _per_variant(report, lambda p: p.teacher_products_total)),
         ReportRow(section, "counted matrix products, teacher-forced", "FLOP",
                   _per_variant(report, lambda p: _counted(p.counted_teacher_forced, "products"))),
         ReportRow(section, "counted other ops, teacher-forced", "FLOP",
                   _per_variant(report, lambda p: _counted(p.counted_teacher_forced, "other"))),
         ReportRow(section, "analytic matrix products, m decode steps", "FLOP",
-                  _per_variant(report, lambda p: sum(p.decode_products.values()) * shape.decode_rows)),
+                  _per_variant(report, lambda p: p.decode_products_total)),
         ReportRow(section, "counted matrix products, m decode steps", "FLOP",
                   _per_variant(report, lambda p: _counted(p.counted_decode, "products"))),
         ReportRow(section, "counted other ops, m decode steps", "FLOP",
@@ -164,10 +211,29 @@ def _decode_rows(report: ProfileReport) -> list[ReportRow]:
                   _per_variant(report, lambda p: _measured(p, "cross_attention_step_s"))),
         ReportRow(section, "measured time / step, whole decoder", "s",
                   _per_variant(report, lambda p: _measured(p, "decode_step_s"))),
-        ReportRow(section, "measured peak memory, m decode steps", "bytes",
+        ReportRow(section, "measured peak memory, decode steps", "bytes",
                   _per_variant(report, lambda p: _measured(p, "decode_peak_bytes"))),
         ReportRow(section, "measured peak memory, teacher-forced", "bytes",
                   _per_variant(report, lambda p: _measured(p, "teacher_forced_peak_bytes"))),
+    ]
+
+
+def _encoder_rows(enc: EncoderShape, size: int) -> list[ReportRow]:
+    section = "encoder self-attention (analytic)"
+
+    def values(per_kind: Callable[[str], int]) -> dict[str, float | None]:
+        return {kind: per_kind(kind) for kind in ENCODER_KINDS}
+
+    def row(label: str, unit: str, per_kind: Callable[[str], int]) -> ReportRow:
+        return ReportRow(section, label, unit, values(per_kind), baseline=ENCODER_KINDS[0])
+
+    return [
+        row("computation / head-layer", "MAC", lambda k: encoder_computation(k, enc)),
+        row("computation / encoder", "MAC", lambda k: encoder_computation(k, enc) * enc.head_layers),
+        row("matrix products / encoder", "FLOP", lambda k: encoder_product_flops(k, enc) * enc.head_layers),
+        row("memory / head-layer", "values", lambda k: encoder_memory(k, enc)),
+        row("memory / encoder", "bytes", lambda k: encoder_memory(k, enc) * enc.head_layers * size),
+        row("peak score memory (one layer at a time)", "bytes", lambda k: encoder_peak_scores(k, enc) * size),
     ]
 
 
@@ -183,7 +249,7 @@ class SweepReport:
             "computation": lambda r, p: p.computation * r.shape.head_layers,
             "computation_with_left_out": lambda r, p: (p.computation + sum(p.left_out.values())) * r.shape.head_layers,
             "memory_bytes": lambda r, p: p.memory * r.shape.head_layers * r.bytes_per_value,
-            "analytic_product_flops": lambda r, p: sum(p.products.values()) * r.shape.head_layers,
+            "analytic_product_flops": lambda r, p: p.teacher_products_total,
             "counted_product_flops": lambda r, p: _counted(p.counted_teacher_forced, "products"),
             "counted_attention_flops": lambda r, p: _counted(p.counted_teacher_forced, "attention"),
             "bandwidth_floor_s": lambda r, p: p.values_read_per_step * r.shape.decode_rows * r.bytes_per_value
@@ -191,6 +257,7 @@ class SweepReport:
             "measured_cross_attention_step_s": lambda r, p: _measured(p, "cross_attention_step_s"),
             "measured_decode_step_s": lambda r, p: _measured(p, "decode_step_s"),
             "measured_teacher_forced_peak_bytes": lambda r, p: _measured(p, "teacher_forced_peak_bytes"),
+            "encoder_computation": lambda r, p: _encoder_whole(r),
         }
         variants = list(self.points[0].variants) if self.points else []
         return {
@@ -213,6 +280,13 @@ class SweepReport:
             "series": self.series(),
             "points": [r.to_dict() for r in self.points],
         }
+
+
+def _encoder_whole(report: ProfileReport) -> int | None:
+    """The encoder's n x n self-attention computation (MAC) for the whole encoder."""
+    if report.encoder is None:
+        return None
+    return encoder_computation(ENCODER_KINDS[0], report.encoder) * report.encoder.head_layers
 
 
 def write_sweep_json(report: SweepReport, path: str | os.PathLike) -> Path:
