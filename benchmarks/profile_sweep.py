@@ -2,8 +2,9 @@
 
 Takes exactly the options of ``srsum profile`` (see ``--help``). Examples::
 
-    python benchmarks/profile_sweep.py --seg-size 8                       # the default table, CPU
-    python benchmarks/profile_sweep.py --seg-size 8 --device cuda         # on a GPU
+    python benchmarks/profile_sweep.py --seg-size 8                       # analytic + counted, a few seconds
+    python benchmarks/profile_sweep.py --seg-size 8 --measure --time-budget 120          # + time, memory (CPU)
+    python benchmarks/profile_sweep.py --seg-size 8 --device cuda --measure              # on a GPU
     python benchmarks/profile_sweep.py --sweep --sweep-over m --seg-size 64 --output-dir out   # Fig. 5
 """
 
