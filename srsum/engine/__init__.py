@@ -6,16 +6,16 @@ It never imports the CLI. See docs/ENGINE_API.md for the contract the rest of sr
 from .attention import DecodeState, SRformerCrossAttention
 from .models import (FAMILIES, SRformerBartConfig, SRformerBartForConditionalGeneration, SRformerT5Config,
                      SRformerT5ForConditionalGeneration, convert, count_srformer_parameters, family_of, load_config,
-                     load_model,
-                     register_auto_classes)
-from .settings import VARIANTS, SRformerSettings, make_settings, normalize_variant, settings_from_config
+                     load_model, register_auto_classes, set_encoder_block)
+from .settings import (DEFAULT_ENCODER_BLOCK, VARIANTS, SRformerSettings, make_settings, normalize_variant,
+                       settings_from_config)
 
 register_auto_classes()
 
 __all__ = [
     "VARIANTS", "SRformerSettings", "SRformerCrossAttention", "DecodeState", "convert", "load_model",
     "make_settings", "normalize_variant", "settings_from_config", "family_of", "load_config",
-    "count_srformer_parameters",
+    "count_srformer_parameters", "set_encoder_block", "DEFAULT_ENCODER_BLOCK",
     "FAMILIES", "SRformerT5Config", "SRformerBartConfig", "SRformerT5ForConditionalGeneration",
     "SRformerBartForConditionalGeneration", "register_auto_classes",
 ]

@@ -19,7 +19,9 @@ from transformers import initialization as hf_init
 from ..errors import SrsumError
 from .attention import SRformerCrossAttention
 from .calibration import calibrate, needs_calibration
-from .settings import DEFAULT_MEMORY_RATIO, SRformerSettings, make_settings, settings_from_config
+from .encoder import BartBlockedSelfAttention, T5BlockedSelfAttention, install_blocked_encoder
+from .settings import (CONFIG_PREFIX, DEFAULT_ENCODER_BLOCK, DEFAULT_MEMORY_RATIO, SRformerSettings,
+                       encoder_block_size, make_settings, settings_from_config)
 
 
 # --------------------------------------------------------------------------- host adapters
@@ -72,6 +74,7 @@ class _SRformerMixin:
 
     def _install_srformer(self):
         install_cross_attention(self, family_of(self.config))
+        install_encoder_attention(self, family_of(self.config))
 
     def _init_weights(self, module):
         if isinstance(module, SRformerCrossAttention):
@@ -102,6 +105,7 @@ class Family:
     config_class: type
     model_class: type
     adapter: type
+    encoder_adapter: type  # blocked encoder self-attention (srsum.engine.encoder)
 
     def cross_attention_slots(self, model):
         """(parent module, attribute name) of every decoder cross-attention."""
@@ -109,10 +113,18 @@ class Family:
             return [(block.layer[1], "EncDecAttention") for block in model.decoder.block]
         return [(layer, "encoder_attn") for layer in model.model.decoder.layers]
 
+    def encoder_self_attention(self, model) -> list:
+        """Every encoder self-attention module."""
+        if self.name == "t5":
+            return [block.layer[0].SelfAttention for block in model.encoder.block]
+        return [layer.self_attn for layer in model.model.encoder.layers]
+
 
 FAMILIES = {
-    "t5": Family("t5", ("t5",), SRformerT5Config, SRformerT5ForConditionalGeneration, T5CrossAttention),
-    "bart": Family("bart", ("bart",), SRformerBartConfig, SRformerBartForConditionalGeneration, BartCrossAttention),
+    "t5": Family("t5", ("t5",), SRformerT5Config, SRformerT5ForConditionalGeneration, T5CrossAttention,
+                 T5BlockedSelfAttention),
+    "bart": Family("bart", ("bart",), SRformerBartConfig, SRformerBartForConditionalGeneration, BartCrossAttention,
+                   BartBlockedSelfAttention),
 }
 
 
@@ -136,24 +148,39 @@ def install_cross_attention(model, family: Family) -> None:
         setattr(parent, name, layer.to(device=reference.device, dtype=reference.dtype))
 
 
+def install_encoder_attention(model, family: Family) -> None:
+    """Run the encoder's self-attention in blocks of ``srformer_encoder_block`` queries (the config field;
+    off: Hugging Face's own attention)."""
+    block = settings_from_config(model.config, family.name).encoder_block
+    install_blocked_encoder(model.get_encoder(), family.encoder_self_attention(model), family.encoder_adapter, block)
+
+
+def set_encoder_block(model, block) -> None:
+    """Change a loaded model's encoder block size (int, or 0/None: off): the config field
+    ``srformer_encoder_block`` (saved with the model) and the modules that read it."""
+    setattr(model.config, CONFIG_PREFIX + "encoder_block", encoder_block_size(block))
+    install_encoder_attention(model, family_of(model.config))
+
+
 # --------------------------------------------------------------------------- public API
 def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_length: int = 128,
             clamp="default", leak_init=None, threshold_init=None, w_init="calibrated",
-            memory_ratio=DEFAULT_MEMORY_RATIO, calibration_batch=None):
+            memory_ratio=DEFAULT_MEMORY_RATIO, calibration_batch=None, encoder_block=DEFAULT_ENCODER_BLOCK):
     """Turn a loaded T5/BART model (or a hub name / path) into an SRformer model of the given variant.
 
     Every pretrained weight is kept; srformer-family variants add W (d x d), λ and θ per decoder layer.
     With ``w_init="calibrated"`` (the default) W is then scaled per layer so that the recurrent term is
     ``memory_ratio`` times the local term on ``calibration_batch`` (a mapping with input_ids, attention_mask
     and decoder_input_ids or labels), or on a fallback batch of random tokens when none is given
-    (``srsum.engine.calibration``); ``w_init="paper"`` keeps the paper's init. The model is changed in
-    place and returned.
+    (``srsum.engine.calibration``); ``w_init="paper"`` keeps the paper's init. ``encoder_block``: the encoder's
+    self-attention runs in blocks of that many queries for longer inputs (exact, O(n · block) memory;
+    ``srsum.engine.encoder``), 0/None keeps Hugging Face's. The model is changed in place and returned.
     """
     if isinstance(model, (str, Path)):
         model = _load_plain(str(model))
     family = family_of(model.config)
     settings = make_settings(family.name, attention, seg_size, schedule_length, clamp, leak_init,
-                             threshold_init, w_init, memory_ratio)
+                             threshold_init, w_init, memory_ratio, encoder_block=encoder_block)
     fields = model.config.to_dict()
     fields.pop("model_type", None)
     fields.update(settings.to_config_dict())
@@ -162,15 +189,19 @@ def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_len
     model.__class__ = family.model_class
     model.config = config
     install_cross_attention(model, family)
+    install_encoder_attention(model, family)
     if needs_calibration(model):
         calibrate(model, calibration_batch)
     return model
 
 
 def load_model(path_or_name: str, attention: str | None = None, seg_size: int | None = None,
-               dtype: torch.dtype | None = None, device: str | torch.device | None = None, **settings):
+               dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+               encoder_block="default", **settings):
     """Load an srsum checkpoint (as saved) or a plain T5/BART (converted to ``attention``, default full, with
-    ``settings`` passed to :func:`convert`: schedule_length, w_init, memory_ratio, calibration_batch, ...)."""
+    ``settings`` passed to :func:`convert`: schedule_length, w_init, memory_ratio, calibration_batch, ...).
+    ``encoder_block`` (int, or 0/None: off) replaces the checkpoint's ``srformer_encoder_block``, or sets a
+    converted model's; "default" keeps the saved value (a plain model: ``DEFAULT_ENCODER_BLOCK``)."""
     config = load_config(str(path_or_name))
     family = family_of(config)
     _check_dtype(family, dtype)
@@ -184,10 +215,14 @@ def load_model(path_or_name: str, attention: str | None = None, seg_size: int | 
                              f"not {seg_size}")
         refuse_pickle_only(str(path_or_name))
         model = AutoModelForSeq2SeqLM.from_pretrained(str(path_or_name), dtype=dtype)
+        if encoder_block != "default":
+            set_encoder_block(model, encoder_block)
     else:  # moved to the device first, so the calibration runs there
         plain = _load_plain(str(path_or_name), dtype)
         model = convert(plain if device is None else plain.to(device), attention or "full",
-                        64 if seg_size is None else seg_size, **settings)
+                        64 if seg_size is None else seg_size,
+                        encoder_block=DEFAULT_ENCODER_BLOCK if encoder_block == "default" else encoder_block,
+                        **settings)
     if device is not None:
         model = model.to(device)
     return model.eval()

@@ -45,6 +45,9 @@ CONFIG_PREFIX = "srformer_"
 # recurrent term is ``memory_ratio`` times the local term on a calibration batch; "paper" keeps it.
 W_INITS = ("calibrated", "paper")
 DEFAULT_MEMORY_RATIO = 0.05
+# Encoder self-attention in blocks of this many queries for inputs longer than it (srsum.engine.encoder):
+# exact, O(n · block) memory instead of O(n²); None (or 0) keeps Hugging Face's encoder attention.
+DEFAULT_ENCODER_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class SRformerSettings:
     w_init: str = "calibrated"  # "calibrated" or "paper" (see W_INITS)
     memory_ratio: float = DEFAULT_MEMORY_RATIO  # r: ||rec|| / ||local|| the calibration aims for
     calibration: dict | None = None  # what the calibration chose and measured (None: not calibrated)
+    encoder_block: int | None = DEFAULT_ENCODER_BLOCK  # encoder queries per block for longer inputs, None: off
 
     @property
     def has_local(self) -> bool:
@@ -106,7 +110,8 @@ def _positive_float(field: str, value) -> float:
 
 def make_settings(family: str, attention: str = "srformer", seg_size=64, schedule_length=128,
                   clamp="default", leak_init=None, threshold_init=None, w_init="calibrated",
-                  memory_ratio=DEFAULT_MEMORY_RATIO, calibration=None) -> SRformerSettings:
+                  memory_ratio=DEFAULT_MEMORY_RATIO, calibration=None,
+                  encoder_block=DEFAULT_ENCODER_BLOCK) -> SRformerSettings:
     """Validated settings for a model family; unset values take the family's defaults."""
     if family not in FAMILIES:
         raise SrsumError(f"model family: {family!r} is not supported; allowed: {', '.join(FAMILIES)}")
@@ -124,7 +129,15 @@ def make_settings(family: str, attention: str = "srformer", seg_size=64, schedul
         w_init=_choice("w_init", w_init, W_INITS),
         memory_ratio=_positive_float("memory_ratio", memory_ratio),
         calibration=None if calibration is None else dict(calibration),
+        encoder_block=encoder_block_size(encoder_block),
     )
+
+
+def encoder_block_size(value) -> int | None:
+    """A validated ``encoder_block``: a positive integer, or None for off (0, None and False mean off)."""
+    if value is None or value is False or value == 0:
+        return None
+    return _positive_int("encoder_block", value)
 
 
 def _choice(field: str, value, allowed: tuple) -> str:
