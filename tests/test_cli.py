@@ -333,9 +333,9 @@ def test_ctrl_c_during_training_then_resume(tiny_t5_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(srsum.training, "train", real_train)
 
     assert_one_line_error(run("train", "--resume", "--output-dir", run_dir, "--seg-size", "32"),
-                          "trained with --seg-size 8, not 32")
+                          "trained with --seg-size 8, not 32", code=2)
     assert_one_line_error(run("train", "--resume", "--output-dir", run_dir, "--attention", "full"),
-                          "trained with --attention srformer, not full")
+                          "trained with --attention srformer, not full", code=2)
     result = run("train", "--resume", "--output-dir", run_dir, "--json", "--quiet")
     assert result.exit_code == 0, result.stderr
     outcome = json.loads(result.stdout)
@@ -344,15 +344,15 @@ def test_ctrl_c_during_training_then_resume(tiny_t5_dir, tmp_path, monkeypatch):
 
 
 def test_train_bad_input(tiny_t5_dir, tmp_path):
-    assert_one_line_error(run("train", "--dataset", CNN_SAMPLE), "--model required")
+    assert_one_line_error(run("train", "--dataset", CNN_SAMPLE), "--model required", code=2)
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--attention", "sparse")),
-                          "unknown variant 'sparse'")
+                          "unknown variant 'sparse'", code=2)
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--text-column", "body")),
                           "text column 'body' not found")
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--memory-ratio", "-1")),
-                          "--memory-ratio must be a positive number, got -1.0")
+                          "--memory-ratio must be a positive number, got -1.0", code=2)
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--w-init", "foo")),
-                          "--w-init must be one of calibrated, paper, got 'foo'")
+                          "--w-init must be one of calibrated, paper, got 'foo'", code=2)
     assert_one_line_error(run("train", "--resume", "--output-dir", tmp_path / "empty"), "no complete checkpoint")
     assert not (tmp_path / "r").exists()
 

@@ -632,7 +632,7 @@ def test_cli_resume_with_a_contradicting_flag_is_one_line(trained_t5):
     from srsum.cli import app
 
     result = CliRunner().invoke(app, ["train", "--resume", "--output-dir", str(trained_t5.run_dir), "--epochs", "5"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a command-line mistake
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "was trained with --epochs 2, not 5; drop --epochs" in errors[0], result.output
 

@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from srsum.cli.common import EXIT_INTERRUPTED, QuietOption, RichReporter, app, emit_json, handled
-from srsum.errors import SrsumError
+from srsum.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_USAGE, QuietOption, RichReporter, app, emit_json,
+                              handled)
+from srsum.errors import SrsumError, UsageError
 
 TRAIN_EPILOG = """[bold]Examples[/bold]
 
@@ -57,8 +58,10 @@ def _silent_errors_off_main(rank: int):
         return
     try:
         yield
+    except UsageError:
+        raise typer.Exit(EXIT_USAGE) from None
     except SrsumError:
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except (TrainingInterrupted, KeyboardInterrupt):
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -160,7 +163,7 @@ def train(
         if not resume and ((model is None and model_config is None) or dataset is None):
             missing = " and ".join(name for name, value in (("--model", model or model_config), ("--dataset", dataset))
                                    if value is None)
-            raise SrsumError(f"{missing} required, e.g. srsum train --model t5-small --dataset cnn_dailymail "
+            raise UsageError(f"{missing} required, e.g. srsum train --model t5-small --dataset cnn_dailymail "
                              "(or --resume to continue a run)")
         config = TrainingConfig(
             model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from srsum.checkpoints import MODELS_DIR, find_run_dirs, list_checkpoints, read_trainer_state
-from srsum.errors import SrsumError
+from srsum.errors import SrsumError, UsageError
 from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LENGTH
 
 BEST_METRICS = ("rougeLsum", "rougeL", "rouge1", "rouge2", "loss")
@@ -71,23 +71,23 @@ class TrainingConfig:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
             if value < 1:
-                raise SrsumError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         for name in ("eval_samples", "warmup_steps"):
             if getattr(self, name) < 0:
-                raise SrsumError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+                raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
-            raise SrsumError(f"--learning-rate must be positive, got {self.learning_rate}")
+            raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}")
         if self.weight_decay < 0:
-            raise SrsumError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+            raise UsageError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.best_metric not in BEST_METRICS:
-            raise SrsumError(f"--best-metric: unknown metric {self.best_metric!r}; choose one of "
+            raise UsageError(f"--best-metric: unknown metric {self.best_metric!r}; choose one of "
                              f"{', '.join(BEST_METRICS)}")
         if self.w_init is not None:
             from srsum.engine.settings import W_INITS
 
             w_init = str(self.w_init).strip().lower()
             if w_init not in W_INITS:
-                raise SrsumError(f"--w-init must be one of {', '.join(W_INITS)}, got {self.w_init!r}")
+                raise UsageError(f"--w-init must be one of {', '.join(W_INITS)}, got {self.w_init!r}")
             self.w_init = w_init
         if self.memory_ratio is not None:
             try:
@@ -95,15 +95,18 @@ class TrainingConfig:
             except (TypeError, ValueError):
                 ratio = math.nan
             if not 0 < ratio < math.inf:
-                raise SrsumError(f"--memory-ratio must be a positive number, got {self.memory_ratio}")
+                raise UsageError(f"--memory-ratio must be a positive number, got {self.memory_ratio}")
             self.memory_ratio = ratio
         if self.model_config is not None and self.model:
-            raise SrsumError("--model and --config exclude each other: --model starts from pretrained weights, "
+            raise UsageError("--model and --config exclude each other: --model starts from pretrained weights, "
                              "--config from a new, randomly initialised model")
         if self.attention is not None:
             from srsum.engine import normalize_variant
 
-            self.attention = normalize_variant(self.attention)
+            try:
+                self.attention = normalize_variant(self.attention)
+            except SrsumError as error:
+                raise UsageError(f"--{error}") from None
         return self
 
 
@@ -187,15 +190,15 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
     saved_seg = saved_model.get("srformer_seg_size")
     if config.attention is not None and saved_attention is not None \
             and normalize_variant(config.attention) != saved_attention:
-        raise SrsumError(f"--resume: checkpoint {checkpoint} was trained with --attention {saved_attention}, not "
+        raise UsageError(f"--resume: checkpoint {checkpoint} was trained with --attention {saved_attention}, not "
                          f"{config.attention}; drop --attention or start a new run with another --output-dir")
     if config.seg_size is not None and saved_seg is not None and config.seg_size != saved_seg:
-        raise SrsumError(f"--resume: checkpoint {checkpoint} was trained with --seg-size {saved_seg}, not "
+        raise UsageError(f"--resume: checkpoint {checkpoint} was trained with --seg-size {saved_seg}, not "
                          f"{config.seg_size}; drop --seg-size or start a new run with another --output-dir")
     for flag, name in (("--w-init", "w_init"), ("--memory-ratio", "memory_ratio")):
         given, saved = getattr(config, name), saved_model.get(f"srformer_{name}")
         if given is not None and saved is not None and given != saved:
-            raise SrsumError(f"--resume: checkpoint {checkpoint} was converted with {flag} {saved}, not {given}; "
+            raise UsageError(f"--resume: checkpoint {checkpoint} was converted with {flag} {saved}, not {given}; "
                              f"drop {flag} (a resumed run is not converted again) or start a new run with another "
                              "--output-dir")
     state = read_trainer_state(checkpoint)
@@ -228,6 +231,6 @@ def _check_given_settings(config: TrainingConfig, saved_args: dict[str, Any], ch
         if given != saved:
             flag = f"--{name.replace('_', '-')}"
             shown = (lambda value: "on" if value is True else "off" if value is False else value)
-            raise SrsumError(f"--resume: checkpoint {checkpoint} was trained with {flag} {shown(saved)}, not "
+            raise UsageError(f"--resume: checkpoint {checkpoint} was trained with {flag} {shown(saved)}, not "
                              f"{shown(given)}; drop {flag} (a resumed run keeps the settings of its checkpoint) or "
                              "start a new run with another --output-dir")

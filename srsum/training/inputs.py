@@ -21,13 +21,14 @@ def load_split(config: TrainingConfig, split: str, limit: int | None, what: str)
     return usable
 
 
-def tokenize_split(tokenizer, model_type: str, examples: list[Example], config: TrainingConfig, reporter: Reporter,
-              what: str):
+def tokenize_split(tokenizer, model_config, examples: list[Example], config: TrainingConfig, reporter: Reporter,
+                   what: str):
+    """Token rows of ``examples``, with the source prefix ``model_config`` asks for (as summarize uses it)."""
     from srsum.tokenization import encode_examples
 
     truncated: list[int] = []
     with reporter.progress(f"tokenizing {what}", len(examples)) as advance:
-        rows = encode_examples(tokenizer, model_type, [e.text for e in examples], [e.summary for e in examples],
+        rows = encode_examples(tokenizer, model_config, [e.text for e in examples], [e.summary for e in examples],
                                config.max_source_length, config.max_target_length,
                                on_truncate=lambda i, length, limit: truncated.append(length), advance=advance)
     if truncated:

@@ -169,9 +169,8 @@ class _Run:
         train_examples = load_split(config, config.train_split, config.train_limit, "training")
         self.eval_examples = (load_split(config, config.validation_split, config.eval_samples, "validation")
                               if config.eval_samples > 0 else [])
-        model_type = source_config.model_type
-        self.train_rows = tokenize_split(self.tokenizer, model_type, train_examples, config, reporter, "training")
-        self.eval_rows = (tokenize_split(self.tokenizer, model_type, self.eval_examples, config, reporter,
+        self.train_rows = tokenize_split(self.tokenizer, source_config, train_examples, config, reporter, "training")
+        self.eval_rows = (tokenize_split(self.tokenizer, source_config, self.eval_examples, config, reporter,
                                          "validation") if self.eval_examples else [])
         self.collator = Seq2SeqCollator(self.tokenizer.pad_token_id)
         # the first two global batches (epoch 0's order; all processes, all accumulated micro-batches), at most
