@@ -457,3 +457,13 @@ def test_cli_measure_reports_steps_and_repeats(tmp_path):
     assert result.exit_code == 0, result.output
     assert "measured on cpu" in result.stdout and re.search(r"decode timed over \d of 8 steps", result.stdout)
     assert "measured time / step, cross-attention" in result.stdout
+
+
+def test_a_busy_cpu_is_named_in_the_notes(monkeypatch):
+    from srsum.profiling import runner
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("os.getloadavg", lambda: (50.0, 50.0, 50.0))
+    assert "CPU was busy (load 50.0" in runner._busy_cpu(cpu)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert runner._busy_cpu(cpu) is None

@@ -96,7 +96,7 @@ def parse_bandwidth(text: str) -> float:
 _MEASURED_BANDWIDTH: dict[str, float] = {}
 
 
-def measure_copy_bandwidth_gbps(device, megabytes: int = 128, repeats: int = 3) -> float:
+def measure_copy_bandwidth_gbps(device, megabytes: int = 64, repeats: int = 3) -> float:
     """Bytes read + written per second by a large tensor copy on ``device`` (best of ``repeats``)."""
     import torch
 
@@ -322,9 +322,13 @@ class MeasurePlan:
 
     start_flops: float
     peak_bytes: float
+    teacher_flops: float = 0.0  # one teacher-forced pass of the whole decoder (its cost before any overhead)
 
 
-def measure_plan(shape, width: int, variant: str, bytes_per_value: int) -> MeasurePlan:
+def measure_plan(shape, width: int, variant: str, bytes_per_value: int, cross_products: int = 0,
+                 ffn: int = 0, vocab: int = 0) -> MeasurePlan:
+    """``cross_products``: the variant's teacher-forced cross-attention products; ``ffn``, ``vocab``: the
+    decoder's feed-forward width and vocabulary (for the rest of a teacher-forced pass)."""
     rows = shape.batch * shape.beams
     kv = shape.heads * shape.head_dim
     if variant == "full":
@@ -336,7 +340,12 @@ def measure_plan(shape, width: int, variant: str, bytes_per_value: int) -> Measu
     inputs = shape.n * width * rows * bytes_per_value
     scores = 3 * shape.heads * shape.batch * shape.m * (shape.n if variant == "full" else shape.local_keys) * 4
     teacher = 2 * shape.n * kv * shape.batch * bytes_per_value + scores  # one layer's keys, values, scores
-    return MeasurePlan(start_flops=start, peak_bytes=inputs + max(held, teacher))
+    m, layers, batch = shape.m, shape.layers, shape.batch
+    teacher_flops = (cross_products
+                     + 2 * (2 * shape.n + 2 * m) * width * kv * layers * batch        # cross q/k/v/o
+                     + 2 * m * (4 * width * kv + 2 * width * ffn) * layers * batch    # self q/k/v/o, feed-forward
+                     + 4 * m * m * kv * layers * batch + 2 * m * width * vocab * batch)  # self scores, LM head
+    return MeasurePlan(start_flops=start, peak_bytes=inputs + max(held, teacher), teacher_flops=teacher_flops)
 
 
 def _steps_done(output) -> int:
@@ -344,12 +353,15 @@ def _steps_done(output) -> int:
 
 
 def measure_variant(model, inputs, shape, device, budget: Budget, share: float,
-                    advance: Callable[..., None] = lambda n=1, **fields: None, max_repeats: int = 3):
+                    advance: Callable[..., None] = lambda n=1, **fields: None, max_repeats: int = 3,
+                    teacher_seconds: float = 0.0):
     """Time and peak memory of one variant's ``model``, within ``share`` seconds (and the budget).
 
     Decode runs use ``generate``'s ``max_time``, so they stop early rather than overrun; the timed run is
     repeated (best of up to ``max_repeats``) while time is left, and the teacher-forced pass runs only
-    when the decode steps say it fits. Returns a ``Measured`` (``skipped`` lists what did not fit)."""
+    when it fits: ``teacher_seconds`` (its FLOPs at the device's rate) plus, for the dispatch overhead, a
+    few decode steps, times the peak tracker's slowdown. Returns a ``Measured`` (``skipped`` lists what
+    did not fit)."""
     from srsum.profiling.counted import cross_attention_modules
     from srsum.profiling.models import decode_run, teacher_forced_run
     from srsum.profiling.report import Measured
@@ -405,7 +417,7 @@ def measure_variant(model, inputs, shape, device, budget: Budget, share: float,
     else:
         measured.skipped.append("decode peak memory: out of time")
     phase_done("decode peak")
-    estimate = step_s * shape.m * tracking  # a pass over m positions costs at most m single steps
+    estimate = tracking * (teacher_seconds + 4 * step_s)
     if measured.repeats and estimate < left():
         measured.teacher_forced_peak_bytes = measure_peak_bytes(teacher_forced_run(model, inputs), device)
     else:

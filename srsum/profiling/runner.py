@@ -181,7 +181,10 @@ def _measure(report: ProfileReport, setup: ProfileSetup, seed: int, seconds: flo
         inputs = None
         for index, name in enumerate(names):
             share = budget.left() / (len(names) - index)
-            plan = measure_plan(shape, width, name, size)
+            config = setup.host_model.config
+            ffn = getattr(config, "d_ff", None) or getattr(config, "decoder_ffn_dim", None) or 4 * width
+            plan = measure_plan(shape, width, name, size, report.variants[name].teacher_products_total, ffn,
+                                config.vocab_size)
             reason = None
             if plan.peak_bytes > free / 2:
                 reason = (f"needs about {plan.peak_bytes / 2**30:,.1f} GiB, more than half of the "
@@ -198,10 +201,14 @@ def _measure(report: ProfileReport, setup: ProfileSetup, seed: int, seconds: flo
                 continue
             model = make_variant_model(setup.host_model, name, shape.seg_size, report.schedule_length)
             measured = measure_variant(model, inputs, shape, device, budget, share,
-                                       lambda n=1, **fields: advance(n, variant=name, **fields))
+                                       lambda n=1, **fields: advance(n, variant=name, **fields),
+                                       teacher_seconds=plan.teacher_flops / rate)
             report.variants[name].measured = measured
             report.notes.extend(f"{name}: {skip}" for skip in measured.skipped)
             del model
+    busy = _busy_cpu(device)
+    if busy:
+        report.notes.append(busy)
     runs = [p.measured for p in report.variants.values() if p.measured is not None and p.measured.repeats]
     used = time.perf_counter() - budget.started
     timed_steps = sorted({r.steps_timed for r in runs})
@@ -212,6 +219,23 @@ def _measure(report: ProfileReport, setup: ProfileSetup, seed: int, seconds: flo
                         f"{'/'.join(map(str, timed_steps)) or 0} of {shape.m} steps (best of "
                         f"{'/'.join(map(str, repeats)) or 0} runs), peak memory of the decode steps and of one "
                         f"teacher-forced pass; {used:,.1f} s of the {seconds:,.0f} s budget")
+
+
+def _busy_cpu(device) -> str | None:
+    """A note when other processes keep the CPU busy: measured CPU times are then unreliable (on such a
+    machine torch's worker threads wait for each other, and small ops slow down many times over)."""
+    import os
+
+    import torch
+
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= cores:
+        return None
+    hint = " or with OMP_NUM_THREADS=1" if torch.get_num_threads() > 1 else ""
+    return (f"the CPU was busy (load {load:,.1f} on {cores} cores): measured times are unreliable; "
+            f"measure again on a quiet machine{hint}")
 
 
 def profile(*, model: str | None = None, n: int = 1024, m: int = 128, seg_size: int = 64, batch: int = 1,
