@@ -55,7 +55,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
              generation: SummarizeSettings | None = None, device: str | None = None, dtype: str | None = None,
              output_dir: str | Path | None = None, models_root: str | Path = MODELS_DIR,
              reporter: Reporter | None = None, summarizer: Summarizer | None = None,
-             aggregation: str = "bootstrap") -> dict[str, Any]:
+             aggregation: str = "bootstrap", encoder_block: int | None | str = "default") -> dict[str, Any]:
     """Score a model (or ``baseline="lead-3"``) on ``dataset`` with ROUGE-1/2/L/Lsum.
 
     Writes ``predictions.jsonl`` (id, prediction, reference, per-example ROUGE) and ``metrics.json``
@@ -77,7 +77,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     if output_dir is not None:
         output_dir = ensure_writable_dir(output_dir)
     if lead is None and summarizer is None:
-        summarizer = load_summarizer(model, device, dtype, models_root, reporter)
+        summarizer = load_summarizer(model, device, dtype, models_root, reporter, encoder_block)
     started = time.perf_counter()
     examples = load_examples(dataset, split=split, text_column=text_column, summary_column=summary_column,
                              limit=limit)

@@ -190,12 +190,23 @@ def check_model_source(name: str) -> None:
 
 
 def load_summarizer(model: str | None = None, device: str | None = None, dtype: str | None = None,
-                    models_root: str | Path = MODELS_DIR, reporter: Reporter | None = None) -> Summarizer:
-    """Load a model and its tokenizer for generation (``model=None``: newest checkpoint under models/)."""
+                    models_root: str | Path = MODELS_DIR, reporter: Reporter | None = None,
+                    encoder_block: int | None | str = "default") -> Summarizer:
+    """Load a model and its tokenizer for generation (``model=None``: newest checkpoint under models/).
+    ``encoder_block``: queries per block of the encoder's self-attention (0/None: Hugging Face's
+    unblocked path; "default": the checkpoint's ``srformer_encoder_block``)."""
     from srsum.engine import load_model
     from srsum.tokenization import load_tokenizer
 
     reporter = reporter or Reporter()
+    if encoder_block != "default":
+        from srsum.engine.settings import encoder_block_size
+
+        try:
+            encoder_block_size(encoder_block)
+        except SrsumError:
+            raise UsageError(f"--encoder-block must be a positive number of queries, or 0 for off; got "
+                             f"{encoder_block}") from None
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     if model is None:
@@ -206,7 +217,7 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
         reporter.info(f"using the newest checkpoint: {model}")
     check_model_source(model)
     try:
-        loaded = load_model(model, dtype=torch_dtype, device=torch_device)
+        loaded = load_model(model, dtype=torch_dtype, device=torch_device, encoder_block=encoder_block)
     except SrsumError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as error:

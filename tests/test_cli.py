@@ -167,6 +167,17 @@ def test_ctrl_c_keeps_the_finished_summaries(best, tmp_path, monkeypatch, to_fil
         assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["a1", "a2", "a3", "a4"]
 
 
+def test_summarize_with_and_without_the_blocked_encoder_agree(best, tmp_path):
+    article = tmp_path / "long.txt"
+    article.write_text(" ".join(f"Sentence {i} says the harbour opens in May." for i in range(12)))
+    outputs = [run("summarize", article, "--model", best, "--max-length", "6", "--num-beams", "1",
+                   "--encoder-block", block, "--max-source-length", "64") for block in ("0", "16", "7")]
+    assert all(result.exit_code == 0 for result in outputs), outputs[0].stderr
+    assert outputs[0].stdout == outputs[1].stdout == outputs[2].stdout != ""
+    assert_one_line_error(run("summarize", article, "--model", best, "--encoder-block", "-3"), "--encoder-block",
+                          code=2)
+
+
 def _missing(tmp):
     return tmp / "missing.txt"
 

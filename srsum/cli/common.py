@@ -270,6 +270,10 @@ StepOption = typer.Option("auto", "--step", help="How each decoder step runs: ea
                           "batch in a CUDA graph and replayed; CUDA only); compiled (torch.compile, one static "
                           "graph; the first batch of each shape pays the compile); auto (graph on CUDA, eager "
                           "elsewhere).", rich_help_panel=GENERATION_HELP)
+EncoderBlockOption = typer.Option(None, "--encoder-block", help="Encoder self-attention in blocks of this many "
+                                  "queries (memory O(n x block) instead of O(n^2)); 0: off. Default: the "
+                                  "checkpoint's srformer_encoder_block (512).", rich_help_panel=GENERATION_HELP,
+                                  show_default=False)
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: cuda if available).")
 DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (not for T5).")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")

@@ -10,9 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from srsum.cli.common import (BatchSize, DeviceOption, DtypeOption, LengthPenalty, MaxLength, MaxSource, MinLength,
-                              ModelOption, NoRepeat, NumBeams, QuietOption, RichReporter, StepOption, app, emit_json,
-                              generation_settings, handled)
+from srsum.cli.common import (BatchSize, DeviceOption, DtypeOption, EncoderBlockOption, LengthPenalty, MaxLength,
+                              MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption, RichReporter,
+                              StepOption, app, emit_json, generation_settings, handled)
 
 EVALUATE_EPILOG = """[bold]Examples[/bold]
 
@@ -60,6 +60,7 @@ def evaluate(
     batch_size: int = BatchSize,
     max_source_length: Optional[int] = MaxSource,
     step: str = StepOption,
+    encoder_block: Optional[int] = EncoderBlockOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where predictions.jsonl and metrics.json go "
@@ -81,7 +82,8 @@ def evaluate(
         target = output_dir or default_eval_dir(model, baseline, dataset, split)
         metrics = run_evaluation(dataset, model=model, baseline=baseline, split=split, text_column=text_column,
                                  summary_column=summary_column, limit=limit, generation=settings, device=device,
-                                 dtype=dtype, output_dir=target, reporter=reporter)
+                                 dtype=dtype, output_dir=target, reporter=reporter,
+                                 encoder_block="default" if encoder_block is None else encoder_block)
         if not is_main_process():
             return  # under a launcher the first process reports for all
         if as_json:

@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from srsum.cli.common import (EXIT_BAD_INPUT, BatchSize, DeviceOption, DtypeOption, LengthPenalty, MaxLength,
-                              MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption, RichReporter,
-                              StepOption, app, generation_settings, handled, print_error)
+from srsum.cli.common import (EXIT_BAD_INPUT, BatchSize, DeviceOption, DtypeOption, EncoderBlockOption, LengthPenalty,
+                              MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption,
+                              RichReporter, StepOption, app, generation_settings, handled, print_error)
 from srsum.errors import SrsumError
 
 SUMMARIZE_EPILOG = """[bold]Examples[/bold]
@@ -41,6 +41,7 @@ def summarize(
     batch_size: int = BatchSize,
     max_source_length: Optional[int] = MaxSource,
     step: str = StepOption,
+    encoder_block: Optional[int] = EncoderBlockOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Article column of .jsonl/.json/.csv/"
@@ -69,7 +70,8 @@ def summarize(
             print_error(failure.message)
         if not examples:
             raise typer.Exit(EXIT_BAD_INPUT)
-        summarizer = load_summarizer(model, device, dtype, reporter=reporter)
+        summarizer = load_summarizer(model, device, dtype, reporter=reporter,
+                                     encoder_block="default" if encoder_block is None else encoder_block)
         printer = _Printer(as_json, headers=len(examples) > 1)
         results = InOrder(examples, (lambda rows: None) if output is not None else printer.print)
         try:
