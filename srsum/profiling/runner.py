@@ -15,7 +15,7 @@ from srsum.profiling.analytic import (DEFAULT_ENCODER_BLOCK, MAX_LENGTH, PROFILE
                                       left_out_terms, require_positive_int, resolve_dtype_name, validate_lengths,
                                       whole_decoder_products)
 from srsum.profiling.counted import count_scaled, probe_counters
-from srsum.profiling.measured import (Budget, available_memory, matmul_rate, measure_plan, measure_variant,
+from srsum.profiling.measured import (PHASES, Budget, available_memory, matmul_rate, measure_plan, measure_variant,
                                       resolve_bandwidth, resolve_device)
 from srsum.profiling.models import (attention_shape, build_host_model, config_encoder_block, host_model_type,
                                     load_profile_config, make_inputs, make_variant_model)
@@ -175,7 +175,7 @@ def _measure(report: ProfileReport, setup: ProfileSetup, seed: int, seconds: flo
     rate = matmul_rate(device, getattr(torch, setup.dtype))
     free = available_memory(device)
     names = list(report.variants)
-    with reporter.progress("measuring", total=len(names) * 4) as advance:
+    with reporter.progress("measuring", total=len(names) * len(PHASES)) as advance:
         if setup.host_model is None:
             setup.host_model = build_host_model(setup.config, device, setup.dtype, seed)
         inputs = None
@@ -197,7 +197,7 @@ def _measure(report: ProfileReport, setup: ProfileSetup, seed: int, seconds: flo
             if reason is not None:
                 report.variants[name].measured = Measured(skipped=[reason])
                 report.notes.append(f"{name}: not measured, {reason} (--time-budget {seconds:,.0f} s)")
-                advance(4, variant=name)
+                advance(len(PHASES), variant=name)
                 continue
             model = make_variant_model(setup.host_model, name, shape.seg_size, report.schedule_length)
             measured = measure_variant(model, inputs, shape, device, budget, share,
