@@ -9,7 +9,9 @@ cross-attention modules of a two-decoder-layer copy of the model on tiny probe l
 and scales the counts exactly: to the requested lengths by ``scaling.py``'s features, to all layers as
 layer 0 (which builds what the layers share, e.g. the encoder rows' Gram matrix) plus (layers - 1) x
 layer 1, and to batch x beams rows (``generate`` decodes every beam as its own row). It takes about a
-second at any n and m.
+second at any n and m. One known gap: in bfloat16/float16 the engine sums Kᵀ·V over chunks of 4096 keys,
+so past n = 4096 a real run adds d² "other" FLOPs per chunk that the small probes never show (the
+matrix products are the same).
 """
 
 from __future__ import annotations
