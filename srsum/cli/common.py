@@ -191,28 +191,34 @@ def handled(reporter: RichReporter) -> Iterator[None]:
             raise fail(f"{where}{error.strerror or error}") from None
 
 
+# Set before transformers, datasets and huggingface_hub are imported (they read these once, at import), so
+# quieting them costs no import: `srsum profile` never loads datasets. A user's own setting wins.
+QUIET_ENVIRONMENT = {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+                     "DATASETS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
 def _quiet_libraries() -> None:
-    """Keep transformers/datasets/hub logs and tqdm bars out of the CLI's output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Keep transformers/datasets/hub logs and tqdm bars out of the CLI's output (libraries already imported,
+    as in tests, are quieted directly)."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     try:
-        import transformers
+        if "transformers" in sys.modules:
+            import transformers
 
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+            transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+        if "datasets" in sys.modules:
+            import datasets
+
+            datasets.logging.set_verbosity_error()
+            datasets.disable_progress_bars()
+        if "huggingface_hub" in sys.modules:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
     except Exception:  # pragma: no cover - logging tweaks must never break the CLI
-        pass
-    try:
-        import datasets
-
-        datasets.logging.set_verbosity_error()
-        datasets.disable_progress_bars()
-    except Exception:  # pragma: no cover
-        pass
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except Exception:  # pragma: no cover
         pass
 
 
