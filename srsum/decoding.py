@@ -108,9 +108,11 @@ class SharedStateDecoder:
 
     Everything a step touches is allocated before the first step and then updated in place: the
     decoder's self-attention cache is a ``StaticCache`` of ``max_steps`` positions, and each SRformer
-    layer's ``DecodeState`` (fixed size, whatever n and the step) is moved to the next position here, on
-    the host, before the step runs (``DecodeState.enter``: a segment read and a RAF step where the
-    schedule changes segment). The step itself is then the same kernels on the same tensors every time:
+    layer's ``DecodeState`` holds its whole segment schedule, laid out at the start
+    (``DecodeState.use_schedule``: each group's local context and R), read at a step through one device
+    tensor, ``clock`` (the position), with tensor indexing: no host work or host sync on the SRformer side
+    of a step, and no branch on whether σ changed. The step itself is then the same kernels on the same
+    tensors every time:
     ``graph`` captures it once in a CUDA graph and replays it, ``compiled`` hands it to ``torch.compile``
     as one static graph.
 
@@ -131,24 +133,25 @@ class SharedStateDecoder:
         self.cache = EncoderDecoderCache(StaticCache(config=model.config, max_cache_len=max_steps),
                                          DynamicCache(config=model.config))
         key_valid = None if attention_mask is None else attention_mask.bool()
+        # the position t as a device tensor: the only thing that changes between steps on the SRformer side
+        self.clock = torch.zeros((), dtype=torch.long, device=encoder_states.device)
         states = decoding_states(self.cache)
+        self.mode = resolve_step(step, self.encoder_states.device)
         self.layers = []  # (layer, its DecodeState)
         for layer in model.modules():
             if isinstance(layer, SRformerCrossAttention):
                 state = layer.start_decoding(self.encoder_states, key_valid, rows_per_example, shared=states)
-                state.external_clock = True
+                state.use_schedule(layer, self.clock, fixed=self.mode == "compiled")
                 states[layer.layer_idx] = state
                 self.layers.append((layer, state))
         # Once decoding started the layers read their states, never the encoder output: a one-row copy
         # keeps the step's input shapes (and strides) the same at every n.
         self.step_encoder_states = self.encoder_states[:, :1].clone()
         self.position = 0  # the decoder position the next step computes
-        self.mode = resolve_step(step, self.encoder_states.device)
         rows = self.encoder_states.shape[0] * rows_per_example
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.encoder_states.device)  # fixed input
         self._replay = None  # the captured graph's replay, once captured
         if self.mode == "compiled":
-            self._enter_position()  # allocate every buffer the step reads before it is compiled
             for _, state in self.layers:
                 for tensor in state.step_inputs():
                     torch._dynamo.mark_static_address(tensor)
@@ -159,15 +162,11 @@ class SharedStateDecoder:
                          use_cache=True, return_dict=True)
         return out.logits[:, -1, :].float()
 
-    def _enter_position(self) -> None:
-        for layer, state in self.layers:
-            state.enter(layer, self.position)
-
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (rows, 1) -> next-token logits (rows, V) in float32."""
         if self.position >= self.max_steps:
             raise SrsumError(f"decoder: all {self.max_steps} preallocated positions are used")
-        self._enter_position()
+        self.clock.fill_(self.position)  # a device write, no sync: the step reads σ(t), R, ... from it
         logits = None
         if self.mode == "compiled" and self.position > 0:  # step 0 runs eagerly: it allocates the static cache
             logits = self._compiled_logits(tokens)

@@ -5,7 +5,7 @@ import torch
 
 from srsum.decoding import SharedStateDecoder, generate
 from srsum.engine import convert
-from srsum.engine.attention import STATE_ATTRIBUTE
+from srsum.engine.attention import STATE_ATTRIBUTE, SRformerCrossAttention
 from srsum.errors import SrsumError
 
 from conftest import padded_batch, tiny_model
@@ -217,3 +217,131 @@ def test_cuda_graph_step_equals_generate(family, num_beams, step, recwarn):
         assert torch.equal(generate(model, ids, mask, step=step, **kwargs), expected)
     assert not [w for w in recwarn if "decoding eagerly" in str(w.message)]  # no silent fallback
     torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------------- the scheduled step (issue 13)
+def _states_pair(family, variant, schedule_length, fixed):
+    """One layer's decoding state stepped on the host (``enter``) and one read from its precomputed
+    schedule through a device clock, over the same padded encoder output."""
+    model = excite(convert(tiny_model(family), variant, seg_size=4, schedule_length=schedule_length))
+    layer = next(m for m in model.modules() if isinstance(m, SRformerCrossAttention))
+    gen = torch.Generator().manual_seed(3)
+    encoder = torch.randn(3, 37, model.config.d_model, generator=gen)
+    key_valid = torch.ones(3, 37, dtype=torch.bool)
+    key_valid[1, 21:] = False
+    key_valid[2, 9:] = False
+    host = layer.start_decoding(encoder, key_valid, rows_per_example=2)
+    scheduled = layer.start_decoding(encoder, key_valid, rows_per_example=2)
+    clock = torch.zeros((), dtype=torch.long)
+    with torch.no_grad():
+        scheduled.use_schedule(layer, clock, fixed=fixed)
+    return layer, host, scheduled, clock
+
+
+@pytest.mark.parametrize("variant", ["srformer", "segmented", "xl", "global", "no_local", "no_norm", "no_raf",
+                                     "full_product", "full"])
+@pytest.mark.parametrize("schedule_length,fixed", [(12, False), (5, False), (5, True)])  # M <= G, M > G
+def test_scheduled_state_equals_the_host_stepped_one(family, variant, schedule_length, fixed):
+    """Reading σ(t), the local context and R from tables by a device clock gives, at every position
+    (past G too, and whether σ changed or not), what entering each position on the host gives."""
+    layer, host, scheduled, clock = _states_pair(family, variant, schedule_length, fixed)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for t in range(2 * schedule_length + 3):
+            query = torch.randn(6, layer.n_heads, layer.head_dim, generator=gen)
+            clock.fill_(t)
+            torch.testing.assert_close(layer._decode_one(scheduled, query), layer._decode_one(host, query),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_scheduled_step_has_no_host_sync(monkeypatch):
+    """A scheduled step never asks the device for a value (.item, .tolist, bool of a tensor)."""
+    layer, _, scheduled, clock = _states_pair("t5", "srformer", 12, False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host sync in the step")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    with torch.no_grad():
+        for t in range(14):
+            clock.fill_(t)
+            layer._decode_one(scheduled, torch.randn(6, layer.n_heads, layer.head_dim))
+
+
+@pytest.fixture
+def compiler_spy(monkeypatch):
+    """The step compiled with fullgraph (a graph break cannot pass silently: it falls back to eager with a
+    warning); records each graph traced and counts calls of the compiled code. ``use_inductor(True)``
+    compiles with inductor (generated C++), otherwise the traced graph runs as is."""
+    import srsum.decoding
+
+    spy = {"graphs": 0, "calls": 0, "inductor": False}
+
+    def backend(graph_module, example_inputs):
+        spy["graphs"] += 1
+        if spy["inductor"]:
+            from torch._inductor.compile_fx import compile_fx
+
+            compiled = compile_fx(graph_module, example_inputs)
+        else:
+            compiled = graph_module.forward
+
+        def run(*args):
+            spy["calls"] += 1
+            return compiled(*args)
+
+        return run
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(srsum.decoding, "compile_options",
+                        lambda device: {"fullgraph": True, "dynamic": False, "backend": backend})
+    yield spy
+    torch._dynamo.reset()
+
+
+def _long_decode(family, seg_size, num_beams, steps=128, lengths=(1000, 613)):
+    """A tiny model over a ~1k-token encoder output (random rows: BART's tiny position table is short),
+    decoding ``steps`` tokens with G = steps: σ moves every step (s = 8) or every 8 steps (s = 64)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model = excite(convert(tiny_model(family), "srformer", seg_size=seg_size, schedule_length=steps))
+    gen = torch.Generator().manual_seed(5)
+    encoder = torch.randn(len(lengths), max(lengths), model.config.d_model, generator=gen)
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    kwargs = dict(num_beams=num_beams, max_new_tokens=steps, min_new_tokens=steps)
+    with torch.no_grad():
+        expected = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder), attention_mask=mask,
+                                  do_sample=False, **kwargs)
+    return model, encoder, mask, kwargs, expected
+
+
+def _assert_one_graph_for_the_whole_decode(spy, family, seg_size, num_beams, recwarn):
+    model, encoder, mask, kwargs, expected = _long_decode(family, seg_size, num_beams)
+    got = generate(model, None, mask, encoder_states=encoder, step="compiled", **kwargs)
+    assert not [w for w in recwarn if "decoding eagerly" in str(w.message)]  # no graph break, no fallback
+    assert torch.equal(got, expected)
+    assert spy["graphs"] == 1  # no recompile across all segment changes
+    assert spy["calls"] == kwargs["max_new_tokens"] - 1  # every step but the first (eager: allocates the cache)
+
+
+@pytest.mark.parametrize("seg_size,num_beams", [(8, 1), (64, 4)])
+def test_compiled_long_decode_is_one_graph(family, seg_size, num_beams, compiler_spy, recwarn):
+    """128 steps over n ~ 1k crossing many segment boundaries: one traced graph, no break, generate's tokens."""
+    _assert_one_graph_for_the_whole_decode(compiler_spy, family, seg_size, num_beams, recwarn)
+
+
+@pytest.mark.parametrize("family,seg_size,num_beams", [
+    ("t5", 64, 1),
+    pytest.param("t5", 8, 4, marks=pytest.mark.slow),
+    pytest.param("bart", 8, 1, marks=pytest.mark.slow),
+    pytest.param("bart", 64, 4, marks=pytest.mark.slow),
+])
+def test_compiled_long_decode_with_inductor(family, seg_size, num_beams, compiler_spy, recwarn):
+    """The same through inductor (the generated code CUDA graphs would replay)."""
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        pytest.skip("inductor needs a C++ compiler on CPU; none on PATH")
+    compiler_spy["inductor"] = True
+    _assert_one_graph_for_the_whole_decode(compiler_spy, family, seg_size, num_beams, recwarn)

@@ -140,7 +140,7 @@ class DecodeState:
         self.settings = settings
         self.rows_per_example = rows_per_example
         self.position = 0  # next decoder position t
-        self.external_clock = False  # True: the decoder calls ``enter`` before each step (static step)
+        self.clock = None  # with a schedule (``use_schedule``): the position as a 0-dim device tensor
         if settings.attention == "full":
             self.keys, self.values = keys.contiguous(), values.contiguous()  # (B, H, n, d)
             self.key_valid = (torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
@@ -162,6 +162,43 @@ class DecodeState:
             self.total_w = None  # P Wᵀ (clamped P for BART), computed at the first RAF step
             self.membrane = torch.zeros_like(self.kv_total)  # U
             self.recurrent = torch.zeros_like(self.kv_total)  # R of the current segment
+
+    def use_schedule(self, layer: "SRformerCrossAttention", clock: torch.Tensor, fixed: bool = False) -> None:
+        """Precompute every position's reads so that a step finds them from ``clock`` alone.
+
+        clock: a 0-dim long tensor on the state's device holding the position t, set by the decoder
+        before each step. The schedule's groups (runs of positions with the same σ: SPEC section 3) are
+        laid out now, for positions 0..G (σ stays M-1 from G on): the local context of each group
+        (B, H, L, k, d) and, for the recurrent variants, the RAF run over the groups, R (B, H, L, d, d),
+        L = min(M, G + 1), or G + 1 with ``fixed`` (shapes that do not depend on n: one compiled graph
+        for every input length). A step then gathers group g(t) with tensor indexing: no host work, no branch on
+        whether σ changed, the same kernels at every t (fit for a CUDA graph or one compiled graph).
+        Costs L segments of state per example and layer instead of one."""
+        self.clock = clock
+        if self.settings.attention == "full":  # nothing depends on the position
+            return
+        settings, seg = self.settings, self.segments.seg
+        groups = ops.schedule_groups(seg.n_segments, settings.schedule_length, fixed)
+        self.group_of_step = groups.group_of_step  # (B, G + 1)
+        own = None
+        if settings.has_local:
+            variant = "segmented" if settings.attention == "global" else settings.attention
+            own = self.segments.context(variant, groups.segment_of_group)  # (B, H, L, k, d) x2, (B, 1, L, 1, k)
+            self.context_table = tuple(part.contiguous() for part in own)
+        if settings.has_recurrent:
+            keys = values = None
+            if settings.attention != "full_product":
+                keys, values = (own or self.segments.context("segmented", groups.segment_of_group))[:2]
+            base, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight, settings.clamp)
+            leak = threshold = None
+            if settings.has_raf:
+                leak, threshold = layer.raf_leak.to(base.dtype), layer.raf_threshold.to(base.dtype)
+            self.recurrent_table = ops.raf_steps(base, parts, groups.n_groups, leak, threshold)  # (B, H, L, d, d)
+
+    def _scheduled_group(self) -> torch.Tensor:
+        """g(t) for each example from the device clock: (B, 1)."""
+        last = self.group_of_step.shape[1] - 1  # position G: σ = M - 1 from there on
+        return self.group_of_step.index_select(1, self.clock.clamp(max=last).view(1))
 
     def skip_to(self, layer: "SRformerCrossAttention", position: int) -> None:
         """Advance to ``position`` without attending (after a teacher-forced prefill of the positions before)."""
@@ -220,6 +257,13 @@ class DecodeState:
         """The tensors a step reads (updated in place, never replaced, while decoding runs)."""
         if self.settings.attention == "full":
             return [self.keys, self.values, self.key_valid]
+        if self.clock is not None:
+            tensors = [self.clock, self.group_of_step] + list(getattr(self, "context_table", ()))
+            if self.settings.has_recurrent:
+                tensors += [self.recurrent_table] + ([] if self.norm is None else [self.norm])
+            if self.settings.attention == "global":
+                tensors += list(self.segments.globals)
+            return tensors
         tensors = list(self.context) if self.context is not None else []
         if self.settings.has_recurrent:
             tensors += [self.recurrent] + ([] if self.norm is None else [self.norm])
@@ -228,22 +272,40 @@ class DecodeState:
     def attend(self, layer: "SRformerCrossAttention", query: torch.Tensor) -> torch.Tensor:
         """One decoder position: query (B, H, k, d) scaled, k = rows per example -> (B, H, k, d) float32.
 
-        With ``external_clock`` the decoder has already entered the position (``enter``) and advances
-        ``position`` itself, so this only reads the state: a step without host-side work, fit for a
-        CUDA graph."""
-        if not self.external_clock:
+        With a schedule (``use_schedule``) the decoder owns the position (``clock``) and this only reads
+        precomputed tables: a step without host-side work, fit for a CUDA graph. Otherwise the position
+        is kept here and entered on the host (``enter``)."""
+        if self.settings.attention == "full":
+            if self.clock is None:
+                self.position += 1
+            return ops.softmax_attention(query, self.keys, self.values, self.key_valid)
+        if self.clock is None:
             self.enter(layer, self.position)
             self.position += 1
-        if self.settings.attention == "full":
-            return ops.softmax_attention(query, self.keys, self.values, self.key_valid)
+            context, recurrent = self.context, getattr(self, "recurrent", None)
+        else:
+            context, recurrent = self._scheduled_reads()
         out = 0.0
         if self.settings.has_local:
-            keys, values, valid = self.context  # (B, H, 1, k', d)
+            keys, values, valid = context  # (B, H, 1, k', d)
             out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0])
         if self.settings.has_recurrent:
             norm = None if self.norm is None else self.norm[:, :, None, :]
-            out = out + ops.recurrent_output(query, self.recurrent, norm)
+            out = out + ops.recurrent_output(query, recurrent, norm)
         return out
+
+    def _scheduled_reads(self):
+        """The local context (B, H, 1, k', d) x2, (B, 1, 1, 1, k') and R (B, H, d, d) of position ``clock``."""
+        group = self._scheduled_group()  # (B, 1)
+        context = recurrent = None
+        if self.settings.has_local:
+            context = tuple(ops.gather_segments(part, group) for part in self.context_table)
+            if self.settings.attention == "global":
+                keys, values, valid = context
+                context = ops.with_global_tokens(keys, values, valid[:, :, :, 0], self.segments.globals)
+        if self.settings.has_recurrent:
+            recurrent = ops.gather_segments(self.recurrent_table, group)[:, :, 0]
+        return context, recurrent
 
 
 # --------------------------------------------------------------------------- the layer

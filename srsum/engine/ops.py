@@ -100,6 +100,19 @@ def segment_of_step(positions: torch.Tensor, n_segments: torch.Tensor, schedule_
     return torch.minimum(m - 1, positions[None, :] * m // schedule_length)
 
 
+def schedule_groups(n_segments: torch.Tensor, schedule_length: int, fixed: bool = False) -> "StepGroups":
+    """The groups of positions 0..G, (B,) M -> StepGroups over G + 1 positions: every later position
+    reads σ = M - 1, the segment of position G, so these cover a decoding of any length. ``fixed``: G + 1
+    groups whatever M (the extra ones read segment 0, never used): shapes that do not depend on n."""
+    positions = torch.arange(schedule_length + 1, device=n_segments.device)
+    groups = group_steps(segment_of_step(positions, n_segments, schedule_length))
+    if fixed and groups.n_groups < schedule_length + 1:
+        extra = schedule_length + 1 - groups.n_groups
+        groups.segment_of_group = F.pad(groups.segment_of_group, (0, extra))
+        groups.n_groups = schedule_length + 1
+    return groups
+
+
 @dataclass
 class StepGroups:
     """Decoder positions grouped by the segment they read (one group per RAF step)."""
@@ -343,6 +356,23 @@ class _RAFScan(torch.autograd.Function):
         grad_threshold = -fire_dot / theta**2 - lam * h_dot_spike / theta
         return (grad_base.div_(theta), grad_parts, grad_leak.to(leak.dtype).reshape(leak.shape),
                 grad_threshold.to(threshold.dtype).reshape(threshold.shape))
+
+
+def raf_steps(base: torch.Tensor, parts: torch.Tensor | None, steps: int, leak: torch.Tensor | None,
+              threshold: torch.Tensor | None) -> torch.Tensor:
+    """R for each of ``steps`` RAF steps from U = 0, X_l = base - parts_l (parts None: X_l = base), as
+    ``steps`` calls of ``raf_step`` (the kernels a decoder stepping one group at a time runs); leak None:
+    ablation III, R_l = X_l. base (B, H, d, d), parts (B, H, L, d, d) -> (B, H, L, d, d). No autograd
+    shortcut: for decoding (``raf_scan`` is the training path)."""
+    membrane, fired = torch.zeros_like(base), []
+    for step in range(steps):
+        x = base if parts is None else base - parts[:, :, step]
+        if leak is None:
+            fired.append(x)
+        else:
+            membrane, out = raf_step(membrane, x, leak, threshold)
+            fired.append(out)
+    return torch.stack(fired, dim=2)
 
 
 def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
