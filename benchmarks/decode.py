@@ -14,6 +14,13 @@ decode (Linux ``clear_refs``), above the RSS at that moment; on CUDA peak memory
 picks how srsum's decoder runs a step (eager; graph: captured in a CUDA graph per decoding, which is
 timed; compiled: torch.compile, whose compiling is not timed: a compiled cell first decodes once in
 full untimed).
+
+Every cell first decodes once in full, untimed (kernels, allocator, CUDA graphs or compiling: the first
+cell of a process pays no more than the others), then is timed twice: a decode of ``--new-tokens`` tokens
+(``decode_ms_per_token``: everything per token, state building included) and a decode of a quarter as many;
+``ms_per_step`` is the steady step, the difference of the two over the difference in tokens (the state
+building and other per-decoding costs cancel). ``--max-gb`` defaults to 90% of the device's memory
+(CUDA: the GPU's total; CPU: MemAvailable).
 """
 
 from __future__ import annotations
@@ -64,12 +71,29 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def estimate_gb(cell: dict, d_model: int, layers: int) -> float:
-    """Rough peak of the biggest decode buffers: cross-attention keys/values (+ the expanded encoder)."""
+def estimate_gb(cell: dict, d_model: int, layers: int, head_dim: int = 64) -> float:
+    """Rough peak of the biggest decode buffers: cross-attention keys/values (+ the expanded encoder);
+    for srsum's segmented variants the schedule's tables (each visited segment's keys/values, R)."""
     bytes_per = 2 if cell["dtype"] in ("bfloat16", "float16") else 4
     rows = cell["batch"] * (cell["beams"] if cell["system"] == "peer" else 1)
-    kv = layers * 2 * rows * cell["n"] * d_model * bytes_per
-    return (kv + rows * cell["n"] * d_model * bytes_per) / 1e9
+    encoder = rows * cell["n"] * d_model * bytes_per
+    if cell["system"] in ("peer", "full"):
+        return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder) / 1e9
+    groups = cell["new_tokens"] + 1  # the compiled step's fixed table size (eager: min(M, G + 1))
+    table_rows = groups * cell["seg_size"]
+    tables = layers * rows * (2 * table_rows * d_model * bytes_per + groups * d_model * head_dim * 4)
+    return (tables + encoder) / 1e9
+
+
+def device_gb(device: str) -> float:
+    """Memory a cell may use: the GPU's total memory, or the host's MemAvailable (GB)."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory / 1e9
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return 8.0
 
 
 def build_model(cell: dict):
@@ -113,8 +137,13 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
         return generate(model, None, mask, encoder_states=encoder, **opts)
 
     with torch.no_grad():
-        decode(steps=tokens if cell["step"] == "compiled" else 4)  # warm up kernels, allocator (and compile)
+        decode()  # warm up kernels, allocator, CUDA graphs (and compile) at the timed shapes
         sync(device)
+        short = max(1, tokens // 4)
+        start = time.perf_counter()
+        decode(steps=short)
+        sync(device)
+        short_seconds = time.perf_counter() - start
         fresh_peak = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -131,8 +160,9 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
     assert out.shape[1] == tokens + 1, out.shape
     if device.type != "cuda" and not fresh_peak:
         peak = None  # the high-water mark could not be reset: model building and compiling would count
-    return dict(cell, decode_s=seconds, ms_per_step=seconds / tokens * 1000,
-                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
+    steady = (seconds - short_seconds) / (tokens - short) * 1000 if tokens > short else seconds / tokens * 1000
+    return dict(cell, decode_s=seconds, ms_per_step=steady, decode_ms_per_token=seconds / tokens * 1000,
+                short_decode_s=short_seconds, short_tokens=short, tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
                 bytes_per_step=bytes_per_step(model, cell))
 
 
@@ -183,12 +213,14 @@ def main() -> None:
     parser.add_argument("--beams", default="1,4")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--seg-size", type=int, default=64)
+    parser.add_argument("--seg-size", default="64", help="segment size(s) s of srsum's variants (a list runs each)")
     parser.add_argument("--step", default="auto", help="srsum's decoder step(s): auto, eager, graph, compiled (a "
                         "list runs each); auto is graph on CUDA, else eager")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--max-gb", type=float, default=14.0, help="skip cells whose buffers would exceed this")
+    parser.add_argument("--max-gb", type=float, help="skip cells whose buffers would exceed this (default: 90%% "
+                        "of the device's memory)")
+    parser.add_argument("--no-encoder", action="store_true", help="do not time the real encoder")
     parser.add_argument("--json", type=Path, help="write all figures here")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
@@ -198,7 +230,10 @@ def main() -> None:
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
-    print(f"machine: {machine()}  device: {args.device}  dtype: {args.dtype}\n", flush=True)
+    if args.max_gb is None:
+        args.max_gb = 0.9 * device_gb(args.device)
+    print(f"machine: {machine()}  device: {args.device}  dtype: {args.dtype}  max GB: {args.max_gb:.1f}\n",
+          flush=True)
     results = {"machine": machine(), "device": args.device, "dtype": args.dtype, "cells": [], "encoder": []}
     if args.device.startswith("cuda"):
         from srsum.profiling import gpu_bandwidth_gbps
@@ -210,17 +245,20 @@ def main() -> None:
         shape = random_model(model_name).config
         layers = getattr(shape, "num_decoder_layers", None) or shape.decoder_layers
         for n in parse_list(args.n):
-            enc = encoder_seconds(model_name, n, args.device, args.dtype)
+            enc = None if args.no_encoder else encoder_seconds(model_name, n, args.device, args.dtype)
             results["encoder"].append(dict(model=model_name, n=n, batch=1, seconds=enc))
-            print(f"{model_name} encoder n={n} batch 1: " + (f"{enc * 1000:.1f} ms" if enc else "skipped (O(n^2) memory)"),
-                  flush=True)
+            if not args.no_encoder:
+                print(f"{model_name} encoder n={n} batch 1: " + (f"{enc * 1000:.1f} ms" if enc else
+                      "skipped (O(n^2) memory)"), flush=True)
             for batch in parse_list(args.batch):
                 for beams in parse_list(args.beams):
-                    for system, step in runs(parse_list(args.systems, str), parse_list(args.step, str), args.device):
+                    for system, step, seg_size in runs(parse_list(args.systems, str), parse_list(args.step, str),
+                                                       args.device, parse_list(args.seg_size)):
                         cell = dict(model=model_name, n=n, batch=batch, beams=beams, system=system, step=step,
-                                    new_tokens=args.new_tokens, seg_size=args.seg_size, device=args.device,
+                                    new_tokens=args.new_tokens, seg_size=seg_size, device=args.device,
                                     dtype=args.dtype, threads=args.threads)
-                        need = estimate_gb(cell, shape.d_model, layers)
+                        heads = getattr(shape, "num_heads", None) or shape.decoder_attention_heads
+                        need = estimate_gb(cell, shape.d_model, layers, shape.d_model // heads)
                         if need > args.max_gb:
                             results["cells"].append(dict(cell, skipped=f"needs ~{need:.0f} GB"))
                             print(f"  skip {cell} (~{need:.0f} GB)", flush=True)
@@ -228,7 +266,7 @@ def main() -> None:
                         figures = measure(cell, args.device)
                         results["cells"].append(figures)
                         print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system", "step",
-                              "ms_per_step", "tokens_per_s", "peak_mb", "error")}), flush=True)
+                              "ms_per_step", "decode_ms_per_token", "peak_mb", "error")}), flush=True)
     print()
     print(report(results))
     if args.json:
@@ -238,21 +276,22 @@ def main() -> None:
 CUDA_MODELS: dict = {}
 
 
-def runs(systems: list[str], steps: list[str], device: str) -> list[tuple[str, str]]:
-    """(system, step) pairs: the peer once (``generate`` has no step option), srsum once per step,
-    with ``auto`` resolved as srsum resolves it."""
+def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]) -> list[tuple[str, str, int]]:
+    """(system, step, s) triples: the peer once (``generate`` has no step option, full attention no s),
+    srsum once per step and segment size, with ``auto`` resolved as srsum resolves it."""
     from srsum.decoding import resolve_step
 
-    pairs = []
+    triples = []
     for system in systems:
         if system == "peer":
-            pairs.append((system, "hf"))
+            triples.append((system, "hf", seg_sizes[0]))
             continue
         for step in steps:
-            pair = (system, resolve_step(step, torch.device(device)))
-            if pair not in pairs:
-                pairs.append(pair)
-    return pairs
+            for seg_size in (seg_sizes[:1] if system == "full" else seg_sizes):
+                triple = (system, resolve_step(step, torch.device(device)), seg_size)
+                if triple not in triples:
+                    triples.append(triple)
+    return triples
 
 
 def measure(cell: dict, device: str) -> dict:
@@ -268,24 +307,32 @@ def measure(cell: dict, device: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def label(cell: dict) -> str:
+    """The system, with its segment size where it has one."""
+    return cell["system"] if cell["system"] in ("peer", "full") else f"{cell['system']} s={cell['seg_size']}"
+
+
 def report(results: dict) -> str:
     """Markdown tables: one row per (model, n, batch, beams, system) with ratios to the peer."""
     rows, cells = [], results["cells"]
     for cell in cells:
         if "skipped" in cell or "error" in cell:
-            rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"], cell.get("step", ""),
-                         cell.get("skipped") or cell.get("error"), "", "", "", "", ""])
+            rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], label(cell), cell.get("step", ""),
+                         cell.get("skipped") or cell.get("error"), "", "", "", "", "", "", ""])
             continue
         peer = next((c for c in cells if c["system"] == "peer" and "ms_per_step" in c and
                      all(c[k] == cell[k] for k in ("model", "n", "batch", "beams"))), None)
         speed = f"{peer['ms_per_step'] / cell['ms_per_step']:.2f}x" if peer else "-"
+        per_token = cell.get("decode_ms_per_token")
+        whole = f"{peer['decode_ms_per_token'] / per_token:.2f}x" if peer and per_token else "-"
         known = cell["peak_mb"] is not None
         memory = f"{cell['peak_mb'] / peer['peak_mb']:.2f}" if known and peer and peer["peak_mb"] > 0 else "-"
-        rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], cell["system"], cell.get("step", ""),
-                     f"{cell['decode_s']:.2f}", f"{cell['ms_per_step']:.1f}", f"{cell['tokens_per_s']:.0f}",
-                     f"{cell['peak_mb']:.0f}" if known else "n/a", speed, memory])
-    headers = ["model", "n", "batch", "beams", "system", "step", "decode s", "ms/step", "tokens/s", "peak MB",
-               "speed vs peer", "memory vs peer"]
+        rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], label(cell), cell.get("step", ""),
+                     f"{cell['decode_s']:.2f}", f"{cell['ms_per_step']:.1f}",
+                     f"{per_token:.1f}" if per_token else "-", f"{cell['tokens_per_s']:.0f}",
+                     f"{cell['peak_mb']:.0f}" if known else "n/a", speed, whole, memory])
+    headers = ["model", "n", "batch", "beams", "system", "step", "decode s", "ms/step", "decode ms/token", "tokens/s",
+               "peak MB", "step vs peer", "decode vs peer", "memory vs peer"]
     bandwidth = results.get("bandwidth_gbps")
     if bandwidth:
         headers += ["MB read/step", "floor ms", "x floor"]
