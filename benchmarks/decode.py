@@ -16,16 +16,17 @@ timed; compiled: torch.compile, whose compiling is not timed: a compiled cell fi
 full untimed).
 
 Every cell first decodes once in full, untimed (kernels, allocator, CUDA graphs or compiling: the first
-cell of a process pays no more than the others), then is timed twice: a decode of ``--new-tokens`` tokens
-(``decode_ms_per_token``: everything per token, state building included) and a decode of a quarter as many;
-``ms_per_step`` is the steady step, the difference of the two over the difference in tokens (the state
-building and other per-decoding costs cancel). ``--max-gb`` defaults to 90% of the device's memory
+cell of a process pays no more than the others), then is timed: a decode of ``--new-tokens`` tokens
+(``decode_ms_per_token``: everything per token, state building included), whose steps are also clocked;
+``ms_per_step`` is the steady step: the median interval between the starts of consecutive steps after the
+first (``StepClock``: state building and the first step drop out, and so do load spikes). ``--max-gb`` defaults to 90% of the device's memory
 (CUDA: the GPU's total; CPU: MemAvailable).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -139,11 +140,6 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
     with torch.no_grad():
         decode()  # warm up kernels, allocator, CUDA graphs (and compile) at the timed shapes
         sync(device)
-        short = max(1, tokens // 4)
-        start = time.perf_counter()
-        decode(steps=short)
-        sync(device)
-        short_seconds = time.perf_counter() - start
         fresh_peak = True
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -152,18 +148,60 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
         else:
             fresh_peak = reset_peak_rss()
             before = rss_bytes()
-        start = time.perf_counter()
-        out = decode()
-        sync(device)
-        seconds = time.perf_counter() - start
+        with StepClock(model, cell["system"]) as clock:
+            start = time.perf_counter()
+            out = decode()
+            sync(device)
+            seconds = time.perf_counter() - start
         peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()) - before
     assert out.shape[1] == tokens + 1, out.shape
     if device.type != "cuda" and not fresh_peak:
         peak = None  # the high-water mark could not be reset: model building and compiling would count
-    steady = (seconds - short_seconds) / (tokens - short) * 1000 if tokens > short else seconds / tokens * 1000
-    return dict(cell, decode_s=seconds, ms_per_step=steady, decode_ms_per_token=seconds / tokens * 1000,
-                short_decode_s=short_seconds, short_tokens=short, tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
+    return dict(cell, decode_s=seconds, ms_per_step=clock.steady_ms(), decode_ms_per_token=seconds / tokens * 1000,
+                tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
                 bytes_per_step=bytes_per_step(model, cell))
+
+
+class StepClock:
+    """Times the steps of one decoding: the start of each model call (the peer: ``model.forward``, which
+    ``generate`` calls once per step; srsum: ``SharedStateDecoder.logits``, outside any compiled region).
+    ``steady_ms`` is the median interval between consecutive step starts after the first step (a step and
+    its search bookkeeping; state building, the first step and load spikes on a shared host drop out).
+    A decoding syncs with the device at every step (both stop-checks read a flag), so the intervals are
+    device time on CUDA too."""
+
+    def __init__(self, model, system: str):
+        self.model, self.system, self.starts = model, system, []
+
+    def _timed(self, call):
+        @functools.wraps(call)  # generate checks its keyword arguments against forward's signature
+        def run(*args, **kwargs):
+            self.starts.append(time.perf_counter())
+            return call(*args, **kwargs)
+
+        return run
+
+    def __enter__(self):
+        if self.system == "peer":
+            self.model.forward = self._timed(self.model.forward)
+        else:
+            import srsum.decoding
+
+            self._original = srsum.decoding.SharedStateDecoder.logits
+            srsum.decoding.SharedStateDecoder.logits = self._timed(self._original)
+        return self
+
+    def __exit__(self, *exc):
+        if self.system == "peer":
+            del self.model.forward  # back to the class's method
+        else:
+            import srsum.decoding
+
+            srsum.decoding.SharedStateDecoder.logits = self._original
+
+    def steady_ms(self) -> float | None:
+        gaps = sorted(b - a for a, b in zip(self.starts[1:], self.starts[2:]))
+        return gaps[len(gaps) // 2] * 1000 if gaps else None
 
 
 def bytes_per_step(model, cell: dict) -> float:
