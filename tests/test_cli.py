@@ -178,6 +178,16 @@ def test_summarize_with_and_without_the_blocked_encoder_agree(best, tmp_path):
                           code=2)
 
 
+def test_a_truncated_checkpoint_is_one_line(best, article, tmp_path, cnn):
+    cut = tmp_path / "cut"
+    shutil.copytree(best, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert_one_line_error(run("summarize", article, "--model", cut), "model.safetensors is damaged or incomplete")
+    assert_one_line_error(run("evaluate", "--model", cut, "--dataset", cnn, "--limit", "2", "--output-dir",
+                              tmp_path / "e"), "damaged or incomplete")
+
+
 def _missing(tmp):
     return tmp / "missing.txt"
 

@@ -238,15 +238,33 @@ PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt
 
 def refuse_pickle_only(path_or_name: str) -> None:
     """SrsumError for a local model folder whose weights exist only as a pickle (``pytorch_model.bin``):
-    unpickling a downloaded file can run code, so srsum loads safetensors only."""
+    unpickling a downloaded file can run code, so srsum loads safetensors only. A safetensors file that is
+    cut short or damaged (an interrupted copy or download) is refused with one line too."""
     folder = Path(path_or_name)
-    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+    if not folder.is_dir():
+        return
+    weights = sorted(folder.glob("*.safetensors"))
+    for file in weights:
+        check_safetensors(file)
+    if weights:
         return
     pickled = [name for name in PICKLE_WEIGHTS if (folder / name).is_file()]
     if pickled:
         raise SrsumError(f"model: {path_or_name} holds its weights only as a pickle ({pickled[0]}), which srsum "
                          "does not load (unpickling can run code); convert it once, where you trust the file: "
                          "AutoModelForSeq2SeqLM.from_pretrained(folder).save_pretrained(folder)")
+
+
+def check_safetensors(file: Path) -> None:
+    """SrsumError when ``file``'s header does not describe a file of its real size (truncated or damaged)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    except Exception as error:  # SafetensorError (no common base class with OSError), OSError
+        reason = " ".join(str(error).split())[:160] or type(error).__name__
+        raise SrsumError(f"model: {file} is damaged or incomplete ({reason}); copy or download it again") from None
 
 
 def load_config(path_or_name: str):
