@@ -435,6 +435,63 @@ class InOrder:
         return {"id": self.examples[index].id, "summary": self.done[index]}
 
 
+class OutputFile:
+    """``--output``: every finished summary is appended at once to ``<output>.partial`` (one flushed JSON
+    line each), so even a killed run loses nothing; :meth:`finish` then writes ``<output>`` atomically, in
+    input order, and removes the journal. With ``skip_done`` the rows already in ``<output>`` and in a
+    journal left by a killed run are kept and their ids are not summarized again."""
+
+    def __init__(self, path: str | Path, skip_done: bool = False):
+        self.path = Path(path).expanduser()
+        self.journal = self.path.with_name(self.path.name + ".partial")
+        self.done: dict[str, dict[str, Any]] = {}
+        if not skip_done:
+            self.journal.unlink(missing_ok=True)  # an older run's: its rows are not this run's
+        if skip_done:
+            for source in (self.path, self.journal):
+                for row in _readable_rows(source):
+                    self.done[row["id"]] = row
+        self._handle = None
+
+    def todo(self, examples: Sequence[Example]) -> list[Example]:
+        """The examples whose ids have no summary yet."""
+        return [example for example in examples if example.id not in self.done]
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self._handle is None:
+            self._handle = open(self.journal, "a", encoding="utf-8")
+        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        self.done[row["id"]] = row
+
+    def finish(self, examples: Sequence[Example]) -> int:
+        """Write every summary held (those of ``examples`` in their order, then any others kept from before)
+        atomically to the output; returns how many rows it holds."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        order = {example.id: i for i, example in enumerate(examples)}
+        rows = sorted(self.done.values(), key=lambda row: order.get(row["id"], len(order)))
+        write_jsonl(self.path, rows)
+        self.journal.unlink(missing_ok=True)
+        return len(rows)
+
+
+def _readable_rows(path: Path) -> list[dict[str, Any]]:
+    """The ``{id, summary}`` rows of a JSON Lines file; a line cut short by a killed write is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("id"), str) and "summary" in row:
+            rows.append(row)
+    return rows
+
+
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write JSON Lines atomically (temporary file in the same folder, then ``os.replace``)."""
     path = Path(path).expanduser()

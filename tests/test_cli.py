@@ -161,7 +161,7 @@ def test_ctrl_c_keeps_the_finished_summaries(best, tmp_path, monkeypatch, to_fil
     assert_one_line_error(result, "interrupted", code=130)
     if to_file:
         assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["a1", "a2", "a3", "a4"]
-        assert "wrote the 4 of 5 summaries finished" in result.stderr
+        assert "holds the 4 of 5 summaries finished" in result.stderr
         assert sorted(p.name for p in output.parent.iterdir() if p.suffix == ".jsonl") == ["out.jsonl"]
     else:
         assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == ["a1", "a2", "a3", "a4"]
@@ -186,6 +186,33 @@ def test_a_truncated_checkpoint_is_one_line(best, article, tmp_path, cnn):
     assert_one_line_error(run("summarize", article, "--model", cut), "model.safetensors is damaged or incomplete")
     assert_one_line_error(run("evaluate", "--model", cut, "--dataset", cnn, "--limit", "2", "--output-dir",
                               tmp_path / "e"), "damaged or incomplete")
+
+
+def test_skip_done_continues_a_killed_run(best, tmp_path):
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"a{i}.txt")
+        files[-1].write_text(f"Article {i}: the park opens in May.")
+    output = tmp_path / "out.jsonl"
+    journal = tmp_path / "out.jsonl.partial"  # what a killed run leaves: two whole lines and a cut one
+    journal.write_text(json.dumps({"id": "a2", "summary": "kept two"}) + "\n"
+                       + json.dumps({"id": "a0", "summary": "kept zero"}) + "\n" + '{"id": "a1", "summ')
+    args = ["summarize", *files, "--model", best, "--max-length", "3", "--num-beams", "1", "--output", output]
+    result = run(*args, "--skip-done")
+    assert result.exit_code == 0, result.stderr
+    assert "2 of 4 articles already have a summary" in result.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["a0", "a1", "a2", "a3"]
+    assert rows[0]["summary"] == "kept zero" and rows[2]["summary"] == "kept two"
+    assert not journal.exists()
+    assert "4 of 4 articles already have a summary" in run(*args, "--skip-done").stderr  # nothing left to do
+    journal.write_text(json.dumps({"id": "a3", "summary": "stale"}) + "\n")
+    assert run(*args).exit_code == 0  # without --skip-done: everything again, the stale journal dropped
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["a0", "a1", "a2", "a3"] and "stale" not in output.read_text()
+    assert not journal.exists()
+    assert_one_line_error(run("summarize", *files, "--model", best, "--skip-done"), "--skip-done needs --output",
+                          code=2)
 
 
 def _missing(tmp):

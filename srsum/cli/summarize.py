@@ -12,7 +12,7 @@ import typer
 from srsum.cli.common import (EXIT_BAD_INPUT, BatchSize, DeviceOption, DtypeOption, EncoderBlockOption, LengthPenalty,
                               MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption,
                               RichReporter, StepOption, app, generation_settings, handled, print_error)
-from srsum.errors import SrsumError
+from srsum.errors import SrsumError, UsageError
 
 SUMMARIZE_EPILOG = """[bold]Examples[/bold]
 
@@ -46,19 +46,23 @@ def summarize(
     dtype: str = DtypeOption,
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Article column of .jsonl/.json/.csv/"
                                               ".parquet inputs (default: article/document/text/...)."),
+    skip_done: bool = typer.Option(False, "--skip-done", help="Keep the summaries already in --output (and in the "
+                                   "journal a killed run left) and summarize only the other articles."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON Lines {id, summary} instead of plain text."),
     quiet: bool = QuietOption,
 ) -> None:
     """Summarize articles with a trained checkpoint or a pretrained T5/BART model.
 
-    Articles longer than the max source length are truncated with a warning. Summaries are printed as they are finished; Ctrl-C keeps the finished ones (printed, or written to --output). A file that cannot be read is named on stderr and the others are still summarized (the exit code is then 1).
+    Articles longer than the max source length are truncated with a warning. Summaries are printed as they are finished, or appended to a journal beside --output (written in input order at the end); Ctrl-C, or even a kill, keeps the finished ones, and --skip-done continues. A file that cannot be read is named on stderr and the others are still summarized (the exit code is then 1).
     """
-    from srsum.summarize import InOrder, collect_articles, load_summarizer, summarize_examples, write_jsonl
+    from srsum.summarize import InOrder, OutputFile, collect_articles, load_summarizer, summarize_examples
 
     reporter = RichReporter(quiet)
     with handled(reporter):
         settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
                                        batch_size, max_source_length, step)
+        if skip_done and output is None:
+            raise UsageError("--skip-done needs --output (the file whose summaries are kept)")
         if output is not None:
             from srsum.checkpoints import ensure_writable_dir
 
@@ -70,18 +74,34 @@ def summarize(
             print_error(failure.message)
         if not examples:
             raise typer.Exit(EXIT_BAD_INPUT)
-        summarizer = load_summarizer(model, device, dtype, reporter=reporter,
-                                     encoder_block="default" if encoder_block is None else encoder_block)
-        printer = _Printer(as_json, headers=len(examples) > 1)
-        results = InOrder(examples, (lambda rows: None) if output is not None else printer.print)
-        try:
-            summarize_examples(summarizer, examples, settings, reporter, on_summary=results.add)
-        except KeyboardInterrupt:
-            _keep_finished(results, output, printer, len(examples), reporter)
-            raise
-        if output is not None:
-            write_jsonl(output, results.rows())
-            reporter.info(f"wrote {len(examples)} summaries to {output}")
+        target = OutputFile(output, skip_done) if output is not None else None
+        todo = target.todo(examples) if target is not None else examples
+        if len(todo) < len(examples):
+            reporter.info(f"{len(examples) - len(todo)} of {len(examples)} articles already have a summary in "
+                          f"{output}: skipped")
+        if todo:
+            summarizer = load_summarizer(model, device, dtype, reporter=reporter,
+                                         encoder_block="default" if encoder_block is None else encoder_block)
+            printer = _Printer(as_json, headers=len(todo) > 1)
+            results = InOrder(todo, (lambda rows: None) if target is not None else printer.print)
+
+            def finished(index: int, summary: str) -> None:
+                results.add(index, summary)
+                if target is not None:
+                    target.add({"id": todo[index].id, "summary": summary})
+
+            try:
+                summarize_examples(summarizer, todo, settings, reporter, on_summary=finished)
+            except KeyboardInterrupt:
+                if target is not None:
+                    kept = target.finish(examples)
+                    reporter.warn(f"interrupted: {output} holds the {kept} of {len(examples)} summaries finished")
+                else:
+                    printer.print(results.rest())
+                raise
+        if target is not None:
+            kept = target.finish(examples)
+            reporter.info(f"wrote {kept} summaries to {output}")
         if failures:
             print_error(f"{len(failures)} input(s) could not be summarized; the other {len(examples)} were")
             raise typer.Exit(EXIT_BAD_INPUT)
@@ -103,16 +123,3 @@ class _Printer:
             else:
                 sys.stdout.write(row["summary"] + "\n")
         sys.stdout.flush()
-
-
-def _keep_finished(results, output: Optional[Path], printer: _Printer, total: int, reporter) -> None:
-    """Ctrl-C: the summaries finished so far are written (--output) or printed, not lost."""
-    from srsum.summarize import write_jsonl
-
-    if output is not None:
-        finished = results.rows()
-        if finished:
-            write_jsonl(output, finished)
-            reporter.warn(f"interrupted: wrote the {len(finished)} of {total} summaries finished to {output}")
-    else:
-        printer.print(results.rest())
