@@ -396,12 +396,29 @@ def test_loss_lines_every_logging_steps_when_asked(tmp_path, tiny_t5_dir):
     reporter = Recorder()
     train(tiny_training_config(tiny_t5_dir, tmp_path / "run", eval_samples=0, logging_steps=3), reporter,
           log_lines=True)
-    lines = [line for line in reporter.lines if line.startswith("step ")]
+    lines = _loss_lines(reporter.lines)
     assert [line.split(":")[0] for line in lines] == ["step 3/8", "step 6/8", "step 8/8"]
     assert all(", learning rate " in line and float(line.split("loss ")[1].split(",")[0]) > 0 for line in lines)
+    assert all(float(line.split(", ")[2].split()[0].replace(",", "")) > 0 and "target tokens/s" in line
+               for line in lines)
+    assert "memory ratio" not in lines[0] and "memory ratio" in lines[-1]  # measured after the first epoch
     quiet = Recorder()
     train(tiny_training_config(tiny_t5_dir, tmp_path / "run2", eval_samples=0, logging_steps=3), quiet)
-    assert not any(line.startswith("step ") for line in quiet.lines)  # on a terminal the progress bar shows it
+    assert not _loss_lines(quiet.lines)  # on a terminal the progress bar shows it
+
+
+def _loss_lines(lines):
+    """The plain loss lines, without their leading UTC timestamp (checked to be one)."""
+    import re
+    from datetime import datetime
+
+    found = []
+    for line in lines:
+        stamp, _, rest = line.partition(" ")
+        if re.match(r"step \d+/\d+: ", rest):
+            assert datetime.fromisoformat(stamp).tzinfo is not None, line
+            found.append(rest)
+    return found
 
 
 def test_cli_prints_loss_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_t5_dir):
@@ -416,7 +433,7 @@ def test_cli_prints_loss_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_t5_d
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line for line in done.stderr.splitlines() if line.startswith("step ")]
+    lines = _loss_lines(done.stderr.splitlines())
     assert [line.split(":")[0] for line in lines] == ["step 2/4", "step 4/4"], done.stderr[-3000:]
 
 

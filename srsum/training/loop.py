@@ -11,6 +11,7 @@ prints and writes (each process's RNG state is saved beside the main one's, so `
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -52,7 +53,8 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
           log_lines: bool = False) -> TrainResult:
     """Fine-tune and checkpoint; see the package docstring.
 
-    ``log_lines``: also report one plain ``step S/T: loss L, learning rate R`` line every ``logging_steps`` steps
+    ``log_lines``: also report one plain ``<UTC time> step S/T: loss L, learning rate R, N target tokens/s`` line
+    (and the last measured memory ratio) every ``logging_steps`` steps
     (``reporter.info``; the CLI asks for it when stderr is not a terminal, where no progress bar is drawn).
 
     ``stop_after_steps`` (a test hook) raises KeyboardInterrupt right after that optimizer step (and its
@@ -128,6 +130,7 @@ class _Run:
         self.dead_warned = False
         self.running_loss, self.running_count = 0.0, 0
         self.log_lines = False
+        self.window_tokens, self.window_start = 0.0, time.perf_counter()  # label tokens since the last log line
         self.scratch: tempfile.TemporaryDirectory | None = None  # the start model built from --config
 
     # ---- setup: data, model, optimizer, restored state
@@ -339,7 +342,14 @@ class _Run:
         self.optimizer.zero_grad()
         self.running_loss += reduce_sums([total], accelerator)[0] / max(all_tokens, 1.0)
         self.running_count += 1
+        self.window_tokens += all_tokens
         self.global_step += 1
+
+    def _memory_note(self) -> str:
+        """The last measured memory ratio (mean over layers), for the plain log line; empty before one."""
+        rows = self.last_metrics.get("memory")
+        ratios = [row["ratio"] for row in rows or [] if isinstance(row, dict) and row.get("ratio") is not None]
+        return f", memory ratio {sum(ratios) / len(ratios):.3g}" if ratios else ""
 
     def _after_step(self) -> None:
         """Log the loss; at the end of an epoch validate (or report the memory); save when due."""
@@ -348,11 +358,17 @@ class _Run:
         self.advance(1, loss=mean_loss)
         if step % config.logging_steps == 0 or step == self.total_steps:
             learning_rate = self.scheduler.get_last_lr()[0]
-            self.log_history.append({"step": step, "loss": round(mean_loss, 5), "learning_rate": learning_rate})
+            now = time.perf_counter()
+            tokens_per_second = self.window_tokens / max(now - self.window_start, 1e-9)
+            self.log_history.append({"step": step, "loss": round(mean_loss, 5), "learning_rate": learning_rate,
+                                     "target_tokens_per_second": round(tokens_per_second, 1)})
             if self.log_lines:
-                self.reporter.info(f"step {step}/{self.total_steps}: loss {mean_loss:.4f}, learning rate "
-                                   f"{learning_rate:.3g}")
+                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                self.reporter.info(f"{stamp} step {step}/{self.total_steps}: loss {mean_loss:.4f}, learning rate "
+                                   f"{learning_rate:.3g}, {tokens_per_second:,.0f} target tokens/s"
+                                   + self._memory_note())
             self.running_loss, self.running_count = 0.0, 0
+            self.window_tokens, self.window_start = 0.0, now
         end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
         improved = False
         if end_of_epoch and not self.eval_rows:
