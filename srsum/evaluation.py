@@ -125,6 +125,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
         "limit": limit,
         "n_examples": len(examples),
         "mean_prediction_words": round(sum(len(p.split()) for p in predictions) / len(predictions), 2),
+        "gen_len": None if summarizer is None else _mean_tokens(summarizer.tokenizer, predictions),
         "mean_reference_words": round(sum(len(r.split()) for r in references) / len(references), 2),
         "generation": None if lead is not None else {
             **generation.for_model(summarizer.model).to_dict(),
@@ -196,6 +197,12 @@ def _summaries(summarizer: Summarizer, examples, generation: SummarizeSettings, 
             reporter.warn(f"interrupted: the {len(finished)} of {len(examples)} predictions finished are in {path} "
                           "(no ROUGE was computed)")
         raise
+
+
+def _mean_tokens(tokenizer, texts: list[str]) -> float:
+    """Mean token count of ``texts`` (the Hugging Face example's gen_len, counted from the decoded text)."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return round(sum(len(row) for row in ids) / max(1, len(ids)), 2)
 
 
 def _effective_max_source(summarizer: Summarizer, generation: SummarizeSettings) -> int:

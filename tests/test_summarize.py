@@ -335,6 +335,9 @@ def test_interrupted_evaluation_keeps_the_finished_predictions(trained_t5, cnn_s
     assert metrics["text_column"] == "article" and metrics["summary_column"] == "summary"  # the sample's columns
     predictions = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert metrics["mean_prediction_words"] == round(sum(len(p.split()) for p in predictions) / 4, 2)
+    tokens = load_summarizer(str(trained_t5.run_dir / "best"), device="cpu").tokenizer
+    assert 0 < metrics["gen_len"] == round(sum(len(tokens(p, add_special_tokens=False).input_ids)
+                                                for p in predictions) / 4, 2)
 
 
 def test_unset_generation_options_take_the_models_summarization_defaults(trained_t5):
