@@ -132,3 +132,18 @@ def compile_count(monkeypatch):
                         lambda device: {"fullgraph": True, "dynamic": False, "backend": counting_backend})
     yield graphs
     torch._dynamo.reset()
+
+
+def interrupt_generate(monkeypatch, at_call: int) -> None:
+    """Make srsum.decoding.generate raise KeyboardInterrupt (Ctrl-C) on its ``at_call``-th call (1-based)."""
+    import srsum.decoding
+
+    real_generate, calls = srsum.decoding.generate, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(srsum.decoding, "generate", interrupted)

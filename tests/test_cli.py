@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CNN_SAMPLE
+from conftest import CNN_SAMPLE, interrupt_generate
 from typer.testing import CliRunner
 
 from srsum.cli import app
@@ -139,17 +139,7 @@ def test_summarize_reads_a_named_text_column(best, tmp_path):
 
 @pytest.mark.parametrize("to_file", [True, False])
 def test_ctrl_c_keeps_the_finished_summaries(best, tmp_path, monkeypatch, to_file):
-    import srsum.decoding
-
-    real_generate, calls = srsum.decoding.generate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(srsum.decoding, "generate", interrupted)
+    interrupt_generate(monkeypatch, at_call=3)
     files = []
     for i in range(5):  # article i is longer than article i - 1: batches run a4, a3 | a2, a1 | a0
         files.append(tmp_path / f"a{i}.txt")

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CNN_SAMPLE
+from conftest import CNN_SAMPLE, interrupt_generate
 from rouge_score import rouge_scorer, scoring
 
 from srsum.data import Example, load_examples
@@ -310,17 +310,7 @@ def test_in_order_keeps_what_is_finished_but_not_yet_emitted():
 
 
 def test_interrupted_evaluation_keeps_the_finished_predictions(trained_t5, cnn_sample, tmp_path, monkeypatch):
-    import srsum.decoding
-
-    real_generate, calls = srsum.decoding.generate, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(srsum.decoding, "generate", interrupted)
+    interrupt_generate(monkeypatch, at_call=2)
     out = tmp_path / "e"
     with pytest.raises(KeyboardInterrupt):
         evaluate(cnn_sample, model=str(trained_t5.run_dir / "best"), limit=4, device="cpu", output_dir=out,
@@ -328,7 +318,7 @@ def test_interrupted_evaluation_keeps_the_finished_predictions(trained_t5, cnn_s
     assert sorted(p.name for p in out.iterdir()) == ["predictions.partial.jsonl"]
     rows = [json.loads(line) for line in (out / "predictions.partial.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(row["reference"] for row in rows)
-    monkeypatch.setattr(srsum.decoding, "generate", real_generate)
+    monkeypatch.undo()
     metrics = evaluate(cnn_sample, model=str(trained_t5.run_dir / "best"), limit=4, device="cpu", output_dir=out,
                        generation=SummarizeSettings(max_length=3, num_beams=1, batch_size=2))
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.jsonl"]  # the partial file is gone
