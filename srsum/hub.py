@@ -12,7 +12,7 @@ import os
 import socket
 from urllib.parse import urlparse
 
-from srsum.errors import SrsumError
+from srsum.errors import RuntimeFailure
 
 CONNECT_TIMEOUT_S = 3.0
 
@@ -49,11 +49,11 @@ def in_cache(repo_id: str, filename: str = "config.json") -> bool:
 
 
 def require_hub(name: str, what: str = "model") -> None:
-    """Raise a one-line SrsumError at once when ``name`` must come from a Hub that cannot be reached."""
+    """Raise a one-line RuntimeFailure at once when ``name`` must come from a Hub that cannot be reached."""
     if is_offline() or in_cache(name):
         return
     reason = hub_unreachable_reason()
     if reason is not None:
-        raise SrsumError(f"{what}: {name!r} is neither a local folder nor in the Hugging Face cache, and the Hub "
+        raise RuntimeFailure(f"{what}: {name!r} is neither a local folder nor in the Hugging Face cache, and the Hub "
                          f"cannot be reached ({reason}); pass a local {what} folder, or run once with network "
                          "access (offline, HF_HUB_OFFLINE=1 uses what is already cached)")

@@ -24,7 +24,7 @@ def run(*args, input=None):
     return runner.invoke(app, [str(arg) for arg in args], input=input)
 
 
-def assert_one_line_error(result, *fragments, code=1):
+def assert_one_line_error(result, *fragments, code=2):
     """Exit ``code``, exactly one ``Error:`` line on stderr containing ``fragments``, no traceback."""
     assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
@@ -122,7 +122,7 @@ def test_one_bad_article_is_named_and_the_others_are_summarized(best, article, t
     empty.write_text("")
     output = tmp_path / "s.jsonl"
     result = run("summarize", article, empty, "--model", best, "--max-length", "5", "--output", output)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input (the others are still summarized)
     assert "Error: " in result.stderr and "empty.txt is empty" in result.stderr
     assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["article"]
 
@@ -431,13 +431,25 @@ def test_installed_console_script(cnn, tmp_path):
 
 
 def test_console_entry_point_exit_codes(tmp_path, monkeypatch, capsys):
-    """main() (what the console script runs) exits with one Error line: 1 for bad input, 2 for a bad command line."""
+    """main() (what the console script runs) exits with one Error line: 2 for bad input or a bad command line,
+    1 for a runtime failure (here: the Hub cannot be reached)."""
+    import socket
+
     from srsum.cli import main
 
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    article = tmp_path / "a.txt"
+    article.write_text("The park opens in May.")
     for argv, code, message in (
-        (["summarize", str(tmp_path / "missing.txt"), "--model", str(tmp_path)], 1,
+        (["summarize", str(tmp_path / "missing.txt"), "--model", str(tmp_path)], 2,
          f"Error: file not found: {tmp_path / 'missing.txt'}"),
         (["evaluate", "--dataset"], 2, "Error: Option '--dataset' requires an argument."),
+        (["summarize", str(article), "--model", "srsum-test/no-such-model"], 1,
+         "Error: model: 'srsum-test/no-such-model' is neither a local folder nor in the Hugging Face cache"),
     ):
         monkeypatch.setattr(sys, "argv", ["srsum", *argv])
         with pytest.raises(SystemExit) as caught:

@@ -67,7 +67,7 @@ def test_summarize_with_a_hub_name_offline_is_one_line(unreachable, tmp_path):
     article = tmp_path / "a.txt"
     article.write_text("The park opens in May.")
     assert_one_line_error(run("summarize", article, "--model", "srsum-test/no-such-model"),
-                          "cannot be reached", "HF_HUB_OFFLINE=1")
+                          "cannot be reached", "HF_HUB_OFFLINE=1", code=1)  # a runtime failure
 
 
 def test_a_hub_dataset_failure_offline_names_the_offline_switches(unreachable, monkeypatch):

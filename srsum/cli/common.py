@@ -1,8 +1,9 @@
 """What every srsum command shares: the Typer app, one-line errors and exit codes, the rich
 reporter (progress bars, warnings, metrics tables on stderr) and the generation options.
 
-Exit codes: 1 for an unusable input, file or model; 2 for a command-line mistake, including an option
-value that cannot work (:class:`srsum.errors.UsageError`); 130 for Ctrl-C. Nothing here imports torch or transformers, so ``srsum --help`` answers at once.
+Exit codes (docs/CLI.md has the table): 2 for bad input or usage (an unusable file, model or dataset, an
+option that cannot work), 1 for a runtime failure (:class:`srsum.errors.RuntimeFailure`, an OS error),
+130 for Ctrl-C. Nothing here imports torch or transformers, so ``srsum --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from srsum import __version__
-from srsum.errors import SrsumError, UsageError
+from srsum.errors import RuntimeFailure, SrsumError
 from srsum.reporting import Reporter
 
-EXIT_BAD_INPUT = 1
-EXIT_USAGE = 2
+EXIT_RUNTIME = 1  # a runtime failure: the Hub cannot be reached, a full disk, ...
+EXIT_BAD_INPUT = 2  # bad input or usage: an unusable file, model or dataset, a wrong option
+EXIT_USAGE = EXIT_BAD_INPUT
 EXIT_INTERRUPTED = 130
 
 
@@ -178,17 +180,17 @@ def handled(reporter: RichReporter) -> Iterator[None]:
         warnings.showwarning = show
         try:
             yield
-        except UsageError as error:
-            raise fail(str(error), EXIT_USAGE) from None
-        except SrsumError as error:
-            raise fail(str(error)) from None
+        except RuntimeFailure as error:
+            raise fail(str(error), EXIT_RUNTIME) from None
+        except SrsumError as error:  # UsageError included
+            raise fail(str(error), EXIT_BAD_INPUT) from None
         except TrainingInterrupted as error:
             raise fail(str(error), EXIT_INTERRUPTED) from None
         except KeyboardInterrupt:
             raise fail("interrupted", EXIT_INTERRUPTED) from None
         except OSError as error:
             where = f"{error.filename}: " if error.filename else ""
-            raise fail(f"{where}{error.strerror or error}") from None
+            raise fail(f"{where}{error.strerror or error}", EXIT_RUNTIME) from None
 
 
 # Set before transformers, datasets and huggingface_hub are imported (they read these once, at import), so

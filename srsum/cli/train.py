@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from srsum.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_USAGE, QuietOption, RichReporter, app, emit_json,
+from srsum.cli.common import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNTIME, QuietOption, RichReporter, app, emit_json,
                               handled)
-from srsum.errors import SrsumError, UsageError
+from srsum.errors import RuntimeFailure, SrsumError, UsageError
 
 TRAIN_EPILOG = """[bold]Examples[/bold]
 
@@ -58,8 +58,8 @@ def _silent_errors_off_main(rank: int):
         return
     try:
         yield
-    except UsageError:
-        raise typer.Exit(EXIT_USAGE) from None
+    except RuntimeFailure:
+        raise typer.Exit(EXIT_RUNTIME) from None
     except SrsumError:
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except (TrainingInterrupted, KeyboardInterrupt):
