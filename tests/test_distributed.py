@@ -3,6 +3,7 @@ same global batch, write one checkpoint, resume exactly; plus the sharding helpe
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -184,11 +185,14 @@ from srsum.errors import SrsumError
 from srsum.training import TrainingConfig, TrainingInterrupted, train
 from srsum.training.distributed import agree, map_sharded, on_main, shard
 spec = json.loads(sys.argv[1])
+def say(*words):  # one write per line: the two processes share the pipe, and print() writes in pieces
+    sys.stdout.write(" ".join(str(word) for word in words) + "\\n")
+    sys.stdout.flush()
 for name, stop in (("straight", None), ("interrupted", spec["stop"])):
     try:
         train(TrainingConfig(**spec["config"], output_dir=spec["root"] + "/" + name), stop_after_steps=stop)
     except TrainingInterrupted as interrupted:
-        print("interrupted at", interrupted.step, interrupted.checkpoint)
+        say("interrupted at", interrupted.step, interrupted.checkpoint)
 # the helpers other commands can use, under the same two processes
 rank = int(os.environ["RANK"])
 squares = map_sharded(list(range(5)), lambda part: [x * x for x in part])
@@ -200,8 +204,8 @@ try:
     agreed = "no error"
 except SrsumError as error:
     agreed = str(error)
-print("helpers", json.dumps({"rank": rank, "shard": shard(list(range(5))), "squares": squares,
-                             "main_pid": on_main(os.getpid), "agreed": agreed}), flush=True)
+say("helpers", json.dumps({"rank": rank, "shard": shard(list(range(5))), "squares": squares,
+                           "main_pid": on_main(os.getpid), "agreed": agreed}))
 """
 
 
@@ -218,9 +222,10 @@ def test_resume_under_two_processes_continues_exactly_with_dropout(tmp_path):
     done = _torchrun(str(runner), json.dumps({"config": settings, "root": str(tmp_path), "stop": 5}))
     interrupted = tmp_path / "interrupted"
     assert f"interrupted at 5 {interrupted / 'checkpoint-4'}" in done.stdout
-    helpers = sorted((json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines()
-                      if line.startswith("helpers ")), key=lambda seen: seen["rank"])
-    assert [seen["shard"] for seen in helpers] == [[0, 1, 2], [3, 4]]
+    # a launcher may prefix worker lines ("[rank0]:"): find the records anywhere in a line
+    found = (re.search(r"helpers (\{.*\})\s*$", line) for line in done.stdout.splitlines())
+    helpers = sorted((json.loads(match.group(1)) for match in found if match), key=lambda seen: seen["rank"])
+    assert [seen["shard"] for seen in helpers] == [[0, 1, 2], [3, 4]], done.stdout[-3000:]
     assert all(seen["squares"] == [0, 1, 4, 9, 16] for seen in helpers)  # gathered in order, on both
     assert helpers[0]["main_pid"] == helpers[1]["main_pid"]
     assert all(seen["agreed"] == "rank 1 cannot read the file" for seen in helpers)  # raised on both
