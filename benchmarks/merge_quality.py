@@ -22,7 +22,9 @@ def merge(results: list[dict]) -> dict:
         raise SrsumError("nothing to merge")
     merged = json.loads(json.dumps(results[0]))
     families = list(merged["config"].get("families") or ["t5"])
-    seen = {(r.get("family", "t5"), r["task"], r["seed"], r["variant"], r["seg_size"]) for r in merged["runs"]}
+    from srsum.quality.report import family_of
+
+    seen = {(family_of(r), r["task"], r["seed"], r["variant"], r["seg_size"]) for r in merged["runs"]}
     for other in results[1:]:
         for name in other["config"].get("families") or ["t5"]:
             if name not in families:
@@ -30,7 +32,7 @@ def merge(results: list[dict]) -> dict:
         for task, info in other["tasks"].items():
             merged["tasks"].setdefault(task, info)
         for run in other["runs"]:
-            key = (run.get("family", "t5"), run["task"], run["seed"], run["variant"], run["seg_size"])
+            key = (family_of(run), run["task"], run["seed"], run["variant"], run["seg_size"])
             if key not in seen:
                 seen.add(key)
                 merged["runs"].append(run)

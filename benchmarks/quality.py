@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="calibrated ||rec|| / ||local|| at conversion (default: the engine's, 0.05)")
     p.add_argument("--new-param-lr-scale", type=float,
                    help="learning rate of SRformer's new W, λ, θ as a multiple of --finetune-lr (default 1)")
+    p.add_argument("--freeze-encoder", action="store_true", default=None,
+                   help="fine-tune every variant with the encoder frozen (reported as a family section of its own)")
     p.add_argument("--eval-limit", type=int, help="score only the first N held-out examples")
     p.add_argument("--data-dir", help="folder holding cnn_dailymail/, xsum/, arxiv/, mediasum/ (default ../shared/data)")
     p.add_argument("--device", help="cpu or cuda")
@@ -82,6 +84,7 @@ def config_from(args: argparse.Namespace):
                  "batch_size": args.batch_size, "pretrain_lr": args.pretrain_lr, "finetune_lr": args.finetune_lr,
                  "eval_limit": args.eval_limit, "threshold_init": args.threshold_init,
                  "memory_ratio": args.memory_ratio, "new_param_lr_scale": args.new_param_lr_scale,
+                 "freeze_encoder": args.freeze_encoder,
                  "families": split(args.families), "data_dir": args.data_dir, "device": args.device}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -22,6 +22,24 @@ ABLATION_LABELS = {"srformer": "SRformer", PAPER_INIT: "SRformer, paper init",
                    "full_product": "IV: full product (P, not P - P_σ)"}
 FAMILIES = ("t5", "bart")
 FAMILY_LABELS = {"t5": "T5", "bart": "BART"}
+FROZEN_ENCODER = "+frozen-encoder"  # the results' family key of runs fine-tuned with the encoder frozen
+
+
+def family_label(family: str) -> str:
+    """"bart" -> "BART"; "bart+frozen-encoder" -> "BART, encoder frozen in fine-tuning"."""
+    base = family.removesuffix(FROZEN_ENCODER)
+    label = FAMILY_LABELS.get(base, base)
+    return label + ", encoder frozen in fine-tuning" if family.endswith(FROZEN_ENCODER) else label
+
+
+def freeze_encoder(model) -> int:
+    """Stop every encoder weight training (the token embedding the decoder shares included), so the
+    encoder output stays what the pretrained full-attention model computes; returns how many were frozen."""
+    frozen = 0
+    for param in model.get_encoder().parameters():
+        param.requires_grad_(False)
+        frozen += param.numel()
+    return frozen
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from srsum.quality.model import ABLATION_LABELS, DEFAULT_ABLATIONS, FAMILY_LABELS, MAIN_VARIANTS
+from srsum.quality.model import ABLATION_LABELS, DEFAULT_ABLATIONS, FROZEN_ENCODER, MAIN_VARIANTS, family_label
 
 PLOT_NAME = "quality_vs_segment_size.png"
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
@@ -31,7 +31,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def family_of(record: dict) -> str:
-    return record.get("family", "t5")  # results written before BART joined are all T5
+    """The family a run is reported under: "t5" or "bart", with FROZEN_ENCODER appended for fine-tunings
+    that kept the encoder frozen (a section of their own). Results written before BART joined are all T5."""
+    family = record.get("family", "t5")
+    return family + FROZEN_ENCODER if record.get("encoder_frozen") else family
 
 
 def families_of(results: dict) -> list[str]:
@@ -41,6 +44,8 @@ def families_of(results: dict) -> list[str]:
 
 
 def runs_of(results: dict, family: str, task: str, variant: str, seg_size: int | None) -> list[dict]:
+    if variant == "pretrained":  # one pretraining serves the fine-tunings with and without a frozen encoder
+        family = family.removesuffix(FROZEN_ENCODER)
     return [r for r in results["runs"] if family_of(r) == family and r["task"] == task
             and r["variant"] == variant and r["seg_size"] == seg_size and "error" not in r]
 
@@ -246,7 +251,7 @@ def verdict(results: dict, task: str, family: str = "t5") -> str:
 
 def model_line(results: dict) -> str:
     size = results["config"]["size"]
-    params = {f"{FAMILY_LABELS.get(family_of(r), family_of(r))} {r['task']}": r["parameters"]
+    params = {f"{family_label(family_of(r))} {r['task']}": r["parameters"]
               for r in results["runs"] if r["kind"] == "pretrain" and "error" not in r}
     return (f"d_model {size['d_model']}, {size['num_heads']} heads (T5: of {size['d_kv']}; BART: of "
             f"d_model / heads), d_ff {size['d_ff']}, {size['num_layers']}+{size['num_decoder_layers']} layers; "
@@ -266,7 +271,7 @@ def cost_lines(results: dict) -> list[str]:
                 walls = [r["wall_seconds"] for r in results["runs"] if r["kind"] == kind and r["task"] == task
                          and family_of(r) == family and "error" not in r]
                 if walls:
-                    lines.append(f"- cost, {FAMILY_LABELS.get(family, family)} {task} {kind}: {len(walls)} run(s), "
+                    lines.append(f"- cost, {family_label(family)} {task} {kind}: {len(walls)} run(s), "
                                  f"{mean_std(walls)[0]:.0f} s each on average (one worker, one thread, "
                                  f"{results['meta']['device']})")
     return lines
@@ -311,7 +316,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_xlabel("segment size s")
         ax.set_ylabel(results["tasks"][task].get("metric", "score"))
-        ax.set_title(f"{task}, {FAMILY_LABELS.get(family, family)} (n = {results['tasks'][task].get('n')})")
+        ax.set_title(f"{task}, {family_label(family)} (n = {results['tasks'][task].get('n')})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -337,7 +342,7 @@ GENERATED_NOTE = {
 def task_section(results: dict, task: str, family: str = "t5") -> list[str]:
     info = results["tasks"][task]
     config = results["config"]
-    name = FAMILY_LABELS.get(family, family)
+    name = family_label(family)
     out = [f"## Task `{task}`, {name}: {info.get('metric')} (n = {info.get('n')}, G = {info.get('G')})", "",
            f"**Verdict ({name}).** {verdict(results, task, family)}", "",
            "### Score against segment size (like the paper's Fig. 4)", "",
@@ -452,7 +457,7 @@ def document(results: dict, notes: str, plot_name: str = PLOT_NAME) -> str:
               + (f", GPU {meta['gpu']}" if meta.get("gpu") else "")
               + f"; {meta.get('platform')}; Python {meta.get('python')}, torch {meta.get('torch')}, "
               f"transformers {meta.get('transformers')}; {meta.get('date')}",
-              f"- model: {', '.join(FAMILY_LABELS.get(f, f) for f in families_of(results))} from scratch, "
+              f"- model: {', '.join(family_label(f) for f in families_of(results))} from scratch, "
               f"{model_line(results)}",
               f"- pretraining: {pretrain_steps_line(results)} at batch {config.get('pretrain_batch_size')}, "
               f"lr {config['pretrain_lr']}, length curriculum over the first "

@@ -21,7 +21,7 @@ import torch
 
 from srsum.errors import SrsumError
 from srsum.quality.model import (ALL_VARIANTS, DEFAULT_ABLATIONS, FAMILIES, MAIN_VARIANTS, ModelSize,
-                                 count_parameters, engine_convert, new_model, to_variant)
+                                 count_parameters, engine_convert, freeze_encoder, new_model, to_variant)
 from srsum.quality.tasks import DEFAULT_TASKS, TASK_NAMES, build_task
 from srsum.quality.train import evaluate, train
 
@@ -49,6 +49,7 @@ class StudyConfig:
     threshold_init: float | None = None  # None: the SPEC's θ = 0.1
     memory_ratio: float | None = None    # None: the engine's default ||rec|| / ||local|| after calibration
     new_param_lr_scale: float = 1.0      # W, λ, θ train at finetune_lr times this
+    freeze_encoder: bool = False         # fine-tune with the encoder frozen (its output = the pretrained one's)
     families: tuple[str, ...] = ("t5",)  # "t5" and/or "bart"
     eval_batch_size: int = 64
     eval_limit: int | None = None
@@ -230,13 +231,16 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init,
                        config.memory_ratio, calibration_batch)
     calibration = calibration_of(model)
+    if config.freeze_encoder:
+        freeze_encoder(model)
     log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
                 lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device,
                 new_param_lr_scale=config.new_param_lr_scale)
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
                        limit=config.eval_limit)
     first_eval = next(task.eval_batches(config.eval_batch_size, config.eval_limit)).to(config.device)
-    return {**record_keys(job), "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
+    frozen = {"encoder_frozen": True} if config.freeze_encoder else {}
+    return {**record_keys(job), **frozen, "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
             "calibration": calibration, "memory_after": memory_of(model, first_eval),
             "wall_seconds": time.perf_counter() - start}
 
