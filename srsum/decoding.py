@@ -1,4 +1,5 @@
-"""srsum's own decoder: greedy and beam search over SRformer models with shared, fixed-size state.
+"""srsum's own decoder: greedy, sampling and beam search (also beam sampling) over SRformer models with
+shared, fixed-size state.
 
 Why not ``model.generate``: Hugging Face expands the encoder output and the cross-attention cache to
 one copy per beam. Here every cross-attention layer holds one ``DecodeState`` per *example* (keys and
@@ -6,10 +7,17 @@ values for the local segments, P, ν, the RAF membrane and R: SPEC section 8), s
 beams, and built once before the first step. A step then reads one segment and one d x d matrix per
 head and layer, whatever n is. The search itself follows ``generate``'s rules (logits processors,
 beam bookkeeping, length penalty, early stopping) so the tokens are the same.
+
+Sampling (``do_sample``) follows ``generate`` too: the processed scores are warped by temperature, then
+top-k, then top-p, and the next token is drawn from their softmax (with beams: the next candidates are
+drawn, without replacement, from the softmax of the beams' running scores instead of taken top-k). The
+draws come from a ``torch.Generator`` of their own on the decoder's device, seeded from ``seed``: a fixed
+seed gives the same tokens again, and the global RNG is neither read nor moved.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -40,6 +48,11 @@ class GenerationSettings:
     early_stopping: bool | str | None = None  # True, False or "never" as in generate; None: the model's
     step: str = "auto"  # how a decoder step runs: "eager", "graph" (a captured CUDA graph), "compiled"
     #                     (torch.compile), "auto" (graph on CUDA, eager elsewhere)
+    do_sample: bool = False  # draw the next token (with beams: the next candidates) instead of the best
+    temperature: float = 1.0  # sampling only: scores / temperature (< 1 sharper, > 1 flatter)
+    top_k: int = 50  # sampling only: keep the k best tokens per row (0: off); generate's default
+    top_p: float = 1.0  # sampling only: keep the fewest best tokens holding this much probability (1: off)
+    seed: int | None = None  # sampling only: the draws' generator seed (None: a random one)
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -54,7 +67,27 @@ class GenerationSettings:
             raise UsageError(f"no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
         if self.step not in STEP_MODES:
             raise UsageError(f"step: must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
+        check_sampling(self.do_sample, self.temperature, self.top_k, self.top_p, self.seed)
         return self
+
+
+SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
+
+
+def check_sampling(do_sample, temperature, top_k, top_p, seed, names: dict[str, str] | None = None) -> None:
+    """The sampling values' one-line errors (``names`` maps a field to how the caller spells it)."""
+    name = (lambda field: (names or {}).get(field, field))
+    if not isinstance(do_sample, bool):
+        raise UsageError(f"{name('do_sample')}: must be True or False, got {do_sample!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise UsageError(f"{name('temperature')}: must be a number > 0, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise UsageError(f"{name('top_k')}: must be an integer >= 0 (0: off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise UsageError(f"{name('top_p')}: must be in (0, 1] (1: off), got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
+        raise UsageError(f"{name('seed')}: must be an integer from 0 to 2**64 - 1, got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -294,17 +327,61 @@ def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, size: int
     return scores
 
 
+# --------------------------------------------------------------------------- sampling
+def warp_scores(scores: torch.Tensor, settings: GenerationSettings, min_keep: int = 1) -> torch.Tensor:
+    """Sampling's warpers on processed scores (rows, V), in generate's order: temperature, then top-k, then
+    top-p. A filtered token's score becomes -inf; at least ``min_keep`` tokens per row stay."""
+    if settings.temperature != 1.0:
+        scores = scores / settings.temperature
+    vocab = scores.shape[-1]
+    if settings.top_k:
+        k = min(max(settings.top_k, min_keep), vocab)
+        kth_best = torch.topk(scores, k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth_best, NEG_INF)  # ties with the k-th best stay
+    if settings.top_p < 1.0:
+        ranked, order = torch.sort(scores, dim=-1, descending=True)
+        probs = torch.softmax(ranked, dim=-1)
+        above = torch.cumsum(probs, dim=-1) - probs  # the probability of the better-ranked tokens
+        drop = above >= settings.top_p  # the tokens before this one already hold top_p
+        drop[:, :min_keep] = False
+        scores = scores.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), NEG_INF)
+    return scores
+
+
+def sampling_generator(device: torch.device, seed: int | None = None) -> torch.Generator:
+    """The draws' own generator on ``device``: seeded with ``seed``, else with a random seed (the global
+    RNG is not touched either way)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _min_keep(special: SpecialTokens, beams: int) -> int:
+    """Tokens the warpers keep per row: generate keeps one more than the EOS tokens with beams (a beam can
+    then always continue), one without."""
+    return (len(special.eos) + 1 if special.eos else 2) if beams > 1 else 1
+
+
 # --------------------------------------------------------------------------- search
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 128,
              min_new_tokens: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
-             early_stopping: bool | None = None, step: str = "auto", encoder_states: torch.Tensor | None = None,
+             early_stopping: bool | None = None, step: str = "auto", do_sample: bool = False,
+             temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, seed: int | None = None,
+             generator: torch.Generator | None = None, encoder_states: torch.Tensor | None = None,
              **unsupported) -> torch.Tensor:
     """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first.
 
-    Greedy when num_beams == 1, beam search otherwise; SRformer models decode with shared state,
-    other models fall back to ``model.generate``. ``encoder_states`` (B, n, D), if given, is used
-    instead of running the encoder (``input_ids`` may then be None). ``step``: see ``GenerationSettings``.
+    Greedy when num_beams == 1, beam search otherwise, and with ``do_sample`` sampling / beam sampling
+    (``temperature``, ``top_k``, ``top_p``, ``seed``: see ``GenerationSettings``; ``generator``, a
+    ``torch.Generator`` on the model's device, is drawn from instead of a new one seeded from ``seed``, so
+    a caller's batches can continue one stream). SRformer models decode with shared state, other models
+    fall back to ``model.generate`` (its draws then come from the global RNG, forked and seeded for the
+    call and restored after it). ``encoder_states`` (B, n, D), if given, is used instead of running the
+    encoder (``input_ids`` may then be None). ``step``: see ``GenerationSettings``.
     """
     if unsupported:
         raise SrsumError(f"generate: unsupported option(s) {sorted(unsupported)}")
@@ -313,32 +390,67 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
         raise SrsumError("batch: no articles to summarize")
     if early_stopping is None:
         early_stopping = bool(model.generation_config.early_stopping)
-    settings = GenerationSettings(num_beams, max_new_tokens, min_new_tokens, length_penalty,
-                                  no_repeat_ngram_size, early_stopping, step).validate()
+    settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                  early_stopping=early_stopping, step=step, do_sample=do_sample,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).validate()
+    device = (encoder_states if encoder_states is not None else next(model.parameters())).device
+    if settings.do_sample and generator is not None and generator.device.type != device.type:
+        raise SrsumError(f"generate: the generator is on {generator.device}, the model on {device}")
     if not any(isinstance(m, SRformerCrossAttention) for m in model.modules()):
         if encoder_states is not None:
             raise SrsumError("generate: encoder_states needs an SRformer model (srsum.engine.convert)")
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                              max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                              early_stopping=early_stopping, do_sample=False)
+        return _hf_generate(model, input_ids, attention_mask, settings, generator)
     special = SpecialTokens.of(model)
     decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states,
                                  max_steps=settings.max_new_tokens, step=settings.step)
+    if settings.do_sample and generator is None:
+        generator = sampling_generator(decoder.encoder_states.device, settings.seed)
     if settings.num_beams == 1:
-        return greedy_search(decoder, batch, settings, special)
-    return beam_search(decoder, batch, settings, special)
+        return greedy_search(decoder, batch, settings, special, generator)
+    return beam_search(decoder, batch, settings, special, generator)
+
+
+def _hf_generate(model, input_ids, attention_mask, settings: GenerationSettings,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """``model.generate`` for models that are not SRformer; a sampling call draws from the global RNG, so it
+    runs in a fork of it, seeded from ``seed`` (or from ``generator``), and the global state is restored."""
+    options = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=settings.num_beams,
+                   max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
+                   length_penalty=settings.length_penalty, no_repeat_ngram_size=settings.no_repeat_ngram_size,
+                   early_stopping=settings.early_stopping, do_sample=settings.do_sample)
+    if not settings.do_sample:
+        return model.generate(**options)
+    device = input_ids.device
+    if generator is not None:
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    else:
+        seed = settings.seed if settings.seed is not None else torch.Generator().seed()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return model.generate(**options, temperature=settings.temperature, top_k=settings.top_k,
+                              top_p=settings.top_p)
+
+
+def _pick(scores: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None,
+          min_keep: int) -> torch.Tensor:
+    """The next token per row: the best, or with ``do_sample`` one drawn from the warped scores."""
+    if not settings.do_sample:
+        return scores.argmax(-1)
+    probs = torch.softmax(warp_scores(scores, settings, min_keep), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
 def greedy_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
-                  special: SpecialTokens) -> torch.Tensor:
+                  special: SpecialTokens, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One row per example: the best next token, or with ``do_sample`` a drawn one (from ``generator``)."""
     device = decoder.encoder_states.device
     sequences = torch.full((batch, 1), special.start, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     eos = torch.tensor(special.eos, device=device, dtype=torch.long)
     for _ in range(settings.max_new_tokens):
         scores = process_scores(decoder.logits(sequences[:, -1:]), sequences, settings, special)
-        tokens = scores.argmax(-1)
+        tokens = _pick(scores, settings, generator, min_keep=1)
         tokens = torch.where(unfinished, tokens, torch.full_like(tokens, special.pad))
         sequences = torch.cat([sequences, tokens[:, None]], dim=1)
         if len(eos):
@@ -349,9 +461,15 @@ def greedy_search(decoder: SharedStateDecoder, batch: int, settings: GenerationS
 
 
 def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
-                special: SpecialTokens) -> torch.Tensor:
+                special: SpecialTokens, generator: torch.Generator | None = None) -> torch.Tensor:
     """Beam search with generate's bookkeeping: keep the best ``beams`` open hypotheses and the best
-    ``beams`` finished ones (scored by log-prob / length ** length_penalty) per example."""
+    ``beams`` finished ones (scored by log-prob / length ** length_penalty) per example.
+
+    With ``do_sample`` (beam sampling, as generate does it): the warped log-probs are added to the running
+    scores and the step's candidates are drawn without replacement from the softmax over all of an
+    example's beams x vocabulary (from ``generator``), then ranked by score, instead of the top ones taken.
+    The beams still share their example's one SRformer state: only the self-attention cache is reordered.
+    """
     beams, device = settings.num_beams, decoder.encoder_states.device
     max_length = settings.max_new_tokens + 1
     keep = max(2, 1 + len(special.eos)) * beams  # candidates per step, enough to leave `beams` open
@@ -373,9 +491,16 @@ def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSet
         flat = running[:, :, :length].reshape(batch * beams, length)
         log_probs = torch.log_softmax(decoder.logits(flat[:, -1:]), dim=-1)
         log_probs = process_scores(log_probs, flat, settings, special)
+        if settings.do_sample:
+            log_probs = warp_scores(log_probs, settings, _min_keep(special, beams))
         vocab = log_probs.shape[-1]
         totals = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
-        cand_scores, cand_index = torch.topk(totals, keep)  # (B, keep)
+        if settings.do_sample:  # draw the candidates, then rank them as topk would have
+            cand_index = torch.multinomial(torch.softmax(totals, dim=-1), keep, generator=generator)
+            cand_scores, order = totals.gather(1, cand_index).sort(dim=-1, descending=True)
+            cand_index = cand_index.gather(1, order)
+        else:
+            cand_scores, cand_index = torch.topk(totals, keep)  # (B, keep)
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab
         candidates = running.gather(1, cand_beam[:, :, None].expand(-1, -1, max_length)).clone()
         candidates[:, :, length] = cand_token

@@ -78,6 +78,8 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
         output_dir = ensure_writable_dir(output_dir)
     if lead is None and summarizer is None:
         summarizer = load_summarizer(model, device, dtype, models_root, reporter, encoder_block)
+    if lead is None:  # the model's defaults filled, and a sampling seed drawn once (recorded in metrics.json)
+        generation = _with_shared_seed(generation.for_model(summarizer.model), group)
     started = time.perf_counter()
     examples = load_examples(dataset, split=split, text_column=text_column, summary_column=summary_column,
                              limit=limit)
@@ -170,6 +172,18 @@ def _process_group(device: str | None):
     from accelerate import PartialState
 
     return PartialState(cpu=device == "cpu")
+
+
+def _with_shared_seed(generation: SummarizeSettings, group) -> SummarizeSettings:
+    """Sampling without a seed: one random seed for the run (under a launcher the main process draws it and
+    every process uses it), so metrics.json can record the seed that was used."""
+    if not generation.do_sample or generation.seed is not None or group is None:
+        return generation.with_seed()
+    from dataclasses import replace
+
+    from srsum.training.distributed import on_main
+
+    return replace(generation, seed=on_main(lambda: generation.with_seed().seed, group))
 
 
 def _sharded_summaries(summarizer: Summarizer, examples, generation: SummarizeSettings, reporter: Reporter,

@@ -47,9 +47,11 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 # settings
 
 
-# What summarize/evaluate generate with when neither the command line nor the model says otherwise.
+# What summarize/evaluate generate with when neither the command line nor the model says otherwise
+# (the sampling values are generate's own defaults).
 GENERATION_DEFAULTS = {"num_beams": 4, "max_length": 128, "min_length": 0, "length_penalty": 1.0,
-                       "no_repeat_ngram_size": 3}
+                       "no_repeat_ngram_size": 3, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+SAMPLING_OPTIONS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--seed"}
 
 
 @dataclass
@@ -69,6 +71,11 @@ class SummarizeSettings:
     batch_size: int = 8
     max_source_length: int | None = None  # None: what the model was trained with, else 1024
     step: str = "auto"  # decoder step: "eager", "graph" (CUDA graph), "compiled" (torch.compile), "auto"
+    do_sample: bool | None = None  # sample (with beams: beam sampling) instead of the best tokens
+    temperature: float | None = None  # sampling: scores / temperature
+    top_k: int | None = None  # sampling: keep the k best tokens (0: off)
+    top_p: float | None = None  # sampling: keep the fewest best tokens holding this probability (1: off)
+    seed: int | None = None  # sampling: the draws' seed (None: a random one, drawn and recorded by with_seed)
 
     def validate(self) -> SummarizeSettings:
         checks = [("--num-beams", self.num_beams, 1), ("--max-length", self.max_length, 1),
@@ -83,24 +90,54 @@ class SummarizeSettings:
 
         if self.step not in STEP_MODES:
             raise UsageError(f"--step must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
+        self._check_sampling()
         return self
+
+    def _check_sampling(self) -> None:
+        from srsum.decoding import check_sampling
+
+        given = {key: getattr(self, key) for key in ("do_sample", *SAMPLING_OPTIONS) if getattr(self, key) is not None}
+        values = {**{key: GENERATION_DEFAULTS.get(key) for key in ("do_sample", *SAMPLING_OPTIONS)}, **given}
+        check_sampling(**values, names={"do_sample": "--do-sample", **SAMPLING_OPTIONS})
+        if self.do_sample is False:  # said so (--no-sample); with None the model's default decides (for_model)
+            self._no_sampling_values()
+
+    def _no_sampling_values(self) -> None:
+        given = [flag for key, flag in SAMPLING_OPTIONS.items() if getattr(self, key) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply when sampling: add --do-sample")
 
     def for_model(self, model) -> SummarizeSettings:
         """These settings with every unset generation field filled: from the model's
         ``task_specific_params["summarization"]`` (Hugging Face's lengths count the decoder start token,
-        so max_length/min_length there are one more than new tokens), else :data:`GENERATION_DEFAULTS`."""
+        so max_length/min_length there are one more than new tokens), else :data:`GENERATION_DEFAULTS`.
+        Without sampling the sampling values stay None, and giving one is an error; the seed is filled by
+        :meth:`with_seed`."""
         params = (getattr(model.config, "task_specific_params", None) or {}).get("summarization") or {}
-        from_model = {key: params[key] for key in ("num_beams", "length_penalty", "no_repeat_ngram_size")
-                      if key in params}
+        from_model = {key: params[key] for key in ("num_beams", "length_penalty", "no_repeat_ngram_size", "do_sample",
+                                                   "temperature", "top_k", "top_p") if key in params}
         from_model.update({key: max(0, int(params[key]) - 1) for key in ("max_length", "min_length")
                            if key in params})
         filled = {key: value if value is not None else from_model.get(key, GENERATION_DEFAULTS[key])
                   for key, value in asdict(self).items() if key in GENERATION_DEFAULTS}
+        if not filled["do_sample"]:  # the sampling values do not apply: they stay unset (None)
+            filled.update({key: None for key in SAMPLING_OPTIONS if key in filled})
         resolved = replace(self, **filled)
         if resolved.min_length > resolved.max_length:  # a model's min above the user's --max-length
             resolved = replace(resolved, min_length=resolved.max_length if self.min_length is None else
                                resolved.min_length)
+        if not resolved.do_sample:
+            self._no_sampling_values()
         return resolved.validate()
+
+    def with_seed(self) -> SummarizeSettings:
+        """Sampling without a seed: these settings with a random seed drawn now (so it can be recorded and
+        the run repeated); otherwise unchanged. Neither Python's nor torch's global RNG is used."""
+        if self.do_sample and self.seed is None:
+            import secrets
+
+            return replace(self, seed=secrets.randbelow(2 ** 32))
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +151,9 @@ class SummarizeSettings:
                  for key in GENERATION_DEFAULTS}
         return GenerationSettings(num_beams=value["num_beams"], max_new_tokens=value["max_length"],
                                   min_new_tokens=value["min_length"], length_penalty=value["length_penalty"],
-                                  no_repeat_ngram_size=value["no_repeat_ngram_size"], step=self.step).validate()
+                                  no_repeat_ngram_size=value["no_repeat_ngram_size"], step=self.step,
+                                  do_sample=bool(value["do_sample"]), temperature=value["temperature"],
+                                  top_k=value["top_k"], top_p=value["top_p"], seed=self.seed).validate()
 
 
 def resolve_device(name: str | None):
@@ -306,7 +345,10 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
 
     reporter = reporter or Reporter()
     model, tokenizer = summarizer.model, summarizer.tokenizer
-    settings = settings.validate().for_model(model)
+    settings = settings.validate().for_model(model).with_seed()
+    if settings.do_sample:
+        reporter.info(f"sampling with seed {settings.seed} (temperature {settings.temperature}, top-k "
+                      f"{settings.top_k}, top-p {settings.top_p}); the same seed and --batch-size repeat it")
     max_source = resolve_max_source_length(
         model, settings.max_source_length or summarizer.default_max_source_length())
     if not examples:
@@ -355,8 +397,10 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     """Decode summaries for tokenized sources, longest first in batches, returned in input order.
 
     ``on_summary(index, summary)`` is called for each finished summary; ``stats`` (if given) is filled in.
+    With sampling every batch draws from one generator seeded from ``settings.seed`` (a random seed if
+    None), so the same seed, batch size and sources give the same summaries.
     """
-    from srsum.decoding import generate, resolve_step
+    from srsum.decoding import generate, resolve_step, sampling_generator
     from srsum.tokenization import pad_batch
 
     reporter = reporter or Reporter()
@@ -364,6 +408,7 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     decoder_settings = settings.decoder_settings()
     device = next(model.parameters()).device
     resolve_step(decoder_settings.step, device)  # a step the device cannot run fails before any work
+    generator = sampling_generator(device, decoder_settings.seed) if decoder_settings.do_sample else None
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
     summaries: list[str] = [""] * len(sources)
     was_training = model.training
@@ -374,7 +419,8 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start:start + settings.batch_size]
                 ids, mask = pad_batch([sources[i] for i in batch], tokenizer.pad_token_id)
-                output = generate(model, ids.to(device), mask.to(device), **asdict(decoder_settings))
+                output = generate(model, ids.to(device), mask.to(device), **asdict(decoder_settings),
+                                  generator=generator)
                 texts = tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=True)
                 stats.articles += len(batch)
                 stats.source_tokens += sum(len(sources[i]) for i in batch)

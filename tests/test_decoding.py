@@ -43,7 +43,7 @@ def test_beams_share_one_state_per_example():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(max_new_tokens=5, min_new_tokens=9), "below min_length"),
     (dict(num_beams=0), "num_beams"),
-    (dict(do_sample=True), "unsupported"),
+    (dict(typical_p=0.5), "unsupported"),
 ])
 def test_bad_settings(kwargs, message):
     model = convert(tiny_model("t5"), "srformer", seg_size=8)

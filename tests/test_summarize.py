@@ -73,8 +73,10 @@ def test_evaluate_with_a_checkpoint_records_every_setting(trained_t5, cnn_sample
                        device="cpu")
     generation = metrics["generation"]
     for key, value in settings.to_dict().items():
-        if key != "max_source_length":
+        if key != "max_source_length" and value is not None:  # given; the unset sampling fields: below
             assert generation[key] == value
+    assert generation["do_sample"] is False  # not sampling: the sampling values do not apply
+    assert [generation[key] for key in ("temperature", "top_k", "top_p", "seed")] == [None] * 4
     assert generation["max_source_length"] == 64  # what the checkpoint was trained with
     assert generation["device"] == "cpu" and generation["dtype"] == "float32"
     assert metrics["model"] == str(best) and metrics["model_type"] == "srformer_t5"

@@ -249,13 +249,17 @@ GENERATION_HELP = "Generation"
 
 def generation_settings(num_beams: Optional[int], max_length: Optional[int], min_length: Optional[int],
                         length_penalty: Optional[float], no_repeat_ngram_size: Optional[int], batch_size: int,
-                        max_source_length: Optional[int], step: str = "auto"):
+                        max_source_length: Optional[int], step: str = "auto", *, do_sample: Optional[bool] = None,
+                        temperature: Optional[float] = None, top_k: Optional[int] = None,
+                        top_p: Optional[float] = None, seed: Optional[int] = None):
     """The generation options as SummarizeSettings; those not given stay None and take the model's defaults."""
     from srsum.summarize import SummarizeSettings
 
     return SummarizeSettings(num_beams=num_beams, max_length=max_length, min_length=min_length,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                             batch_size=batch_size, max_source_length=max_source_length, step=step).validate()
+                             batch_size=batch_size, max_source_length=max_source_length, step=step,
+                             do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                             seed=seed).validate()
 
 
 ModelOption = typer.Option(None, "--model", "-m", help="An srsum checkpoint folder, a T5/BART model folder or a Hub "
@@ -271,6 +275,21 @@ LengthPenalty = typer.Option(None, "--length-penalty", help="Beam score length e
                              f"Default: {_MODEL_DEFAULT} 1.0.", rich_help_panel=GENERATION_HELP, show_default=False)
 NoRepeat = typer.Option(None, "--no-repeat-ngram-size", help="Never repeat an n-gram of this size (0: off). "
                         f"Default: {_MODEL_DEFAULT} 3.", rich_help_panel=GENERATION_HELP, show_default=False)
+DoSample = typer.Option(None, "--do-sample/--no-sample", help="Sample each next token from the (warped) "
+                        "probabilities instead of taking the best; with --num-beams > 1, beam sampling (the "
+                        f"beams' next candidates are drawn). Default: {_MODEL_DEFAULT} off.",
+                        rich_help_panel=GENERATION_HELP, show_default=False)
+Temperature = typer.Option(None, "--temperature", help="Sampling: divide the scores by this (> 0; below 1 "
+                           "sharper, above 1 more random). Needs --do-sample. Default: 1.0.",
+                           rich_help_panel=GENERATION_HELP, show_default=False)
+TopK = typer.Option(None, "--top-k", help="Sampling: draw only from the K most likely tokens (0: off). Needs "
+                    "--do-sample. Default: 50.", rich_help_panel=GENERATION_HELP, show_default=False)
+TopP = typer.Option(None, "--top-p", help="Sampling: draw only from the fewest most likely tokens whose "
+                    "probability reaches P (in (0, 1]; 1: off). Needs --do-sample. Default: 1.0.",
+                    rich_help_panel=GENERATION_HELP, show_default=False)
+Seed = typer.Option(None, "--seed", help="Sampling: the seed of the draws; the same seed, inputs and "
+                    "--batch-size give the same summaries. Needs --do-sample. Default: a random seed, "
+                    "reported (and recorded by evaluate).", rich_help_panel=GENERATION_HELP, show_default=False)
 BatchSize = typer.Option(8, "--batch-size", help="Articles generated together.", rich_help_panel=GENERATION_HELP)
 MaxSource = typer.Option(None, "--max-source-length", help="Truncate articles to this many tokens (default: what "
                          "the checkpoint was trained with, else 1024).", rich_help_panel=GENERATION_HELP)

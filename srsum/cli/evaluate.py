@@ -10,9 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from srsum.cli.common import (BatchSize, DeviceOption, DtypeOption, EncoderBlockOption, LengthPenalty, MaxLength,
-                              MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption, RichReporter,
-                              StepOption, app, emit_json, generation_settings, handled)
+from srsum.cli.common import (BatchSize, DeviceOption, DoSample, DtypeOption, EncoderBlockOption, LengthPenalty,
+                              MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption,
+                              RichReporter, Seed, StepOption, Temperature, TopK, TopP, app, emit_json,
+                              generation_settings, handled)
 
 EVALUATE_EPILOG = """[bold]Examples[/bold]
 
@@ -57,6 +58,11 @@ def evaluate(
     min_length: Optional[int] = MinLength,
     length_penalty: Optional[float] = LengthPenalty,
     no_repeat_ngram_size: Optional[int] = NoRepeat,
+    do_sample: Optional[bool] = DoSample,
+    temperature: Optional[float] = Temperature,
+    top_k: Optional[int] = TopK,
+    top_p: Optional[float] = TopP,
+    seed: Optional[int] = Seed,
     batch_size: int = BatchSize,
     max_source_length: Optional[int] = MaxSource,
     step: str = StepOption,
@@ -78,7 +84,9 @@ def evaluate(
     reporter = RichReporter(quiet)
     with handled(reporter):
         settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size, batch_size,
-                               max_source_length, step)
+                               max_source_length, step,
+                               do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                               seed=seed)
         target = output_dir or default_eval_dir(model, baseline, dataset, split)
         metrics = run_evaluation(dataset, model=model, baseline=baseline, split=split, text_column=text_column,
                                  summary_column=summary_column, limit=limit, generation=settings, device=device,

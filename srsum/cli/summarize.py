@@ -9,9 +9,10 @@ from typing import Optional
 
 import typer
 
-from srsum.cli.common import (EXIT_BAD_INPUT, BatchSize, DeviceOption, DtypeOption, EncoderBlockOption, LengthPenalty,
-                              MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption,
-                              RichReporter, StepOption, app, generation_settings, handled, print_error)
+from srsum.cli.common import (EXIT_BAD_INPUT, BatchSize, DeviceOption, DoSample, DtypeOption, EncoderBlockOption,
+                              LengthPenalty, MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams,
+                              QuietOption, RichReporter, Seed, StepOption, Temperature, TopK, TopP, app,
+                              generation_settings, handled, print_error)
 from srsum.errors import SrsumError, UsageError
 
 SUMMARIZE_EPILOG = """[bold]Examples[/bold]
@@ -23,6 +24,8 @@ SUMMARIZE_EPILOG = """[bold]Examples[/bold]
   srsum summarize docs/ --model models/run/best --output summaries.jsonl
 
   srsum summarize articles.jsonl --num-beams 4 --max-length 128 --json
+
+  srsum summarize article.txt --do-sample --top-p 0.9 --temperature 0.8 --seed 7
 """
 
 
@@ -38,6 +41,11 @@ def summarize(
     min_length: Optional[int] = MinLength,
     length_penalty: Optional[float] = LengthPenalty,
     no_repeat_ngram_size: Optional[int] = NoRepeat,
+    do_sample: Optional[bool] = DoSample,
+    temperature: Optional[float] = Temperature,
+    top_k: Optional[int] = TopK,
+    top_p: Optional[float] = TopP,
+    seed: Optional[int] = Seed,
     batch_size: int = BatchSize,
     max_source_length: Optional[int] = MaxSource,
     step: str = StepOption,
@@ -60,7 +68,9 @@ def summarize(
     reporter = RichReporter(quiet)
     with handled(reporter):
         settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
-                                       batch_size, max_source_length, step)
+                                       batch_size, max_source_length, step,
+                                       do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       seed=seed)
         if skip_done and output is None:
             raise UsageError("--skip-done needs --output (the file whose summaries are kept)")
         if output is not None:
