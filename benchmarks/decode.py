@@ -15,6 +15,25 @@ picks how srsum's decoder runs a step (eager; graph: captured in a CUDA graph pe
 timed; compiled: torch.compile, whose compiling is not timed: a compiled cell first decodes once in
 full untimed).
 
+A second peer, CTranslate2 (issue 13; ``pip install -e .[bench]``; not in the default ``--systems``):
+``ctranslate2`` (compute type = ``--dtype``) and ``ctranslate2-int8`` (int8 weights; on CPU int8_float32).
+Each cell saves the same random model (same seed, same weights) with ``save_pretrained``, converts it
+(``benchmarks/ct2_peer.py``: a stand-in vocabulary, BART's ``normalize_before``) and loads it as
+``Translator(device, inter_threads=1, intra_threads=--threads)``. CTranslate2 cannot take encoder outputs:
+it is fed random source token ids of length n (seed 0, ids 3..999) and runs its own encoder, so its step is
+timed as a difference: ``ms_per_step`` = (time to decode 1+T tokens - time to decode 1) / T (T =
+``--new-tokens``; min and max decoding length pinned, so EOS never ends a decode early: the hypothesis
+lengths are checked; each time is the best of ``--ct2-repeats`` runs after one untimed decode), and
+``decode_ms_per_token`` is the same figure. The 1-token run (``one_step_ms``: encoder + cross-attention
+keys/values of every layer + 1 step) is listed in a table of its own. So CTranslate2's decode ms/token
+leaves out building the cross-attention keys/values, which srsum's and the peer's include (their
+``decode_ms_per_token`` covers everything after the encoder). Greedy cells also give the median interval
+between CTranslate2's per-step callbacks (``ms_per_step_median``, StepClock's definition; shown in
+brackets). Peak memory is that of the timed runs and includes CTranslate2's encoder (n x n scores). So the
+table's "decode vs peer" and "memory vs peer" are left blank for CTranslate2; "step vs peer" compares steady
+steps. Where ctranslate2 is not importable its rows say "skipped: ctranslate2 not installed" and the
+benchmark goes on.
+
 Every cell first decodes once in full, untimed (kernels, allocator, CUDA graphs or compiling: the first
 cell of a process pays no more than the others), then is timed: a decode of ``--new-tokens`` tokens
 (``decode_ms_per_token``: everything per token, state building included), whose steps are also clocked;
@@ -40,7 +59,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, random_model, sync  # noqa: E402
 
-SYSTEMS = ("peer", "full", "segmented", "srformer")
+SYSTEMS = ("peer", "full", "segmented", "srformer")  # the default --systems
+CT2_SYSTEMS = ("ctranslate2", "ctranslate2-int8")  # the second peer (issue 13): asked for by name
 
 
 def parse_list(text: str, cast=int) -> list:
@@ -76,8 +96,12 @@ def estimate_gb(cell: dict, d_model: int, layers: int, head_dim: int = 64) -> fl
     """Rough peak of the biggest decode buffers: cross-attention keys/values (+ the expanded encoder);
     for srsum's segmented variants the schedule's tables (each visited segment's keys/values, R)."""
     bytes_per = 2 if cell["dtype"] in ("bfloat16", "float16") else 4
-    rows = cell["batch"] * (cell["beams"] if cell["system"] == "peer" else 1)
+    peer = cell["system"] == "peer" or cell["system"] in CT2_SYSTEMS
+    rows = cell["batch"] * (cell["beams"] if peer else 1)
     encoder = rows * cell["n"] * d_model * bytes_per
+    if cell["system"] in CT2_SYSTEMS:  # it runs its own encoder: n x n scores per head, one layer at a time
+        scores = 2 * cell["batch"] * (d_model // head_dim) * cell["n"] ** 2 * bytes_per
+        return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder + scores) / 1e9
     if cell["system"] in ("peer", "full"):
         return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder) / 1e9
     groups = cell["new_tokens"] + 1  # the compiled step's fixed table size (eager: min(M, G + 1))
@@ -108,6 +132,8 @@ def build_model(cell: dict):
 
 def run_cell(cell: dict, models: dict | None = None) -> dict:
     """Decode one cell in this process and return its figures (``models`` caches built models)."""
+    if cell["system"] in CT2_SYSTEMS:
+        return run_ct2_cell(cell)
     from transformers.modeling_outputs import BaseModelOutput
 
     from srsum.decoding import generate
@@ -162,6 +188,51 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
                 bytes_per_step=bytes_per_step(model, cell))
 
 
+def run_ct2_cell(cell: dict) -> dict:
+    """CTranslate2 on the cell's random model (converted in a temporary folder), fed random source ids.
+    Steps are timed as a difference of a 1+T-token and a 1-token decode (see the module docstring)."""
+    import ct2_peer
+
+    if not ct2_peer.available():
+        return dict(cell, skipped=ct2_peer.NOT_INSTALLED)
+    if cell.get("threads"):
+        torch.set_num_threads(cell["threads"])
+    tokens, beams, repeats = cell["new_tokens"], cell["beams"], max(1, cell.get("ct2_repeats") or 1)
+    traffic = bytes_per_step(random_model(cell["model"]), cell)
+    # float32 (the compute type is CTranslate2's); no reference kept: the PyTorch weights leave memory
+    with ct2_peer.converted(random_model(cell["model"])) as (folder, vocabulary):
+        compute = ct2_peer.compute_type(cell["system"], cell["dtype"])
+        translator = ct2_peer.translator(folder, cell["device"], compute, cell.get("threads"))
+        gen = torch.Generator().manual_seed(0)
+        source = vocabulary.tokens(torch.randint(3, 1000, (cell["batch"], cell["n"]), generator=gen))
+        ct2_peer.decode(translator, source, beams, 1 + tokens)  # warm up (untimed)
+        fresh_peak = reset_peak_rss()
+        before = rss_bytes()
+        one, whole, gaps = [], [], []
+        for _ in range(repeats):
+            one.append(ct2_peer.decode(translator, source, beams, 1))
+            stamps: list = []
+            whole.append(ct2_peer.decode(translator, source, beams, 1 + tokens, stamps))
+            gaps += [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..1+T (the first holds the encoder)
+        peak = peak_rss_bytes() - before
+        del translator
+    gaps.sort()
+    step_s = (min(whole) - min(one)) / tokens
+    return dict(cell, step=compute, decode_s=step_s * tokens, ms_per_step=step_s * 1000,
+                decode_ms_per_token=step_s * 1000, tokens_per_s=cell["batch"] / step_s if step_s > 0 else None,
+                ms_per_step_median=gaps[len(gaps) // 2] * 1000 if gaps else None,
+                one_step_ms=min(one) * 1000, whole_ms=min(whole) * 1000, encoder_ms=(min(one) - step_s) * 1000,
+                peak_mb=max(peak, 0) / 2**20 if fresh_peak and cell["device"] == "cpu" else None,  # CUDA: not measured
+                ct2_version=ct2_version(),
+                bytes_per_step=traffic)
+
+
+def ct2_version() -> str | None:
+    import ctranslate2
+
+    return getattr(ctranslate2, "__version__", None)
+
+
 class StepClock:
     """Times the steps of one decoding: the start of each model call (the peer: ``model.forward``, which
     ``generate`` calls once per step; srsum: ``SharedStateDecoder.logits``, outside any compiled region).
@@ -212,18 +283,20 @@ def bytes_per_step(model, cell: dict) -> float:
 
     config = model.config
     size = torch.finfo(getattr(torch, cell["dtype"])).bits // 8
+    peer = cell["system"] == "peer" or cell["system"] in CT2_SYSTEMS  # full cross-attention read per beam row
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.decoder
     weights = sum(p.numel() for p in decoder.parameters()) + model.get_output_embeddings().weight.numel()
+    weight_size = 1 if cell["system"] == "ctranslate2-int8" else size
     heads = getattr(config, "num_heads", None) or config.decoder_attention_heads
     layers = getattr(config, "num_decoder_layers", None) or config.decoder_layers
     head_dim = config.d_model // heads
     rows = cell["batch"] * cell["beams"]
-    readers = rows if cell["system"] == "peer" else cell["batch"]
-    variant = "full" if cell["system"] == "peer" else cell["system"]
+    readers = rows if peer else cell["batch"]
+    variant = "full" if peer else cell["system"]
     shape = CostShape(n=cell["n"], m=cell["new_tokens"], seg_size=cell["seg_size"], head_dim=head_dim)
     cross = decode_values_read(variant, shape) * heads * layers * readers
     self_cache = rows * layers * 2 * (cell["new_tokens"] / 2) * config.d_model
-    return float((weights + cross + self_cache) * size)
+    return float(weights * weight_size + (cross + self_cache) * size)
 
 
 def encoder_seconds(model_name: str, n: int, device: str, dtype: str) -> float | None:
@@ -249,7 +322,8 @@ def main() -> None:
     parser.add_argument("--n", default="1024,4096,16384")
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--beams", default="1,4")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of: " + ", ".join(SYSTEMS + CT2_SYSTEMS)
+                        + " (the CTranslate2 peer, issue 13: pip install -e .[bench])")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--seg-size", default="64", help="segment size(s) s of srsum's variants (a list runs each)")
     parser.add_argument("--step", default="auto", help="srsum's decoder step(s): auto, eager, graph, compiled (a "
@@ -260,7 +334,10 @@ def main() -> None:
                         "of the device's memory)")
     parser.add_argument("--no-encoder", action="store_true", help="do not time the real encoder")
     parser.add_argument("--json", type=Path, help="write all figures here")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads, and CTranslate2's intra_threads (default: "
+                        "torch's and CTranslate2's choice)")
+    parser.add_argument("--ct2-repeats", type=int, default=3, help="CTranslate2: best of this many 1-token and "
+                        "1+T-token decodes")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
     args = parser.parse_args()
     if args.threads:
@@ -295,6 +372,8 @@ def main() -> None:
                         cell = dict(model=model_name, n=n, batch=batch, beams=beams, system=system, step=step,
                                     new_tokens=args.new_tokens, seg_size=seg_size, device=args.device,
                                     dtype=args.dtype, threads=args.threads)
+                        if system in CT2_SYSTEMS:
+                            cell["ct2_repeats"] = args.ct2_repeats
                         heads = getattr(shape, "num_heads", None) or shape.decoder_attention_heads
                         need = estimate_gb(cell, shape.d_model, layers, shape.d_model // heads)
                         if need > args.max_gb:
@@ -304,7 +383,8 @@ def main() -> None:
                         figures = measure(cell, args.device)
                         results["cells"].append(figures)
                         print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system", "step",
-                              "ms_per_step", "decode_ms_per_token", "peak_mb", "error")}), flush=True)
+                              "ms_per_step", "ms_per_step_median", "decode_ms_per_token", "one_step_ms", "peak_mb",
+                              "skipped", "error") if k in figures}), flush=True)
     print()
     print(report(results))
     if args.json:
@@ -324,6 +404,11 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
         if system == "peer":
             triples.append((system, "hf", seg_sizes[0]))
             continue
+        if system in CT2_SYSTEMS:  # its step is CTranslate2's (the compute type fills it in)
+            triples.append((system, "ct2", seg_sizes[0]))
+            continue
+        if system not in SYSTEMS:
+            raise SystemExit(f"--systems: unknown {system!r}; allowed: {', '.join(SYSTEMS + CT2_SYSTEMS)}")
         for step in steps:
             for seg_size in (seg_sizes[:1] if system == "full" else seg_sizes):
                 triple = (system, resolve_step(step, torch.device(device)), seg_size)
@@ -333,6 +418,11 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
 
 
 def measure(cell: dict, device: str) -> dict:
+    if cell["system"] in CT2_SYSTEMS:
+        import ct2_peer
+
+        if not ct2_peer.available():
+            return dict(cell, skipped=ct2_peer.NOT_INSTALLED)
     if device.startswith("cuda"):
         try:
             return run_cell(cell, CUDA_MODELS)
@@ -347,7 +437,8 @@ def measure(cell: dict, device: str) -> dict:
 
 def label(cell: dict) -> str:
     """The system, with its segment size where it has one."""
-    return cell["system"] if cell["system"] in ("peer", "full") else f"{cell['system']} s={cell['seg_size']}"
+    plain = ("peer", "full") + CT2_SYSTEMS
+    return cell["system"] if cell["system"] in plain else f"{cell['system']} s={cell['seg_size']}"
 
 
 def report(results: dict) -> str:
@@ -365,9 +456,15 @@ def report(results: dict) -> str:
         whole = f"{peer['decode_ms_per_token'] / per_token:.2f}x" if peer and per_token else "-"
         known = cell["peak_mb"] is not None
         memory = f"{cell['peak_mb'] / peer['peak_mb']:.2f}" if known and peer and peer["peak_mb"] > 0 else "-"
+        if cell["system"] in CT2_SYSTEMS:  # not like for like: its decode ms/token leaves out the cross-attention
+            whole = memory = "-"  # keys/values the others build, its peak holds its encoder
+        step = f"{cell['ms_per_step']:.1f}"
+        if cell.get("ms_per_step_median") is not None:
+            step += f" ({cell['ms_per_step_median']:.1f})"
         rows.append([cell["model"], cell["n"], cell["batch"], cell["beams"], label(cell), cell.get("step", ""),
-                     f"{cell['decode_s']:.2f}", f"{cell['ms_per_step']:.1f}",
-                     f"{per_token:.1f}" if per_token else "-", f"{cell['tokens_per_s']:.0f}",
+                     f"{cell['decode_s']:.2f}", step,
+                     f"{per_token:.1f}" if per_token else "-",
+                     f"{cell['tokens_per_s']:.0f}" if cell.get("tokens_per_s") else "-",
                      f"{cell['peak_mb']:.0f}" if known else "n/a", speed, whole, memory])
     headers = ["model", "n", "batch", "beams", "system", "step", "decode s", "ms/step", "decode ms/token", "tokens/s",
                "peak MB", "step vs peer", "decode vs peer", "memory vs peer"]
@@ -382,8 +479,19 @@ def report(results: dict) -> str:
                 row += ["", "", ""]
     encoder_rows = [[e["model"], e["n"], "-" if e["seconds"] is None else f"{e['seconds'] * 1000:.0f}"]
                     for e in results["encoder"]]
-    return (markdown_table(headers, rows) + "\n\nencoder (batch 1, same for every system):\n"
+    text = (markdown_table(headers, rows) + "\n\nencoder (batch 1, same for every system):\n"
             + markdown_table(["model", "n", "encoder ms"], encoder_rows))
+    ct2 = [c for c in cells if c["system"] in CT2_SYSTEMS and "one_step_ms" in c]
+    if ct2:
+        text += ("\n\nCTranslate2, its own encoder (fed n random ids): a 1-token decode (encoder + cross-attention "
+                 "keys/values + 1 step) and a 1+T-token decode, best of each; ms/step in the table above = their "
+                 "difference / T (in brackets: the median interval between its per-step callbacks, greedy only):\n"
+                 + markdown_table(["model", "n", "batch", "beams", "system", "compute type", "1-token ms",
+                                   "1+T-token ms", "version"],
+                                  [[c["model"], c["n"], c["batch"], c["beams"], c["system"], c["step"],
+                                    f"{c['one_step_ms']:.0f}", f"{c['whole_ms']:.0f}", c.get("ct2_version")]
+                                   for c in ct2]))
+    return text
 
 
 if __name__ == "__main__":

@@ -12,8 +12,13 @@ then) greedily and with each beam count from that encoder output. Systems, same 
   "does not fit" when its encoder's n x n tensors are estimated above ``--hf-limit-gb``.
 * ``full``, ``srformer``: srsum (``convert`` with that cross-attention, the blocked encoder of
   ``srsum.engine.encoder`` with ``--encoder-block``, and ``srsum.decoding.generate``).
-* ``ctranslate2``: reported as "not installed" unless the package is importable (then it is not converted
-  here either: it needs a converted model folder, which random weights do not have).
+* ``ctranslate2`` (issue 13; ``pip install -e .[bench]``): the same random model converted to CTranslate2
+  (``benchmarks/ct2_peer.py``), float32, ``Translator(inter_threads=1, intra_threads=--threads)``, fed the
+  same n token ids. It decodes all ``--max-new-tokens`` ("total s"), EOS banned until then. It cannot hand
+  back encoder outputs, so its "encoder s" is encoder + cross-attention keys/values + 1 step: greedy, the
+  time to its first per-step callback in that same run; with beams (no callback), a separate 1-token decode
+  (one run: noisy). "decode s" is the difference. Its peak RSS holds the converted model (the PyTorch one is
+  freed). Reported as "skipped: ctranslate2 not installed" where the package is not importable.
 
 Figures per cell: encoder seconds, decode seconds, total (their sum: what ``generate`` from token ids
 does), and peak memory: the process's resident high-water mark (Linux VmHWM, model weights included),
@@ -79,8 +84,36 @@ def build(cell: dict):
     return model
 
 
+def run_ct2_cell(cell: dict) -> list[dict]:
+    """CTranslate2 (see the module docstring): per beam count a 1-token decode, then the whole decode."""
+    import ct2_peer
+
+    gen = torch.Generator().manual_seed(0)
+    n, tokens = cell["n"], cell["max_new_tokens"]
+    ids = torch.randint(3, 1000, (1, n), generator=gen)
+    with ct2_peer.converted(random_model(cell["model"])) as (folder, vocabulary):
+        model = ct2_peer.translator(folder, "cpu", "float32", cell.get("threads"))
+        source = vocabulary.tokens(ids)
+        ct2_peer.decode(model, [source[0][:520]], max(cell["beams"]), 2)  # warm up (short: not the encoder's n^2)
+        baseline = rss_bytes()
+        rows = []
+        for beams in cell["beams"]:
+            reset_peak()
+            stamps: list = []  # greedy: the end of each step, so the encoder's share comes from the same run
+            start = time.perf_counter()
+            total_s = ct2_peer.decode(model, source, beams, tokens, stamps)
+            first_s = stamps[0] - start if stamps else ct2_peer.decode(model, source, beams, 1)
+            peak = peak_rss_bytes()
+            rows.append(dict(cell, beams=beams, encoder_s=first_s, decode_s=total_s - first_s, total_s=total_s,
+                             peak_mb=peak / 2**20, model_rss_mb=baseline / 2**20,
+                             tokens_per_s=tokens / (total_s - first_s)))
+    return rows
+
+
 def run_cell(cell: dict) -> list[dict]:
     """One (model, n, system) in this process: the encoder once, then one decode per beam count."""
+    if cell["system"] == "ctranslate2":
+        return run_ct2_cell(cell)
     from transformers.modeling_outputs import BaseModelOutput
 
     from srsum.decoding import generate
@@ -140,12 +173,11 @@ def measure(cell: dict, timeout: int) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def ctranslate2_note() -> str:
-    try:
-        import ctranslate2  # noqa: F401
-    except ImportError:
-        return "not installed"
-    return "installed, not run (needs a converted model folder; random weights have none)"
+def ctranslate2_note() -> str | None:
+    """Why the ctranslate2 system is skipped, or None when it runs."""
+    import ct2_peer
+
+    return None if ct2_peer.available() else ct2_peer.NOT_INSTALLED
 
 
 def report(cells: list[dict]) -> str:
@@ -195,7 +227,7 @@ def main() -> None:
                 cell = dict(model=model_name, n=n, system=system, beams=beams, max_new_tokens=args.max_new_tokens,
                             seg_size=args.seg_size, encoder_block=None if system == "hf" else args.encoder_block or None,
                             threads=args.threads, load=os.getloadavg()[0])
-                if system == "ctranslate2":
+                if system == "ctranslate2" and ctranslate2_note():
                     rows = [dict(cell, beams=b, skipped=ctranslate2_note()) for b in beams]
                 elif system == "hf" and hf_square_bytes(model_name, n) > args.hf_limit_gb * 1e9:
                     need = hf_square_bytes(model_name, n) / 1e9
