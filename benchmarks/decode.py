@@ -184,6 +184,7 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
     if device.type != "cuda" and not fresh_peak:
         peak = None  # the high-water mark could not be reset: model building and compiling would count
     return dict(cell, decode_s=seconds, ms_per_step=clock.steady_ms(), decode_ms_per_token=seconds / tokens * 1000,
+                total_ms_per_token=seconds / tokens * 1000,  # the name: everything after the encoder
                 tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
                 bytes_per_step=bytes_per_step(model, cell))
 

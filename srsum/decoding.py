@@ -141,8 +141,9 @@ class SharedStateDecoder:
 
     Everything a step touches is allocated before the first step and then updated in place: the
     decoder's self-attention cache is a ``StaticCache`` of ``max_steps`` positions, and each SRformer
-    layer's ``DecodeState`` holds its whole segment schedule, laid out at the start
-    (``DecodeState.use_schedule``: each group's local context and R), read at a step through one device
+    layer's ``DecodeState`` holds its segment schedule, laid out at the start
+    (``DecodeState.use_schedule``: each group's local context; R is run ahead a window of positions at a
+    time by ``DecodeState.prepare``, between steps, into a small ring), read at a step through one device
     tensor, ``clock`` (the position), with tensor indexing: no host work or host sync on the SRformer side
     of a step, and no branch on whether σ changed. The step itself is then the same kernels on the same
     tensors every time:
@@ -200,6 +201,8 @@ class SharedStateDecoder:
         if self.position >= self.max_steps:
             raise SrsumError(f"decoder: all {self.max_steps} preallocated positions are used")
         self.clock.fill_(self.position)  # a device write, no sync: the step reads σ(t), R, ... from it
+        for layer, state in self.layers:  # every window of positions: the RAF runs ahead (outside the step)
+            state.prepare(layer, self.position)
         logits = None
         if self.mode == "compiled" and self.position > 0:  # step 0 runs eagerly: it allocates the static cache
             logits = self._compiled_logits(tokens)

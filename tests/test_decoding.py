@@ -220,13 +220,15 @@ def test_cuda_graph_step_equals_generate(family, num_beams, step, recwarn):
 
 
 # --------------------------------------------------------------------------- the scheduled step (issue 13)
-def _states_pair(family, variant, schedule_length, fixed):
+def _states_pair(family, variant, schedule_length, fixed, window=16):
     """One layer's decoding state stepped on the host (``enter``) and one read from its precomputed
-    schedule through a device clock, over the same padded encoder output."""
-    model = excite(convert(tiny_model(family), variant, seg_size=4, schedule_length=schedule_length))
+    schedule through a device clock, over the same padded encoder output. In float64: the two take P and ν
+    by different sums (the Gram matrix, or the projected segments when the schedule visits them all), and
+    in float32 their rounding can flip an RAF spike of this excited layer."""
+    model = excite(convert(tiny_model(family), variant, seg_size=4, schedule_length=schedule_length)).double()
     layer = next(m for m in model.modules() if isinstance(m, SRformerCrossAttention))
     gen = torch.Generator().manual_seed(3)
-    encoder = torch.randn(3, 37, model.config.d_model, generator=gen)
+    encoder = torch.randn(3, 37, model.config.d_model, generator=gen, dtype=torch.float64)
     key_valid = torch.ones(3, 37, dtype=torch.bool)
     key_valid[1, 21:] = False
     key_valid[2, 9:] = False
@@ -234,28 +236,32 @@ def _states_pair(family, variant, schedule_length, fixed):
     scheduled = layer.start_decoding(encoder, key_valid, rows_per_example=2)
     clock = torch.zeros((), dtype=torch.long)
     with torch.no_grad():
-        scheduled.use_schedule(layer, clock, fixed=fixed)
+        scheduled.use_schedule(layer, clock, fixed=fixed, window=window)
     return layer, host, scheduled, clock
 
 
 @pytest.mark.parametrize("variant", ["srformer", "segmented", "xl", "global", "no_local", "no_norm", "no_raf",
                                      "full_product", "full"])
-@pytest.mark.parametrize("schedule_length,fixed", [(12, False), (5, False), (5, True)])  # M <= G, M > G
-def test_scheduled_state_equals_the_host_stepped_one(family, variant, schedule_length, fixed):
-    """Reading σ(t), the local context and R from tables by a device clock gives, at every position
-    (past G too, and whether σ changed or not), what entering each position on the host gives."""
-    layer, host, scheduled, clock = _states_pair(family, variant, schedule_length, fixed)
+@pytest.mark.parametrize("schedule_length,fixed,window", [(12, False, 16), (12, False, 3), (5, False, 2),
+                                                         (5, True, 4)])  # M <= G, M > G; one or many windows
+def test_scheduled_state_equals_the_host_stepped_one(family, variant, schedule_length, fixed, window):
+    """Reading σ(t), the local context and R (run ahead a window of positions at a time) by a device
+    clock gives, at every position (past G too, and whether σ changed or not), what entering each
+    position on the host gives."""
+    layer, host, scheduled, clock = _states_pair(family, variant, schedule_length, fixed, window)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for t in range(2 * schedule_length + 3):
-            query = torch.randn(6, layer.n_heads, layer.head_dim, generator=gen)
+            query = torch.randn(6, layer.n_heads, layer.head_dim, generator=gen, dtype=torch.float64)
             clock.fill_(t)
+            scheduled.prepare(layer, t)
             torch.testing.assert_close(layer._decode_one(scheduled, query), layer._decode_one(host, query),
-                                       rtol=1e-5, atol=1e-6)
+                                       rtol=1e-9, atol=1e-11)
 
 
 def test_scheduled_step_has_no_host_sync(monkeypatch):
-    """A scheduled step never asks the device for a value (.item, .tolist, bool of a tensor)."""
+    """A scheduled step, and the RAF run ahead before it (``prepare``), never ask the device for a value
+    (.item, .tolist, bool of a tensor)."""
     layer, _, scheduled, clock = _states_pair("t5", "srformer", 12, False)
 
     def forbidden(*args, **kwargs):
@@ -266,7 +272,8 @@ def test_scheduled_step_has_no_host_sync(monkeypatch):
     with torch.no_grad():
         for t in range(14):
             clock.fill_(t)
-            layer._decode_one(scheduled, torch.randn(6, layer.n_heads, layer.head_dim))
+            scheduled.prepare(layer, t)
+            layer._decode_one(scheduled, torch.randn(6, layer.n_heads, layer.head_dim, dtype=torch.float64))
 
 
 @pytest.fixture
@@ -345,3 +352,20 @@ def test_compiled_long_decode_with_inductor(family, seg_size, num_beams, compile
         pytest.skip("inductor needs a C++ compiler on CPU; none on PATH")
     compiler_spy["inductor"] = True
     _assert_one_graph_for_the_whole_decode(compiler_spy, family, seg_size, num_beams, recwarn)
+
+
+def test_scheduled_recurrent_memory_does_not_grow_with_the_schedule(family):
+    """R is run ahead a window at a time into a ring of window + 1 matrices per head: a longer schedule
+    (more groups) lays out more local contexts but holds no more R."""
+    sizes = {}
+    for schedule_length in (6, 30):
+        layer, _, scheduled, clock = _states_pair(family, "srformer", schedule_length, False, window=4)
+        heads, dim = layer.n_heads, layer.head_dim
+        assert scheduled.ring.shape == (3, heads, 5, dim, dim)
+        sizes[schedule_length] = scheduled.context_table[0].shape[2]
+        with torch.no_grad():  # and it stays that size while decoding crosses windows
+            for t in range(schedule_length + 2):
+                clock.fill_(t)
+                scheduled.prepare(layer, t)
+        assert scheduled.ring.shape == (3, heads, 5, dim, dim)
+    assert sizes[30] > sizes[6]  # more groups, more local contexts (10 segments: 7 groups vs 10)

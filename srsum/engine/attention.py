@@ -20,6 +20,7 @@ from .settings import SRformerSettings
 STATE_ATTRIBUTE = "srformer_states"  # where decoding states live on a transformers cache object
 ENCODER_ROWS = "encoder_rows"  # the key, in that dict of states, of the rows every layer shares
 _WARNED_UNVISITED: set = set()
+RAF_WINDOW = 16  # decode positions whose R a scheduled decoding state computes ahead at a time
 
 
 def warn_if_segments_unvisited(settings: SRformerSettings, seg: ops.SegmentedKeys) -> None:
@@ -157,23 +158,56 @@ class DecodeState:
         self.segment_index = None  # the same as a (B, 1) device tensor
         self.context = None  # keys, values, validity the current segment attends locally
         if settings.has_recurrent:
-            self.kv_total, norm = self.segments.products()  # P: (B, H, d, d), ν: (B, H, d)
-            self.norm = None if settings.attention == "no_norm" else norm
+            self._kv_total = self._norm = None  # P (B, H, d, d) and ν (B, H, d): made when first read
             self.total_w = None  # P Wᵀ (clamped P for BART), computed at the first RAF step
-            self.membrane = torch.zeros_like(self.kv_total)  # U
-            self.recurrent = torch.zeros_like(self.kv_total)  # R of the current segment
+            square = (seg.keys.shape[0], layer.n_heads, layer.head_dim, layer.head_dim)
+            dtype = ops.compute_dtype(seg.keys)
+            self.membrane = torch.zeros(square, dtype=dtype, device=self.device)  # U
+            self.recurrent = torch.zeros(square, dtype=dtype, device=self.device)  # R of the current segment
 
-    def use_schedule(self, layer: "SRformerCrossAttention", clock: torch.Tensor, fixed: bool = False) -> None:
-        """Precompute every position's reads so that a step finds them from ``clock`` alone.
+    @property
+    def kv_total(self) -> torch.Tensor:
+        """P = Σ K_jᵀ V_j over every real key: (B, H, d, d)."""
+        if self._kv_total is None:
+            self._set_products(*self.segments.products())
+        return self._kv_total
+
+    @property
+    def norm(self) -> torch.Tensor | None:
+        """ν (B, H, d), or None for ablation II (no normalisation)."""
+        if self._kv_total is None:
+            self._set_products(*self.segments.products())
+        return self._norm
+
+    def _set_products(self, total: torch.Tensor, norm: torch.Tensor) -> None:
+        self._kv_total = total
+        self._norm = None if self.settings.attention == "no_norm" else norm
+
+    def _products_from_table(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """P and ν from the projected segments of the schedule's groups, when those are every segment of
+        every example (M <= G + 1): the keys are projected already, so the Gram matrix (n D² once, then D³
+        per layer) would be extra work. keys/values (B, H, L, k, d), padding rows zero; groups past an
+        example's own (a batch's shorter inputs, ``fixed`` tables) repeat segment 0 and are left out."""
+        own_groups = self.group_of_step[:, -1:] + 1  # (B, 1) groups this example really has
+        real = torch.arange(keys.shape[2], device=keys.device)[None, :] < own_groups  # (B, L)
+        keys = keys * real[:, None, :, None, None].to(keys.dtype)
+        flat_keys, flat_values = keys.flatten(2, 3), values.flatten(2, 3)  # (B, H, L k, d)
+        self._set_products(ops.kv_product(flat_keys, flat_values), ops.key_norm(flat_keys))
+
+    def use_schedule(self, layer: "SRformerCrossAttention", clock: torch.Tensor, fixed: bool = False,
+                     window: int = RAF_WINDOW) -> None:
+        """Precompute every position's local context so that a step finds it from ``clock`` alone.
 
         clock: a 0-dim long tensor on the state's device holding the position t, set by the decoder
         before each step. The schedule's groups (runs of positions with the same σ: SPEC section 3) are
         laid out now, for positions 0..G (σ stays M-1 from G on): the local context of each group
-        (B, H, L, k, d) and, for the recurrent variants, the RAF run over the groups, R (B, H, L, d, d),
-        L = min(M, G + 1), or G + 1 with ``fixed`` (shapes that do not depend on n: one compiled graph
-        for every input length). A step then gathers group g(t) with tensor indexing: no host work, no branch on
-        whether σ changed, the same kernels at every t (fit for a CUDA graph or one compiled graph).
-        Costs L segments of state per example and layer instead of one."""
+        (B, H, L, k, d), L = min(M, G + 1), or G + 1 with ``fixed`` (shapes that do not depend on n: one
+        compiled graph for every input length). The recurrent variants run the RAF ahead of the steps a
+        window of ``window`` positions at a time (``prepare``, called by the decoder before each step, a
+        host-side check): R of the groups those positions read (at most window + 1 of them) sits in a
+        small ring, so R costs (window + 1) d x d matrices per head instead of one per group. A step
+        then gathers its context and R with tensor indexing: no host work, no branch on whether σ
+        changed, the same kernels at every t (fit for a CUDA graph or one compiled graph)."""
         self.clock = clock
         if self.settings.attention == "full":  # nothing depends on the position
             return
@@ -186,14 +220,67 @@ class DecodeState:
             own = self.segments.context(variant, groups.segment_of_group)  # (B, H, L, k, d) x2, (B, 1, L, 1, k)
             self.context_table = tuple(part.contiguous() for part in own)
         if settings.has_recurrent:
-            keys = values = None
-            if settings.attention != "full_product":
-                keys, values = (own or self.segments.context("segmented", groups.segment_of_group))[:2]
-            base, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight, settings.clamp)
-            leak = threshold = None
-            if settings.has_raf:
-                leak, threshold = layer.raf_leak.to(base.dtype), layer.raf_threshold.to(base.dtype)
-            self.recurrent_table = ops.raf_steps(base, parts, groups.n_groups, leak, threshold)  # (B, H, L, d, d)
+            self.window, self._n_groups = window, groups.n_groups
+            self._window_start = None  # first position of the window the ring holds (host int)
+            self._recurrent_rows = None
+            if settings.attention != "full_product":  # parts_σ come from each group's own segment
+                self._recurrent_rows = (self.context_table[:2] if settings.attention in ("srformer", "no_norm", "no_raf")
+                                        else self.segments.context("segmented", groups.segment_of_group)[:2])
+            if (self._kv_total is None and self._recurrent_rows is not None
+                    and seg.max_segments <= settings.schedule_length + 1):  # every segment is in the table
+                self._products_from_table(*self._recurrent_rows)
+            self.total_w, _ = ops.raf_input_parts(self.kv_total, None, None, layer.recurrent_w.weight,
+                                                  settings.clamp)  # P Wᵀ (B, H, d, d)
+            batch = self.kv_total.shape[0]
+            self.ring = self.kv_total.new_zeros(batch, self.kv_total.shape[1], window + 1,
+                                                *self.kv_total.shape[2:])  # (B, H, W + 1, d, d)
+            self.slot_of_offset = torch.zeros(batch, window, dtype=torch.long, device=self.device)  # (B, W)
+            self.last_group = torch.full((batch,), -1, dtype=torch.long, device=self.device)  # stepped so far
+
+    def prepare(self, layer: "SRformerCrossAttention", position: int) -> None:
+        """Before the step at ``position`` (positions in order): when it starts a new window of the
+        schedule, run the RAF over the groups that window reads and put their R in the ring. Host-side
+        arithmetic only (no device sync); nothing to do for variants without a recurrent term."""
+        if self.clock is None or not self.settings.has_recurrent:
+            return
+        last = self.group_of_step.shape[1] - 1  # position G: σ = M - 1 from there on
+        start = min(position, last) // self.window * self.window
+        if start == self._window_start:
+            return
+        if self._window_start is not None and start != self._window_start + self.window:
+            raise ValueError(f"decode positions must be prepared in order (window {self._window_start} then {start})")
+        self._window_start = start
+        self._fill_ring(layer, start, min(start + self.window, last + 1))
+
+    def _fill_ring(self, layer: "SRformerCrossAttention", start: int, stop: int) -> None:
+        """R of the groups read by positions start..stop-1 into ring slots 1.., the R of the group
+        stepped last (still read at ``start``) into slot 0; ``slot_of_offset`` maps t - start to a slot."""
+        groups = self.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
+        previous = self.last_group  # (B,)
+        steps = torch.arange(1, self.window + 1, device=self.device)  # new group previous + j, j = 1..W
+        wanted = previous[:, None] + steps  # (B, W)
+        active = wanted <= groups[:, -1:]
+        read = wanted.clamp(max=self._n_groups - 1)
+        keys = values = None
+        if self._recurrent_rows is not None:
+            keys, values = (ops.gather_segments(part, read) for part in self._recurrent_rows)  # (B, H, W, k, d)
+        _, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight, self.settings.clamp,
+                                       self.total_w)
+        leak = threshold = None
+        if self.settings.has_raf:
+            leak, threshold = layer.raf_leak.to(self.total_w.dtype), layer.raf_threshold.to(self.total_w.dtype)
+        fired, self.membrane = ops.raf_steps(self.total_w, parts, self.window, leak, threshold, self.membrane, active)
+        if start:  # the group stepped last may still be read at ``start``: its R moves to slot 0
+            self.ring[:, :, :1].copy_(self.ring.gather(2, self._ring_index(self._last_slot)))
+        self.ring[:, :, 1:].copy_(fired)
+        offsets = (groups - previous[:, None]).clamp(min=0)  # (B, T') slot per position
+        self.slot_of_offset.copy_(torch.cat([offsets, offsets[:, -1:].expand(-1, self.window - offsets.shape[1])], 1))
+        self._last_slot = (groups[:, -1] - previous)[:, None]  # (B, 1) where that group's R now is
+        self.last_group = groups[:, -1].clone()
+
+    def _ring_index(self, slot: torch.Tensor) -> torch.Tensor:
+        """(B, 1) slots -> an index for ``ring.gather(2, ...)``: (B, H, 1, d, d)."""
+        return slot[:, None, :, None, None].expand(-1, self.ring.shape[1], -1, *self.ring.shape[3:])
 
     def _scheduled_group(self) -> torch.Tensor:
         """g(t) for each example from the device clock: (B, 1)."""
@@ -260,7 +347,7 @@ class DecodeState:
         if self.clock is not None:
             tensors = [self.clock, self.group_of_step] + list(getattr(self, "context_table", ()))
             if self.settings.has_recurrent:
-                tensors += [self.recurrent_table] + ([] if self.norm is None else [self.norm])
+                tensors += [self.ring, self.slot_of_offset] + ([] if self.norm is None else [self.norm])
             if self.settings.attention == "global":
                 tensors += list(self.segments.globals)
             return tensors
@@ -296,15 +383,18 @@ class DecodeState:
 
     def _scheduled_reads(self):
         """The local context (B, H, 1, k', d) x2, (B, 1, 1, 1, k') and R (B, H, d, d) of position ``clock``."""
-        group = self._scheduled_group()  # (B, 1)
         context = recurrent = None
         if self.settings.has_local:
+            group = self._scheduled_group()  # (B, 1)
             context = tuple(ops.gather_segments(part, group) for part in self.context_table)
             if self.settings.attention == "global":
                 keys, values, valid = context
                 context = ops.with_global_tokens(keys, values, valid[:, :, :, 0], self.segments.globals)
         if self.settings.has_recurrent:
-            recurrent = ops.gather_segments(self.recurrent_table, group)[:, :, 0]
+            last = self.group_of_step.shape[1] - 1
+            offset = self.clock.clamp(max=last).remainder(self.window).view(1)
+            slot = self.slot_of_offset.index_select(1, offset)  # (B, 1)
+            recurrent = self.ring.gather(2, self._ring_index(slot))[:, :, 0]
         return context, recurrent
 
 

@@ -359,20 +359,27 @@ class _RAFScan(torch.autograd.Function):
 
 
 def raf_steps(base: torch.Tensor, parts: torch.Tensor | None, steps: int, leak: torch.Tensor | None,
-              threshold: torch.Tensor | None) -> torch.Tensor:
-    """R for each of ``steps`` RAF steps from U = 0, X_l = base - parts_l (parts None: X_l = base), as
-    ``steps`` calls of ``raf_step`` (the kernels a decoder stepping one group at a time runs); leak None:
-    ablation III, R_l = X_l. base (B, H, d, d), parts (B, H, L, d, d) -> (B, H, L, d, d). No autograd
-    shortcut: for decoding (``raf_scan`` is the training path)."""
-    membrane, fired = torch.zeros_like(base), []
+              threshold: torch.Tensor | None, membrane: torch.Tensor | None = None,
+              active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """R for each of ``steps`` RAF steps, X_l = base - parts_l (parts None: X_l = base), as ``steps`` calls
+    of ``raf_step`` (the kernels a decoder stepping one group at a time runs); leak None: ablation III,
+    R_l = X_l. base (B, H, d, d), parts (B, H, L, d, d) -> R (B, H, L, d, d) and the membrane after.
+
+    membrane: U to continue from (default 0, a fresh run). active (B, L) bool: step l of example b
+    happens only where True; elsewhere U is left as it was (and that R_l is not to be read).
+    No autograd shortcut: for decoding (``raf_scan`` is the training path)."""
+    membrane = torch.zeros_like(base) if membrane is None else membrane
+    fired = []
     for step in range(steps):
         x = base if parts is None else base - parts[:, :, step]
         if leak is None:
             fired.append(x)
-        else:
-            membrane, out = raf_step(membrane, x, leak, threshold)
-            fired.append(out)
-    return torch.stack(fired, dim=2)
+            continue
+        stepped, out = raf_step(membrane, x, leak, threshold)
+        keep = None if active is None else active[:, step, None, None, None]  # (B, 1, 1, 1)
+        membrane = stepped if keep is None else torch.where(keep, stepped, membrane)
+        fired.append(out)
+    return torch.stack(fired, dim=2), membrane
 
 
 def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
