@@ -361,11 +361,11 @@ def test_scheduled_recurrent_memory_does_not_grow_with_the_schedule(family):
     for schedule_length in (6, 30):
         layer, _, scheduled, clock = _states_pair(family, "srformer", schedule_length, False, window=4)
         heads, dim = layer.n_heads, layer.head_dim
-        assert scheduled.ring.shape == (3, heads, 5, dim, dim)
-        sizes[schedule_length] = scheduled.context_table[0].shape[2]
+        assert scheduled.ring.shape == (3, 5, heads, dim, dim)
+        sizes[schedule_length] = scheduled.context_table[0].shape[1]  # (B, L, H, k, d)
         with torch.no_grad():  # and it stays that size while decoding crosses windows
             for t in range(schedule_length + 2):
                 clock.fill_(t)
                 scheduled.prepare(layer, t)
-        assert scheduled.ring.shape == (3, heads, 5, dim, dim)
+        assert scheduled.ring.shape == (3, 5, heads, dim, dim)
     assert sizes[30] > sizes[6]  # more groups, more local contexts (10 segments: 7 groups vs 10)

@@ -218,13 +218,18 @@ class DecodeState:
         if settings.has_local:
             variant = "segmented" if settings.attention == "global" else settings.attention
             own = self.segments.context(variant, groups.segment_of_group)  # (B, H, L, k, d) x2, (B, 1, L, 1, k)
-            self.context_table = tuple(part.contiguous() for part in own)
+            # stored group-major, (B, L, H, k, d) and (B, L, 1, 1, k), so that a step picks each example's
+            # group with one index_select over the flattened (B L) rows: one contiguous copy
+            self.context_table = tuple(part.movedim(2, 1).contiguous() for part in own)
+            rows = torch.arange(groups.group_of_step.shape[0], device=self.device)[:, None]
+            self.flat_group_of_step = groups.group_of_step + rows * groups.n_groups  # (B, G + 1) b L + g(t)
         if settings.has_recurrent:
             self.window, self._n_groups = window, groups.n_groups
             self._window_start = None  # first position of the window the ring holds (host int)
             self._recurrent_rows = None
             if settings.attention != "full_product":  # parts_σ come from each group's own segment
-                self._recurrent_rows = (self.context_table[:2] if settings.attention in ("srformer", "no_norm", "no_raf")
+                self._recurrent_rows = (tuple(part.movedim(1, 2) for part in self.context_table[:2])
+                                        if settings.attention in ("srformer", "no_norm", "no_raf")
                                         else self.segments.context("segmented", groups.segment_of_group)[:2])
             if (self._kv_total is None and self._recurrent_rows is not None
                     and seg.max_segments <= settings.schedule_length + 1):  # every segment is in the table
@@ -232,10 +237,12 @@ class DecodeState:
             self.total_w, _ = ops.raf_input_parts(self.kv_total, None, None, layer.recurrent_w.weight,
                                                   settings.clamp)  # P Wᵀ (B, H, d, d)
             batch = self.kv_total.shape[0]
-            self.ring = self.kv_total.new_zeros(batch, self.kv_total.shape[1], window + 1,
-                                                *self.kv_total.shape[2:])  # (B, H, W + 1, d, d)
+            self.ring = self.kv_total.new_zeros(batch, window + 1, *self.kv_total.shape[1:])  # (B, W + 1, H, d, d)
+            self.ring_base = torch.arange(batch, device=self.device) * (window + 1)  # (B,) first ring row of b
             self.slot_of_offset = torch.zeros(batch, window, dtype=torch.long, device=self.device)  # (B, W)
             self.last_group = torch.full((batch,), -1, dtype=torch.long, device=self.device)  # stepped so far
+            self._host_groups = groups.group_of_step.tolist()  # the same on the host (one copy, at the start)
+            self._host_stepped = [-1] * batch
 
     def prepare(self, layer: "SRformerCrossAttention", position: int) -> None:
         """Before the step at ``position`` (positions in order): when it starts a new window of the
@@ -257,35 +264,33 @@ class DecodeState:
         stepped last (still read at ``start``) into slot 0; ``slot_of_offset`` maps t - start to a slot."""
         groups = self.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
         previous = self.last_group  # (B,)
-        steps = torch.arange(1, self.window + 1, device=self.device)  # new group previous + j, j = 1..W
-        wanted = previous[:, None] + steps  # (B, W)
-        active = wanted <= groups[:, -1:]
-        read = wanted.clamp(max=self._n_groups - 1)
-        keys = values = None
-        if self._recurrent_rows is not None:
-            keys, values = (ops.gather_segments(part, read) for part in self._recurrent_rows)  # (B, H, W, k, d)
-        _, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight, self.settings.clamp,
-                                       self.total_w)
-        leak = threshold = None
-        if self.settings.has_raf:
-            leak, threshold = layer.raf_leak.to(self.total_w.dtype), layer.raf_threshold.to(self.total_w.dtype)
-        fired, self.membrane = ops.raf_steps(self.total_w, parts, self.window, leak, threshold, self.membrane, active)
+        # how many RAF steps the example that moves most needs: from the host copy of the schedule, no sync
+        count = max(row[stop - 1] - done for row, done in zip(self._host_groups, self._host_stepped))
+        self._host_stepped = [row[stop - 1] for row in self._host_groups]
         if start:  # the group stepped last may still be read at ``start``: its R moves to slot 0
-            self.ring[:, :, :1].copy_(self.ring.gather(2, self._ring_index(self._last_slot)))
-        self.ring[:, :, 1:].copy_(fired)
+            self.ring[:, 0].copy_(self._ring_rows(self._last_slot))
+        if count:
+            wanted = previous[:, None] + torch.arange(1, count + 1, device=self.device)  # (B, count)
+            active = wanted <= groups[:, -1:]  # examples that move less than ``count`` stop early
+            keys = values = None
+            if self._recurrent_rows is not None:
+                read = wanted.clamp(max=self._n_groups - 1)
+                keys, values = (ops.gather_segments(part, read) for part in self._recurrent_rows)  # (B, H, c, k, d)
+            _, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight,
+                                           self.settings.clamp, self.total_w)
+            leak = threshold = None
+            if self.settings.has_raf:
+                leak, threshold = layer.raf_leak.to(self.total_w.dtype), layer.raf_threshold.to(self.total_w.dtype)
+            fired, self.membrane = ops.raf_steps(self.total_w, parts, count, leak, threshold, self.membrane, active)
+            self.ring[:, 1:count + 1].copy_(fired.movedim(2, 1))
         offsets = (groups - previous[:, None]).clamp(min=0)  # (B, T') slot per position
         self.slot_of_offset.copy_(torch.cat([offsets, offsets[:, -1:].expand(-1, self.window - offsets.shape[1])], 1))
         self._last_slot = (groups[:, -1] - previous)[:, None]  # (B, 1) where that group's R now is
         self.last_group = groups[:, -1].clone()
 
-    def _ring_index(self, slot: torch.Tensor) -> torch.Tensor:
-        """(B, 1) slots -> an index for ``ring.gather(2, ...)``: (B, H, 1, d, d)."""
-        return slot[:, None, :, None, None].expand(-1, self.ring.shape[1], -1, *self.ring.shape[3:])
-
-    def _scheduled_group(self) -> torch.Tensor:
-        """g(t) for each example from the device clock: (B, 1)."""
-        last = self.group_of_step.shape[1] - 1  # position G: σ = M - 1 from there on
-        return self.group_of_step.index_select(1, self.clock.clamp(max=last).view(1))
+    def _ring_rows(self, slot: torch.Tensor) -> torch.Tensor:
+        """R in ring slot ``slot`` (B, 1) of each example: (B, H, d, d), one index_select."""
+        return self.ring.flatten(0, 1).index_select(0, self.ring_base + slot.view(-1))
 
     def skip_to(self, layer: "SRformerCrossAttention", position: int) -> None:
         """Advance to ``position`` without attending (after a teacher-forced prefill of the positions before)."""
@@ -346,8 +351,10 @@ class DecodeState:
             return [self.keys, self.values, self.key_valid]
         if self.clock is not None:
             tensors = [self.clock, self.group_of_step] + list(getattr(self, "context_table", ()))
+            if self.settings.has_local:
+                tensors.append(self.flat_group_of_step)
             if self.settings.has_recurrent:
-                tensors += [self.ring, self.slot_of_offset] + ([] if self.norm is None else [self.norm])
+                tensors += [self.ring, self.ring_base, self.slot_of_offset] + ([] if self.norm is None else [self.norm])
             if self.settings.attention == "global":
                 tensors += list(self.segments.globals)
             return tensors
@@ -385,8 +392,9 @@ class DecodeState:
         """The local context (B, H, 1, k', d) x2, (B, 1, 1, 1, k') and R (B, H, d, d) of position ``clock``."""
         context = recurrent = None
         if self.settings.has_local:
-            group = self._scheduled_group()  # (B, 1)
-            context = tuple(ops.gather_segments(part, group) for part in self.context_table)
+            last = self.flat_group_of_step.shape[1] - 1
+            rows = self.flat_group_of_step.index_select(1, self.clock.clamp(max=last).view(1)).view(-1)  # (B,)
+            context = tuple(part.flatten(0, 1).index_select(0, rows).unsqueeze(2) for part in self.context_table)
             if self.settings.attention == "global":
                 keys, values, valid = context
                 context = ops.with_global_tokens(keys, values, valid[:, :, :, 0], self.segments.globals)
@@ -394,7 +402,7 @@ class DecodeState:
             last = self.group_of_step.shape[1] - 1
             offset = self.clock.clamp(max=last).remainder(self.window).view(1)
             slot = self.slot_of_offset.index_select(1, offset)  # (B, 1)
-            recurrent = self.ring.gather(2, self._ring_index(slot))[:, :, 0]
+            recurrent = self._ring_rows(slot)
         return context, recurrent
 
 
