@@ -260,3 +260,42 @@ def test_smoke_cli_runs_the_real_conversion_and_writes_the_report(tmp_path):
     (tmp_path / "docs" / "RESULTS.md").write_text(page)
     assert quality_cli.main(["--from-json", str(out / "results.json"), "--output-dir", str(tmp_path / "docs")]) == 0
     assert "My reading" in (tmp_path / "docs" / "RESULTS.md").read_text()
+
+
+@pytest.mark.skipif(not engine_available(), reason="srsum.engine not importable yet")
+def test_frozen_encoder_fine_tuning_keeps_the_encoder_and_reports_a_section_of_its_own(tmp_path):
+    """--freeze-encoder: the fine-tuned model's encoder (shared embedding included) equals the pretrained one,
+    its decoder does not; the runs are marked and reported under a family section of their own, and the
+    report shows no section for a (family, task) without fine-tunings."""
+    from srsum.quality.report import document, sections_of
+    from srsum.quality.study import Job, checkpoint_path, run_finetune, run_pretrain
+
+    config = smoke_config(families=("bart",), tasks=("lookup",), freeze_encoder=True, ablations=())
+    work = str(tmp_path)
+    root = Job("lookup", 0, family="bart")
+    pretrain = run_pretrain(root, config, work)
+    seen = {}
+
+    def keep(model, attention, seg_size, schedule_length, **settings):  # the real conversion, then look
+        from srsum.engine import convert
+
+        seen["model"] = convert(model, attention, seg_size=seg_size, schedule_length=schedule_length, **settings)
+        return seen["model"]
+
+    record = run_finetune(Job("lookup", 0, "srformer", 16, "bart"), config, work, converter=keep)
+    assert record["encoder_frozen"] is True and "error" not in record
+    pretrained = torch.load(checkpoint_path(work, root), weights_only=True)
+    tuned = seen["model"].state_dict()
+    encoder_keys = [k for k in pretrained if k.startswith("model.encoder.") or k == "model.shared.weight"]
+    decoder_keys = [k for k in pretrained if k.startswith("model.decoder.layers.")]
+    assert encoder_keys and all(torch.equal(pretrained[k], tuned[k].cpu()) for k in encoder_keys)
+    assert any(not torch.equal(pretrained[k], tuned[k].cpu()) for k in decoder_keys)
+
+    results = {"meta": {"command": "test", "wall_seconds": 1.0, "workers": 1, "device": "cpu"},
+               "config": config.as_dict(), "tasks": {"lookup": {"n": 256, "G": 128, "metric": "step accuracy"},
+                                                     "recall": {"n": 256, "G": 64, "metric": "value accuracy"}},
+               "runs": [pretrain, record]}
+    assert sections_of(results) == [("bart+frozen-encoder", "lookup")]
+    page = document(results, "notes")
+    assert "Task `lookup`, BART, encoder frozen in fine-tuning" in page
+    assert "## Task `recall`" not in page and "## Task `lookup`, BART:" not in page

@@ -37,6 +37,12 @@ def family_of(record: dict) -> str:
     return family + FROZEN_ENCODER if record.get("encoder_frozen") else family
 
 
+def sections_of(results: dict) -> list[tuple[str, str]]:
+    """(family, task) pairs with at least one fine-tuning run, in report order."""
+    tuned = {(family_of(r), r["task"]) for r in results["runs"] if r["variant"] != "pretrained"}
+    return [(f, t) for f in families_of(results) for t in results["tasks"] if (f, t) in tuned]
+
+
 def families_of(results: dict) -> list[str]:
     present = {family_of(r) for r in results["runs"]}
     ordered = list(results["config"].get("families") or ["t5"])
@@ -288,12 +294,14 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(results["tasks"])
-    families = families_of(results) or ["t5"]
+    sections = sections_of(results) or [("t5", task) for task in results["tasks"]]
+    columns = min(2, len(sections))
+    rows = -(-len(sections) // columns)
     sizes = seg_sizes_of(results)
-    fig, axes = plt.subplots(len(families), len(tasks), figsize=(5.5 * len(tasks), 4.2 * len(families)),
-                             squeeze=False)
-    for ax, (family, task) in zip(axes.flat, [(f, t) for f in families for t in tasks]):
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(sections):]:
+        ax.set_visible(False)
+    for ax, (family, task) in zip(axes.flat, sections):
         for variant in variants_of(results, MAIN_VARIANTS):
             if variant == "full":
                 m, s = mean_std(scores(results, task, "full", None, family=family))
@@ -446,9 +454,8 @@ def document(results: dict, notes: str, plot_name: str = PLOT_NAME) -> str:
              "`python benchmarks/quality.py --from-json path/to/results.json --output-dir docs`). "
              "Protocol, task design and scoring: `srsum/quality/` and the end of this page.", "",
              f"![score against segment size]({plot_name})", ""]
-    for family in families_of(results):
-        for task in results["tasks"]:
-            lines += task_section(results, task, family)
+    for family, task in sections_of(results):
+        lines += task_section(results, task, family)
     lines += ["## Interpretation", "", NOTES_START, notes, NOTES_END, "", DESIGN,
               "## How it was run", "", "```", meta.get("command") or "(command not recorded)", "```", "",
               f"- wall time: {meta['wall_seconds'] / 60:.1f} min with {meta['workers']} worker process(es), "
