@@ -15,6 +15,9 @@ picks how srsum's decoder runs a step (eager; graph: captured in a CUDA graph pe
 timed; compiled: torch.compile, whose compiling is not timed: a compiled cell first decodes once in
 full untimed).
 
+``srformer-int8`` (likewise ``segmented-int8``, ``full-int8``; CPU, by name): srsum's decoder with the decode
+step's linear layers quantised to int8 (``srsum.quantization``; ``srsum summarize --dtype int8``).
+
 A second peer, CTranslate2 (issue 13; ``pip install -e .[bench]``; not in the default ``--systems``):
 ``ctranslate2`` (compute type = ``--dtype``) and ``ctranslate2-int8`` (int8 weights; on CPU int8_float32).
 Each cell saves the same random model (same seed, same weights) with ``save_pretrained``, converts it
@@ -61,6 +64,7 @@ from common import machine, markdown_table, random_model, sync  # noqa: E402
 
 SYSTEMS = ("peer", "full", "segmented", "srformer")  # the default --systems
 CT2_SYSTEMS = ("ctranslate2", "ctranslate2-int8")  # the second peer (issue 13): asked for by name
+INT8_SYSTEMS = tuple(f"{system}-int8" for system in SYSTEMS[1:])  # srsum with int8 step linears (CPU, by name)
 
 
 def parse_list(text: str, cast=int) -> list:
@@ -126,7 +130,12 @@ def build_model(cell: dict):
 
     model = random_model(cell["model"], dtype=getattr(torch, cell["dtype"]), device=cell["device"])
     if cell["system"] != "peer":
-        model = convert(model, cell["system"], seg_size=cell["seg_size"], schedule_length=cell["new_tokens"]).eval()
+        variant = cell["system"].removesuffix("-int8")
+        model = convert(model, variant, seg_size=cell["seg_size"], schedule_length=cell["new_tokens"]).eval()
+    if cell["system"] in INT8_SYSTEMS:
+        from srsum.quantization import quantize_for_decoding
+
+        quantize_for_decoding(model)
     return model
 
 
@@ -286,14 +295,16 @@ def bytes_per_step(model, cell: dict) -> float:
     size = torch.finfo(getattr(torch, cell["dtype"])).bits // 8
     peer = cell["system"] == "peer" or cell["system"] in CT2_SYSTEMS  # full cross-attention read per beam row
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.decoder
-    weights = sum(p.numel() for p in decoder.parameters()) + model.get_output_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    head = head() if callable(head) else head  # an int8 head keeps its weight behind a method
+    weights = sum(p.numel() for p in decoder.parameters()) + head.numel()  # (int8 linears hold no parameters)
     weight_size = 1 if cell["system"] == "ctranslate2-int8" else size
     heads = getattr(config, "num_heads", None) or config.decoder_attention_heads
     layers = getattr(config, "num_decoder_layers", None) or config.decoder_layers
     head_dim = config.d_model // heads
     rows = cell["batch"] * cell["beams"]
     readers = rows if peer else cell["batch"]
-    variant = "full" if peer else cell["system"]
+    variant = "full" if peer else cell["system"].removesuffix("-int8")
     shape = CostShape(n=cell["n"], m=cell["new_tokens"], seg_size=cell["seg_size"], head_dim=head_dim)
     cross = decode_values_read(variant, shape) * heads * layers * readers
     self_cache = rows * layers * 2 * (cell["new_tokens"] / 2) * config.d_model
@@ -323,7 +334,7 @@ def main() -> None:
     parser.add_argument("--n", default="1024,4096,16384")
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--beams", default="1,4")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of: " + ", ".join(SYSTEMS + CT2_SYSTEMS)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of: " + ", ".join(SYSTEMS + INT8_SYSTEMS + CT2_SYSTEMS)
                         + " (the CTranslate2 peer, issue 13: pip install -e .[bench])")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--seg-size", default="64", help="segment size(s) s of srsum's variants (a list runs each)")
@@ -408,8 +419,9 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
         if system in CT2_SYSTEMS:  # its step is CTranslate2's (the compute type fills it in)
             triples.append((system, "ct2", seg_sizes[0]))
             continue
-        if system not in SYSTEMS:
-            raise SystemExit(f"--systems: unknown {system!r}; allowed: {', '.join(SYSTEMS + CT2_SYSTEMS)}")
+        if system not in SYSTEMS + INT8_SYSTEMS:
+            raise SystemExit(f"--systems: unknown {system!r}; allowed: "
+                             f"{', '.join(SYSTEMS + INT8_SYSTEMS + CT2_SYSTEMS)}")
         for step in steps:
             for seg_size in (seg_sizes[:1] if system == "full" else seg_sizes):
                 triple = (system, resolve_step(step, torch.device(device)), seg_size)

@@ -176,15 +176,21 @@ def resolve_device(name: str | None):
 
 
 def resolve_dtype(name: str | None):
-    """``float32`` (default), ``bfloat16`` or ``float16`` as a torch dtype."""
+    """``float32`` (default), ``bfloat16`` or ``float16`` as a torch dtype; ``int8`` loads float32 (the
+    step's linear layers are then quantised, see :func:`wants_int8`)."""
     import torch
 
-    if name is None:
+    if name is None or wants_int8(name):
         return torch.float32
     key = DTYPES.get(str(name).lower())
     if key is None:
-        raise UsageError(f"--dtype: unknown dtype {name!r}; use float32, bfloat16 or float16")
+        raise UsageError(f"--dtype: unknown dtype {name!r}; use float32, bfloat16, float16 or int8 (CPU)")
     return getattr(torch, key)
+
+
+def wants_int8(name: str | None) -> bool:
+    """``--dtype int8``: float32 weights with the decode step's linear layers in int8 (srsum.quantization)."""
+    return str(name).lower() == "int8"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +254,8 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
                              f"{encoder_block}") from None
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
+    if wants_int8(dtype) and torch_device.type != "cpu":
+        raise UsageError(f"--dtype int8 runs on CPU only (torch's dynamic quantisation), not on {torch_device}")
     if model is None:
         found = find_newest_model(models_root)
         if found is None:
@@ -262,6 +270,10 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:200] or type(error).__name__
         raise SrsumError(f"model: cannot load {model!r} as an srsum checkpoint or a T5/BART model ({reason})") from None
+    if wants_int8(dtype):
+        from srsum.quantization import quantize_for_decoding
+
+        quantize_for_decoding(loaded)
     tokenizer = load_tokenizer(model)
     state = read_trainer_state(model) if Path(model).is_dir() else {}
     return Summarizer(loaded, tokenizer, model, state)
