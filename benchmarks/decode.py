@@ -98,7 +98,7 @@ def peak_rss_bytes() -> int:
 
 def estimate_gb(cell: dict, d_model: int, layers: int, head_dim: int = 64) -> float:
     """Rough peak of the biggest decode buffers: cross-attention keys/values (+ the expanded encoder);
-    for srsum's segmented variants the schedule's tables (each visited segment's keys/values, R)."""
+    for srsum's segmented variants the schedule's tables (each visited segment's keys/values, the R ring)."""
     bytes_per = 2 if cell["dtype"] in ("bfloat16", "float16") else 4
     peer = cell["system"] == "peer" or cell["system"] in CT2_SYSTEMS
     rows = cell["batch"] * (cell["beams"] if peer else 1)
@@ -108,9 +108,11 @@ def estimate_gb(cell: dict, d_model: int, layers: int, head_dim: int = 64) -> fl
         return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder + scores) / 1e9
     if cell["system"] in ("peer", "full"):
         return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder) / 1e9
+    from srsum.engine.attention import RAF_WINDOW
+
     groups = cell["new_tokens"] + 1  # the compiled step's fixed table size (eager: min(M, G + 1))
-    table_rows = groups * cell["seg_size"]
-    tables = layers * rows * (2 * table_rows * d_model * bytes_per + groups * d_model * head_dim * 4)
+    table_rows = groups * cell["seg_size"]  # the local contexts; R: a ring of RAF_WINDOW + 1 per head
+    tables = layers * rows * (2 * table_rows * d_model * bytes_per + (RAF_WINDOW + 1) * d_model * head_dim * 4)
     return (tables + encoder) / 1e9
 
 
