@@ -369,3 +369,26 @@ def test_scheduled_recurrent_memory_does_not_grow_with_the_schedule(family):
                 scheduled.prepare(layer, t)
         assert scheduled.ring.shape == (3, 5, heads, dim, dim)
     assert sizes[30] > sizes[6]  # more groups, more local contexts (10 segments: 7 groups vs 10)
+
+
+def test_raf_steps_equal_raf_step_calls_with_a_carried_membrane_and_inactive_steps():
+    """The decoder's RAF loop (fused passes, a membrane carried in, steps masked per example) is the
+    maths of calling ``raf_step`` once per active step."""
+    from srsum.engine import ops
+
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
+    parts = torch.randn(3, 2, 5, 4, 4, generator=gen, dtype=torch.float64)
+    start = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
+    leak, threshold = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
+    active = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 3 + [False] * 2])
+    fired, membrane = ops.raf_steps(base, parts, 5, leak, threshold, start.clone(), active)
+    for b in range(3):
+        u = start[b:b + 1]
+        for step in range(int(active[b].sum())):
+            u, r = ops.raf_step(u, base[b:b + 1] - parts[b:b + 1, :, step], leak, threshold)
+            torch.testing.assert_close(fired[b:b + 1, :, step], r, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(membrane[b:b + 1], u, rtol=1e-12, atol=1e-12)
+    no_raf, kept = ops.raf_steps(base, parts, 5, None, None, start)
+    torch.testing.assert_close(no_raf, base[:, :, None] - parts)
+    assert kept is start

@@ -265,13 +265,15 @@ class DecodeState:
         groups = self.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
         previous = self.last_group  # (B,)
         # how many RAF steps the example that moves most needs: from the host copy of the schedule, no sync
-        count = max(row[stop - 1] - done for row, done in zip(self._host_groups, self._host_stepped))
+        moves = [row[stop - 1] - done for row, done in zip(self._host_groups, self._host_stepped)]
+        count = max(moves)
         self._host_stepped = [row[stop - 1] for row in self._host_groups]
         if start:  # the group stepped last may still be read at ``start``: its R moves to slot 0
             self.ring[:, 0].copy_(self._ring_rows(self._last_slot))
         if count:
             wanted = previous[:, None] + torch.arange(1, count + 1, device=self.device)  # (B, count)
-            active = wanted <= groups[:, -1:]  # examples that move less than ``count`` stop early
+            # examples that move less than ``count`` stop early (None: every example takes every step)
+            active = None if min(moves) == count else wanted <= groups[:, -1:]
             keys = values = None
             if self._recurrent_rows is not None:
                 read = wanted.clamp(max=self._n_groups - 1)

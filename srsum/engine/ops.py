@@ -361,25 +361,28 @@ class _RAFScan(torch.autograd.Function):
 def raf_steps(base: torch.Tensor, parts: torch.Tensor | None, steps: int, leak: torch.Tensor | None,
               threshold: torch.Tensor | None, membrane: torch.Tensor | None = None,
               active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """R for each of ``steps`` RAF steps, X_l = base - parts_l (parts None: X_l = base), as ``steps`` calls
-    of ``raf_step`` (the kernels a decoder stepping one group at a time runs); leak None: ablation III,
-    R_l = X_l. base (B, H, d, d), parts (B, H, L, d, d) -> R (B, H, L, d, d) and the membrane after.
+    """R for each of ``steps`` RAF steps, X_l = base - parts_l (parts None: X_l = base): the maths of
+    ``steps`` calls of ``raf_step``; leak None: ablation III, R_l = X_l. base (B, H, d, d), parts
+    (B, H, L, d, d) -> R (B, H, L, d, d) and the membrane after.
 
     membrane: U to continue from (default 0, a fresh run). active (B, L) bool: step l of example b
     happens only where True; elsewhere U is left as it was (and that R_l is not to be read).
+    Each step is a few passes over one (B, H, d, d) block (U - θ[U > θ] as a select of U - θ, which it
+    computes anyway, and λ U + X as one fused multiply-add): a decoder runs this between steps.
     No autograd shortcut: for decoding (``raf_scan`` is the training path)."""
     membrane = torch.zeros_like(base) if membrane is None else membrane
-    fired = []
+    fired = base.new_empty(base.shape[:2] + (steps,) + base.shape[2:])
     for step in range(steps):
-        x = base if parts is None else base - parts[:, :, step]
+        x = base.clone() if parts is None else base - parts[:, :, step]
         if leak is None:
-            fired.append(x)
+            fired[:, :, step] = x
             continue
-        stepped, out = raf_step(membrane, x, leak, threshold)
-        keep = None if active is None else active[:, step, None, None, None]  # (B, 1, 1, 1)
-        membrane = stepped if keep is None else torch.where(keep, stepped, membrane)
-        fired.append(out)
-    return torch.stack(fired, dim=2), membrane
+        before = x.addcmul_(membrane, leak)  # λ U + X, the membrane before firing
+        over = before - threshold
+        torch.div(over, threshold, out=fired[:, :, step]).relu_()  # R = ReLU(U / θ - 1)
+        stepped = torch.where(over > 0, over, before)  # U - θ [U > θ]
+        membrane = stepped if active is None else torch.where(active[:, step, None, None, None], stepped, membrane)
+    return fired, membrane
 
 
 def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
