@@ -202,7 +202,8 @@ class DecodeState:
         before each step. The schedule's groups (runs of positions with the same σ: SPEC section 3) are
         laid out now, for positions 0..G (σ stays M-1 from G on): the local context of each group
         (B, H, L, k, d), L = min(M, G + 1), or G + 1 with ``fixed`` (shapes that do not depend on n: one
-        compiled graph for every input length). The recurrent variants run the RAF ahead of the steps a
+        compiled graph for every input length; the groups past min(M, G + 1) are zeros, never read, so a
+        short input projects no more rows than it has). The recurrent variants run the RAF ahead of the steps a
         window of ``window`` positions at a time (``prepare``, called by the decoder before each step, a
         host-side check): R of the groups those positions read (at most window + 1 of them) sits in a
         small ring, so R costs (window + 1) d x d matrices per head instead of one per group. A step
@@ -212,17 +213,18 @@ class DecodeState:
         if self.settings.attention == "full":  # nothing depends on the position
             return
         settings, seg = self.settings, self.segments.seg
-        groups = ops.schedule_groups(seg.n_segments, settings.schedule_length, fixed)
+        groups = ops.schedule_groups(seg.n_segments, settings.schedule_length)
         self.group_of_step = groups.group_of_step  # (B, G + 1)
+        table_groups = settings.schedule_length + 1 if fixed else groups.n_groups
         own = None
         if settings.has_local:
             variant = "segmented" if settings.attention == "global" else settings.attention
             own = self.segments.context(variant, groups.segment_of_group)  # (B, H, L, k, d) x2, (B, 1, L, 1, k)
             # stored group-major, (B, L, H, k, d) and (B, L, 1, 1, k), so that a step picks each example's
             # group with one index_select over the flattened (B L) rows: one contiguous copy
-            self.context_table = tuple(part.movedim(2, 1).contiguous() for part in own)
+            self.context_table = tuple(_pad_groups(part.movedim(2, 1), table_groups).contiguous() for part in own)
             rows = torch.arange(groups.group_of_step.shape[0], device=self.device)[:, None]
-            self.flat_group_of_step = groups.group_of_step + rows * groups.n_groups  # (B, G + 1) b L + g(t)
+            self.flat_group_of_step = groups.group_of_step + rows * table_groups  # (B, G + 1) b L + g(t)
         if settings.has_recurrent:
             self.window, self._n_groups = window, groups.n_groups
             self._window_start = None  # first position of the window the ring holds (host int)
@@ -406,6 +408,14 @@ class DecodeState:
             slot = self.slot_of_offset.index_select(1, offset)  # (B, 1)
             recurrent = self._ring_rows(slot)
         return context, recurrent
+
+
+def _pad_groups(table: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, L, ...) -> (B, groups, ...), the added groups zero (False for a mask): ``fixed`` tables."""
+    extra = groups - table.shape[1]
+    if extra <= 0:
+        return table
+    return torch.cat([table, table.new_zeros((table.shape[0], extra) + table.shape[2:])], dim=1)
 
 
 # --------------------------------------------------------------------------- the layer

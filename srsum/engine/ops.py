@@ -100,17 +100,11 @@ def segment_of_step(positions: torch.Tensor, n_segments: torch.Tensor, schedule_
     return torch.minimum(m - 1, positions[None, :] * m // schedule_length)
 
 
-def schedule_groups(n_segments: torch.Tensor, schedule_length: int, fixed: bool = False) -> "StepGroups":
+def schedule_groups(n_segments: torch.Tensor, schedule_length: int) -> "StepGroups":
     """The groups of positions 0..G, (B,) M -> StepGroups over G + 1 positions: every later position
-    reads σ = M - 1, the segment of position G, so these cover a decoding of any length. ``fixed``: G + 1
-    groups whatever M (the extra ones read segment 0, never used): shapes that do not depend on n."""
+    reads σ = M - 1, the segment of position G, so these cover a decoding of any length."""
     positions = torch.arange(schedule_length + 1, device=n_segments.device)
-    groups = group_steps(segment_of_step(positions, n_segments, schedule_length))
-    if fixed and groups.n_groups < schedule_length + 1:
-        extra = schedule_length + 1 - groups.n_groups
-        groups.segment_of_group = F.pad(groups.segment_of_group, (0, extra))
-        groups.n_groups = schedule_length + 1
-    return groups
+    return group_steps(segment_of_step(positions, n_segments, schedule_length))
 
 
 @dataclass
@@ -379,7 +373,7 @@ def raf_steps(base: torch.Tensor, parts: torch.Tensor | None, steps: int, leak: 
             continue
         before = x.addcmul_(membrane, leak)  # λ U + X, the membrane before firing
         over = before - threshold
-        torch.div(over, threshold, out=fired[:, :, step]).relu_()  # R = ReLU(U / θ - 1)
+        fired[:, :, step] = torch.div(over, threshold).relu_()  # R = ReLU(U / θ - 1)
         stepped = torch.where(over > 0, over, before)  # U - θ [U > θ]
         membrane = stepped if active is None else torch.where(active[:, step, None, None, None], stepped, membrane)
     return fired, membrane
