@@ -243,7 +243,7 @@ def _states_pair(family, variant, schedule_length, fixed, window=16):
 @pytest.mark.parametrize("variant", ["srformer", "segmented", "xl", "global", "no_local", "no_norm", "no_raf",
                                      "full_product", "full"])
 @pytest.mark.parametrize("schedule_length,fixed,window", [(12, False, 16), (12, False, 3), (5, False, 2),
-                                                         (5, True, 4)])  # M <= G, M > G; one or many windows
+                                                         (5, True, 4), (12, True, 5)])  # M <= G, M > G; windows
 def test_scheduled_state_equals_the_host_stepped_one(family, variant, schedule_length, fixed, window):
     """Reading σ(t), the local context and R (run ahead a window of positions at a time) by a device
     clock gives, at every position (past G too, and whether σ changed or not), what entering each

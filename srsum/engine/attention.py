@@ -202,8 +202,8 @@ class DecodeState:
         before each step. The schedule's groups (runs of positions with the same σ: SPEC section 3) are
         laid out now, for positions 0..G (σ stays M-1 from G on): the local context of each group
         (B, H, L, k, d), L = min(M, G + 1), or G + 1 with ``fixed`` (shapes that do not depend on n: one
-        compiled graph for every input length; the groups past min(M, G + 1) are zeros, never read, so a
-        short input projects no more rows than it has). The recurrent variants run the RAF ahead of the steps a
+        compiled graph for every input length; the groups past min(M, G + 1) are left unwritten and never
+        read, so a short input projects and touches no more rows than it has). The recurrent variants run the RAF ahead of the steps a
         window of ``window`` positions at a time (``prepare``, called by the decoder before each step, a
         host-side check): R of the groups those positions read (at most window + 1 of them) sits in a
         small ring, so R costs (window + 1) d x d matrices per head instead of one per group. A step
@@ -222,7 +222,7 @@ class DecodeState:
             own = self.segments.context(variant, groups.segment_of_group)  # (B, H, L, k, d) x2, (B, 1, L, 1, k)
             # stored group-major, (B, L, H, k, d) and (B, L, 1, 1, k), so that a step picks each example's
             # group with one index_select over the flattened (B L) rows: one contiguous copy
-            self.context_table = tuple(_pad_groups(part.movedim(2, 1), table_groups).contiguous() for part in own)
+            self.context_table = tuple(_pad_groups(part.movedim(2, 1), table_groups) for part in own)
             rows = torch.arange(groups.group_of_step.shape[0], device=self.device)[:, None]
             self.flat_group_of_step = groups.group_of_step + rows * table_groups  # (B, G + 1) b L + g(t)
         if settings.has_recurrent:
@@ -230,7 +230,7 @@ class DecodeState:
             self._window_start = None  # first position of the window the ring holds (host int)
             self._recurrent_rows = None
             if settings.attention != "full_product":  # parts_σ come from each group's own segment
-                self._recurrent_rows = (tuple(part.movedim(1, 2) for part in self.context_table[:2])
+                self._recurrent_rows = (tuple(part[:, :groups.n_groups].movedim(1, 2) for part in self.context_table[:2])
                                         if settings.attention in ("srformer", "no_norm", "no_raf")
                                         else self.segments.context("segmented", groups.segment_of_group)[:2])
             if (self._kv_total is None and self._recurrent_rows is not None
@@ -411,11 +411,14 @@ class DecodeState:
 
 
 def _pad_groups(table: torch.Tensor, groups: int) -> torch.Tensor:
-    """(B, L, ...) -> (B, groups, ...), the added groups zero (False for a mask): ``fixed`` tables."""
-    extra = groups - table.shape[1]
-    if extra <= 0:
-        return table
-    return torch.cat([table, table.new_zeros((table.shape[0], extra) + table.shape[2:])], dim=1)
+    """(B, L, ...) -> a contiguous (B, groups, ...) whose first L groups are ``table``: ``fixed`` tables.
+    The groups past L are never read (no position belongs to them), so they are left unwritten: a large
+    allocation's untouched pages cost neither time nor resident memory."""
+    if groups <= table.shape[1]:
+        return table.contiguous()
+    out = table.new_empty((table.shape[0], groups) + table.shape[2:])
+    out[:, :table.shape[1]] = table
+    return out
 
 
 # --------------------------------------------------------------------------- the layer
