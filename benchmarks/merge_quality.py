@@ -30,7 +30,10 @@ def merge(results: list[dict]) -> dict:
             if name not in families:
                 families.append(name)
         for task, info in other["tasks"].items():
-            merged["tasks"].setdefault(task, info)
+            known = merged["tasks"].setdefault(task, info)
+            ceilings = known.setdefault("local_only_ceiling", {})  # every segment size either sweep ran
+            for size, value in info.get("local_only_ceiling", {}).items():
+                ceilings.setdefault(size, value)
         for run in other["runs"]:
             key = (family_of(run), run["task"], run["seed"], run["variant"], run["seg_size"])
             if key not in seen:
