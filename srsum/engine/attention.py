@@ -187,7 +187,7 @@ class DecodeState:
         """P and ν from the projected segments of the schedule's groups, when those are every segment of
         every example (M <= G + 1): the keys are projected already, so the Gram matrix (n D² once, then D³
         per layer) would be extra work. keys/values (B, H, L, k, d), padding rows zero; groups past an
-        example's own (a batch's shorter inputs, ``fixed`` tables) repeat segment 0 and are left out."""
+        example's own (a batch's shorter inputs) repeat segment 0 and are left out."""
         own_groups = self.group_of_step[:, -1:] + 1  # (B, 1) groups this example really has
         real = torch.arange(keys.shape[2], device=keys.device)[None, :] < own_groups  # (B, L)
         keys = keys * real[:, None, :, None, None].to(keys.dtype)
@@ -242,9 +242,8 @@ class DecodeState:
             self.ring = self.kv_total.new_zeros(batch, window + 1, *self.kv_total.shape[1:])  # (B, W + 1, H, d, d)
             self.ring_base = torch.arange(batch, device=self.device) * (window + 1)  # (B,) first ring row of b
             self.slot_of_offset = torch.zeros(batch, window, dtype=torch.long, device=self.device)  # (B, W)
-            self.last_group = torch.full((batch,), -1, dtype=torch.long, device=self.device)  # stepped so far
-            self._host_groups = groups.group_of_step.tolist()  # the same on the host (one copy, at the start)
-            self._host_stepped = [-1] * batch
+            self._host_groups = groups.group_of_step.tolist()  # the schedule on the host (one copy, at the start)
+            self._host_stepped = [-1] * batch  # per example, the last group the RAF has stepped
 
     def prepare(self, layer: "SRformerCrossAttention", position: int) -> None:
         """Before the step at ``position`` (positions in order): when it starts a new window of the
@@ -265,8 +264,8 @@ class DecodeState:
         """R of the groups read by positions start..stop-1 into ring slots 1.., the R of the group
         stepped last (still read at ``start``) into slot 0; ``slot_of_offset`` maps t - start to a slot."""
         groups = self.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
-        previous = self.last_group  # (B,)
-        # how many RAF steps the example that moves most needs: from the host copy of the schedule, no sync
+        previous = torch.tensor(self._host_stepped, device=self.device)  # (B,) a host-to-device copy, no sync
+        # how many RAF steps the example that moves most needs: from the host copy of the schedule
         moves = [row[stop - 1] - done for row, done in zip(self._host_groups, self._host_stepped)]
         count = max(moves)
         self._host_stepped = [row[stop - 1] for row in self._host_groups]
@@ -290,7 +289,6 @@ class DecodeState:
         offsets = (groups - previous[:, None]).clamp(min=0)  # (B, T') slot per position
         self.slot_of_offset.copy_(torch.cat([offsets, offsets[:, -1:].expand(-1, self.window - offsets.shape[1])], 1))
         self._last_slot = (groups[:, -1] - previous)[:, None]  # (B, 1) where that group's R now is
-        self.last_group = groups[:, -1].clone()
 
     def _ring_rows(self, slot: torch.Tensor) -> torch.Tensor:
         """R in ring slot ``slot`` (B, 1) of each example: (B, H, d, d), one index_select."""
