@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="learning rate of SRformer's new W, λ, θ as a multiple of --finetune-lr (default 1)")
     p.add_argument("--freeze-encoder", action="store_true", default=None,
                    help="fine-tune every variant with the encoder frozen (reported as a family section of its own)")
+    p.add_argument("--num-heads", type=int,
+                   help="attention heads of the small models (default 4: T5 heads 32 wide, BART's d_model/heads = 16); "
+                        "a non-default count is reported as a section of its own")
     p.add_argument("--eval-limit", type=int, help="score only the first N held-out examples")
     p.add_argument("--data-dir", help="folder holding cnn_dailymail/, xsum/, arxiv/, mediasum/ (default ../shared/data)")
     p.add_argument("--device", help="cpu or cuda")
@@ -86,6 +89,11 @@ def config_from(args: argparse.Namespace):
                  "memory_ratio": args.memory_ratio, "new_param_lr_scale": args.new_param_lr_scale,
                  "freeze_encoder": args.freeze_encoder,
                  "families": split(args.families), "data_dir": args.data_dir, "device": args.device}
+    if args.num_heads is not None:
+        if args.num_heads < 1 or config.size.d_model % args.num_heads:
+            raise SrsumError(f"--num-heads must divide d_model {config.size.d_model}, got {args.num_heads}")
+        overrides["size"] = replace(config.size, num_heads=args.num_heads)
+        overrides["model_tag"] = f"{args.num_heads}-heads"
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -31,9 +31,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def family_of(record: dict) -> str:
-    """The family a run is reported under: "t5" or "bart", with FROZEN_ENCODER appended for fine-tunings
-    that kept the encoder frozen (a section of their own). Results written before BART joined are all T5."""
+    """The family a run is reported under: "t5" or "bart", then "+<model_tag>" for a non-default size and
+    FROZEN_ENCODER for fine-tunings that kept the encoder frozen (each a section of its own). Results written before BART joined are all T5."""
     family = record.get("family", "t5")
+    if record.get("model_tag"):  # a model size other than the default: a section of its own
+        family += "+" + record["model_tag"]
     return family + FROZEN_ENCODER if record.get("encoder_frozen") else family
 
 

@@ -54,6 +54,9 @@ class StudyConfig:
     eval_batch_size: int = 64
     eval_limit: int | None = None
     size: ModelSize = field(default_factory=ModelSize)
+    # names a model size other than the study's default, e.g. "2-heads": kept in every run's record (the
+    # report gives it a section of its own) and in the pretrained checkpoints' names (never reused across sizes)
+    model_tag: str = ""
     data_dir: str = str(DEFAULT_DATA_DIR)
     device: str = "cpu"
 
@@ -186,8 +189,9 @@ def plan(config: StudyConfig) -> tuple[list[Job], dict[Job, list[Job]]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def checkpoint_path(work_dir: str, job: Job) -> Path:
-    return Path(work_dir) / f"pretrained-{job.family}-{job.task}-seed{job.seed}.pt"
+def checkpoint_path(work_dir: str, job: Job, model_tag: str = "") -> Path:
+    tag = f"-{model_tag}" if model_tag else ""
+    return Path(work_dir) / f"pretrained-{job.family}{tag}-{job.task}-seed{job.seed}.pt"
 
 
 def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
@@ -195,7 +199,7 @@ def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
 
     A checkpoint already in ``work_dir`` with its record beside it (``.json``, written here) is reused,
     so a sweep can be rerun with other fine-tuning settings without pretraining again; the record says so."""
-    saved = checkpoint_path(work_dir, job)
+    saved = checkpoint_path(work_dir, job, config.model_tag)
     if saved.is_file() and saved.with_suffix(".json").is_file():
         return {**json.loads(saved.with_suffix(".json").read_text(encoding="utf-8")), "reused": str(saved)}
     start = time.perf_counter()
@@ -209,7 +213,7 @@ def run_pretrain(job: Job, config: StudyConfig, work_dir: str) -> dict:
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
                        limit=config.eval_limit)  # teacher-forced only: srsum's decoder needs a converted model
     torch.save(model.cpu().state_dict(), saved)
-    record = {**record_keys(job), "kind": "pretrain", **log, **metrics, "parameters": count_parameters(model),
+    record = {**record_keys(job, config), "kind": "pretrain", **log, **metrics, "parameters": count_parameters(model),
               "steps": steps, "wall_seconds": time.perf_counter() - start}
     saved.with_suffix(".json").write_text(json.dumps(record), encoding="utf-8")
     return record
@@ -221,7 +225,7 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     task = build_task(job.task, config.data_dir)
     model = new_model(job.family, task.vocab_size, config.size, task.max_source_len)
     root = Job(job.task, pretrain_seed(config, job.seed), family=job.family)
-    model.load_state_dict(torch.load(checkpoint_path(work_dir, root), weights_only=True))
+    model.load_state_dict(torch.load(checkpoint_path(work_dir, root, config.model_tag), weights_only=True))
     seg_size = job.seg_size if job.seg_size is not None else task.max_source_len
     # the calibration batch is the first fine-tuning batch, drawn from a stream of its own so that
     # train() below sees exactly the batches it saw before calibration existed
@@ -240,7 +244,7 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
                        limit=config.eval_limit)
     first_eval = next(task.eval_batches(config.eval_batch_size, config.eval_limit)).to(config.device)
     frozen = {"encoder_frozen": True} if config.freeze_encoder else {}
-    return {**record_keys(job), **frozen, "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
+    return {**record_keys(job, config), **frozen, "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
             "calibration": calibration, "memory_after": memory_of(model, first_eval),
             "wall_seconds": time.perf_counter() - start}
 
@@ -267,8 +271,9 @@ def memory_of(model, batch) -> list[dict] | None:
     return _layer_rows(rows) if rows else None
 
 
-def record_keys(job: Job) -> dict:
-    return {"family": job.family, "task": job.task, "seed": job.seed, "variant": job.variant or "pretrained",
+def record_keys(job: Job, config: StudyConfig) -> dict:
+    tag = {"model_tag": config.model_tag} if config.model_tag else {}
+    return {"family": job.family, **tag, "task": job.task, "seed": job.seed, "variant": job.variant or "pretrained",
             "seg_size": job.seg_size}
 
 
@@ -279,7 +284,7 @@ def run_job(job: Job, config: StudyConfig, work_dir: str, converter=None) -> dic
             return run_pretrain(job, config, work_dir)
         return run_finetune(job, config, work_dir, converter)
     except Exception as err:  # noqa: BLE001 - reported in the results and by the CLI's exit status
-        return {**record_keys(job), "kind": "pretrain" if job.variant is None else "finetune",
+        return {**record_keys(job, config), "kind": "pretrain" if job.variant is None else "finetune",
                 "error": f"{type(err).__name__}: {err}"}
 
 
