@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                        "('none' for none; default all five)")
     p.add_argument("--ablation-seg-size", type=int)
     p.add_argument("--seeds", type=int)
+    p.add_argument("--first-seed", type=int, help="run seeds first..first+seeds-1 (default 0): add seeds to a sweep "
+                                                  "and merge the results (benchmarks/merge_quality.py)")
     p.add_argument("--pretrain-per-seed", action="store_true", default=None,
                    help="pretrain a separate full-attention model for every seed (default: one per task)")
     p.add_argument("--pretrain-steps", type=int,
@@ -80,7 +82,7 @@ def config_from(args: argparse.Namespace):
     config = smoke_config() if args.smoke else StudyConfig()
     overrides = {"tasks": split(args.tasks), "variants": split(args.variants),
                  "seg_sizes": split(args.seg_sizes, int), "ablations": split(args.ablations),
-                 "ablation_seg_size": args.ablation_seg_size, "seeds": args.seeds,
+                 "ablation_seg_size": args.ablation_seg_size, "seeds": args.seeds, "first_seed": args.first_seed,
                  "pretrain_per_seed": args.pretrain_per_seed,
                  "pretrain_steps": args.pretrain_steps,
                  "pretrain_batch_size": args.pretrain_batch_size, "finetune_steps": args.finetune_steps,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from srsum.errors import SrsumError
-from srsum.quality.model import ModelSize, new_model, to_variant
+from srsum.quality.model import ModelSize, family_label, new_model, to_variant
 from srsum.quality.study import DEFAULT_DATA_DIR, StudyConfig, plan, run_study, smoke_config, validate
 from srsum.quality.tasks import (EOS, SEP, EntitiesTask, LookupTask, RecallTask, entity_spans, lcs_f1,
                                  parse_entities, set_f1, words)
@@ -138,6 +138,7 @@ def test_entities_split_by_article_and_targets_fit():
     ({"finetune_steps": 0}, "fine-tune steps must be at least 1"),
     ({"pretrain_steps": 0}, "pretrain steps must be at least 1"),
     ({"seeds": 0}, "seeds must be at least 1"),
+    ({"first_seed": -1}, "first seed must be at least 0"),
     ({"threshold_init": 0.0}, "threshold init must be positive"),
     ({"batch_size": 0}, "batch size must be at least 1"),
     ({"families": ("gpt2",)}, "unknown model family"),
@@ -175,6 +176,30 @@ def test_full_sweep_plan_has_every_variant_seed_and_ablation():
     both = plan(StudyConfig(families=("t5", "bart")))
     assert {(j.family, j.task) for j in both[0]} == {(f, t) for f in ("t5", "bart") for t in ("lookup", "recall")}
     assert all(j.family == root.family for root, follow in both[1].items() for j in follow)
+
+
+def test_first_seed_adds_seeds_to_a_sweep():
+    jobs = [j for v in plan(StudyConfig(seeds=1, first_seed=2))[1].values() for j in v]
+    assert {j.seed for j in jobs} == {2}
+    assert {j.seed for v in plan(StudyConfig(seeds=2, first_seed=1))[1].values() for j in v} == {1, 2}
+
+
+def test_a_non_default_model_size_is_its_own_section_and_checkpoint(tmp_path):
+    """--num-heads 2: the runs carry the model tag, are reported under "BART (2-heads)", and the pretrained
+    checkpoint of one size is never loaded into another (BART's projections have the same shape)."""
+    from srsum.quality.report import family_of
+    from srsum.quality.study import Job, checkpoint_path
+
+    config = quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path), "--smoke",
+                                                             "--families", "bart", "--num-heads", "1"]))
+    assert config.size.num_heads == 1 and config.model_tag == "1-heads"
+    root = Job("lookup", 0, family="bart")
+    assert checkpoint_path("w", root, config.model_tag) != checkpoint_path("w", root)
+    record = {"family": "bart", "model_tag": "2-heads", "encoder_frozen": True}
+    assert family_of(record) == "bart+2-heads+frozen-encoder"
+    assert family_label(family_of(record)) == "BART (2-heads), encoder frozen in fine-tuning"
+    with pytest.raises(SrsumError, match="must divide d_model"):
+        quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path), "--smoke", "--num-heads", "3"]))
 
 
 def test_new_parameters_get_their_own_learning_rate():

@@ -38,6 +38,7 @@ class StudyConfig:
     ablations: tuple[str, ...] = DEFAULT_ABLATIONS  # srformer_paper and ablations I-IV
     ablation_seg_size: int = 16
     seeds: int = 3
+    first_seed: int = 0                  # seeds first_seed .. first_seed + seeds - 1 (add seeds to a sweep)
     pretrain_per_seed: bool = False
     pretrain_steps: int | None = None  # None: each task's own default (tasks.py), enough to learn it
     pretrain_batch_size: int = 16
@@ -126,6 +127,8 @@ def validate(config: StudyConfig, workers: int) -> dict:
                         ("workers", workers), ("eval batch size", config.eval_batch_size)):
         if value < 1:
             raise SrsumError(f"{name} must be at least 1, got {value}")
+    if config.first_seed < 0:
+        raise SrsumError(f"first seed must be at least 0, got {config.first_seed}")
     if not 0.0 <= config.ramp_fraction <= 1.0:
         raise SrsumError(f"ramp fraction must be between 0 and 1, got {config.ramp_fraction}")
     if config.eval_limit is not None and config.eval_limit < 1:
@@ -175,7 +178,7 @@ def plan(config: StudyConfig) -> tuple[list[Job], dict[Job, list[Job]]]:
     pretrains, followers = [], {}
     for family in config.families:
         for task in config.tasks:
-            for seed in range(config.seeds):
+            for seed in range(config.first_seed, config.first_seed + config.seeds):
                 root = Job(task, pretrain_seed(config, seed), family=family)
                 if root not in followers:
                     pretrains.append(root)
