@@ -185,7 +185,7 @@ def test_first_seed_adds_seeds_to_a_sweep():
 
 
 def test_a_non_default_model_size_is_its_own_section_and_checkpoint(tmp_path):
-    """--num-heads 2: the runs carry the model tag, are reported under "BART (2-heads)", and the pretrained
+    """--num-heads 2: the runs carry the model tag, are reported under "BART (2 heads)", and the pretrained
     checkpoint of one size is never loaded into another (BART's projections have the same shape)."""
     from srsum.quality.report import family_of
     from srsum.quality.study import Job, checkpoint_path
@@ -197,7 +197,7 @@ def test_a_non_default_model_size_is_its_own_section_and_checkpoint(tmp_path):
     assert checkpoint_path("w", root, config.model_tag) != checkpoint_path("w", root)
     record = {"family": "bart", "model_tag": "2-heads", "encoder_frozen": True}
     assert family_of(record) == "bart+2-heads+frozen-encoder"
-    assert family_label(family_of(record)) == "BART (2-heads), encoder frozen in fine-tuning"
+    assert family_label(family_of(record)) == "BART (2 heads), encoder frozen in fine-tuning"
     with pytest.raises(SrsumError, match="must divide d_model"):
         quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path), "--smoke", "--num-heads", "3"]))
 

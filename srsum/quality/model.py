@@ -27,9 +27,9 @@ FROZEN_ENCODER = "+frozen-encoder"  # the results' family key of runs fine-tuned
 
 def family_label(family: str) -> str:
     """"bart" -> "BART"; "bart+frozen-encoder" -> "BART, encoder frozen in fine-tuning";
-    "bart+2-heads+frozen-encoder" -> "BART (2-heads), encoder frozen in fine-tuning"."""
+    "bart+2-heads+frozen-encoder" -> "BART (2 heads), encoder frozen in fine-tuning"."""
     base, *tags = family.removesuffix(FROZEN_ENCODER).split("+")
-    label = FAMILY_LABELS.get(base, base) + "".join(f" ({tag})" for tag in tags)
+    label = FAMILY_LABELS.get(base, base) + "".join(f" ({tag.replace('-', ' ')})" for tag in tags)
     return label + ", encoder frozen in fine-tuning" if family.endswith(FROZEN_ENCODER) else label
 
 

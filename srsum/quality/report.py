@@ -48,7 +48,7 @@ def sections_of(results: dict) -> list[tuple[str, str]]:
 def families_of(results: dict) -> list[str]:
     present = {family_of(r) for r in results["runs"]}
     ordered = list(results["config"].get("families") or ["t5"])
-    return [f for f in ordered if f in present] + sorted(present - set(ordered))
+    return [f for f in ordered if f in present] + sorted(present - set(ordered), key=lambda f: (f.count("+"), f))
 
 
 def runs_of(results: dict, family: str, task: str, variant: str, seg_size: int | None) -> list[dict]:
