@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-heads", type=int,
                    help="attention heads of the small models (default 4: T5 heads 32 wide, BART's d_model/heads = 16); "
                         "a non-default count is reported as a section of its own")
+    p.add_argument("--clamp", help="the recurrent products' clamp: 'off', or a bound (default: the family's, "
+                                    "BART +-2, T5 none); a non-default clamp is reported as a section of its own")
     p.add_argument("--eval-limit", type=int, help="score only the first N held-out examples")
     p.add_argument("--data-dir", help="folder holding cnn_dailymail/, xsum/, arxiv/, mediasum/ (default ../shared/data)")
     p.add_argument("--device", help="cpu or cuda")
@@ -96,7 +98,16 @@ def config_from(args: argparse.Namespace):
             raise SrsumError(f"--num-heads must divide d_model {config.size.d_model}, got {args.num_heads}")
         overrides["size"] = replace(config.size, num_heads=args.num_heads)
         overrides["model_tag"] = f"{args.num_heads}-heads"
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.clamp is not None:
+        try:
+            clamp = None if args.clamp == "off" else float(args.clamp)
+        except ValueError:
+            raise SrsumError(f"--clamp takes 'off' or a positive number, got {args.clamp!r}") from None
+        if clamp is not None and clamp <= 0:
+            raise SrsumError(f"--clamp takes 'off' or a positive number, got {args.clamp!r}")
+        config = replace(config, clamp=clamp, conversion_tag=f"clamp-{args.clamp}")
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

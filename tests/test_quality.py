@@ -198,6 +198,19 @@ def test_a_non_default_model_size_is_its_own_section_and_checkpoint(tmp_path):
     record = {"family": "bart", "model_tag": "2-heads", "encoder_frozen": True}
     assert family_of(record) == "bart+2-heads+frozen-encoder"
     assert family_label(family_of(record)) == "BART (2 heads), encoder frozen in fine-tuning"
+    off = quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path), "--clamp", "off"]))
+    assert off.clamp is None and off.conversion_tag == "clamp-off"
+    assert quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path)])).clamp == "default"
+    tagged = {"family": "bart", "conversion_tag": "clamp-off", "encoder_frozen": True}
+    assert family_label(family_of(tagged)) == "BART (clamp off), encoder frozen in fine-tuning"
+    from srsum.quality.report import pretrained_family
+
+    results = {"runs": [{"family": "bart", "task": "lookup", "variant": "pretrained"},
+                        {"family": "bart", "model_tag": "2-heads", "task": "lookup", "variant": "pretrained"}]}
+    assert pretrained_family(results, "bart+clamp-off+frozen-encoder", "lookup") == "bart"
+    assert pretrained_family(results, "bart+2-heads+frozen-encoder", "lookup") == "bart+2-heads"
+    with pytest.raises(SrsumError, match="'off' or a positive number"):
+        quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path), "--clamp", "-1"]))
     with pytest.raises(SrsumError, match="must divide d_model"):
         quality_cli.config_from(quality_cli.parse_args(["--output-dir", str(tmp_path), "--smoke", "--num-heads", "3"]))
 

@@ -109,16 +109,19 @@ def engine_convert():
 
 def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, converter=None,
                threshold_init: float | None = None, memory_ratio: float | None = None,
-               calibration_batch=None):
+               calibration_batch=None, clamp: float | str | None = "default"):
     """Convert the pretrained model's cross-attention to ``variant`` with srsum's own conversion.
-    ``threshold_init`` (θ's initial value, SPEC default 0.1) and ``memory_ratio`` (the calibrated W's
-    ||rec|| / ||local||, engine default) are passed only when set. Every SRformer-family variant is
+    ``threshold_init`` (θ's initial value, SPEC default 0.1), ``memory_ratio`` (the calibrated W's
+    ||rec|| / ||local||, engine default) and ``clamp`` (the products' clamp, family default) are passed only
+    when set. Every SRformer-family variant is
     calibrated on ``calibration_batch`` (the engine's default W init) except ``srformer_paper``, which is
     SRformer with the paper's W init."""
     if variant not in ALL_VARIANTS:
         raise SrsumError(f"unknown variant {variant!r}: choose from {', '.join(ALL_VARIANTS)}")
     convert = converter or engine_convert()
     extra = {"threshold_init": threshold_init} if threshold_init is not None else {}
+    if clamp != "default":  # the products' clamp (BART's ±2 by default): None turns it off
+        extra["clamp"] = clamp
     if variant == PAPER_INIT:
         variant, extra["w_init"] = "srformer", "paper"
     else:

@@ -34,8 +34,9 @@ def family_of(record: dict) -> str:
     """The family a run is reported under: "t5" or "bart", then "+<model_tag>" for a non-default size and
     FROZEN_ENCODER for fine-tunings that kept the encoder frozen (each a section of its own). Results written before BART joined are all T5."""
     family = record.get("family", "t5")
-    if record.get("model_tag"):  # a model size other than the default: a section of its own
-        family += "+" + record["model_tag"]
+    for tag in ("model_tag", "conversion_tag"):  # a model size or conversion other than the default: own section
+        if record.get(tag):
+            family += "+" + record[tag]
     return family + FROZEN_ENCODER if record.get("encoder_frozen") else family
 
 
@@ -52,10 +53,18 @@ def families_of(results: dict) -> list[str]:
 
 
 def runs_of(results: dict, family: str, task: str, variant: str, seg_size: int | None) -> list[dict]:
-    if variant == "pretrained":  # one pretraining serves the fine-tunings with and without a frozen encoder
-        family = family.removesuffix(FROZEN_ENCODER)
+    if variant == "pretrained":  # one pretraining serves fine-tunings with or without a frozen encoder or
+        family = pretrained_family(results, family, task)  # another conversion: the longest key it starts with
     return [r for r in results["runs"] if family_of(r) == family and r["task"] == task
             and r["variant"] == variant and r["seg_size"] == seg_size and "error" not in r]
+
+
+def pretrained_family(results: dict, family: str, task: str) -> str:
+    """The family key of the pretrainings a section's fine-tunings started from: "bart" for
+    "bart+clamp-off+frozen-encoder", "bart+2-heads" for "bart+2-heads+frozen-encoder"."""
+    keys = {family_of(r) for r in results["runs"] if r["variant"] == "pretrained" and r["task"] == task}
+    found = [k for k in keys if family == k or family.startswith(k + "+")]
+    return max(found, key=len) if found else family
 
 
 def scores(results: dict, task: str, variant: str, seg_size: int | None, metric: str = "score",

@@ -48,6 +48,7 @@ class StudyConfig:
     ramp_fraction: float = 0.5
     finetune_lr: float = 1e-3
     threshold_init: float | None = None  # None: the SPEC's θ = 0.1
+    clamp: float | str | None = "default"  # the products' clamp: the family's default (BART ±2), None (off) or a bound
     memory_ratio: float | None = None    # None: the engine's default ||rec|| / ||local|| after calibration
     new_param_lr_scale: float = 1.0      # W, λ, θ train at finetune_lr times this
     freeze_encoder: bool = False         # fine-tune with the encoder frozen (its output = the pretrained one's)
@@ -58,6 +59,9 @@ class StudyConfig:
     # names a model size other than the study's default, e.g. "2-heads": kept in every run's record (the
     # report gives it a section of its own) and in the pretrained checkpoints' names (never reused across sizes)
     model_tag: str = ""
+    # names a conversion other than the default, e.g. "clamp-off": in every fine-tuning's record (a report
+    # section of its own), not in the checkpoints' names (the pretrained model is the same)
+    conversion_tag: str = ""
     data_dir: str = str(DEFAULT_DATA_DIR)
     device: str = "cpu"
 
@@ -236,7 +240,7 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     model.to(config.device)
     torch.manual_seed(2_000 + job.seed)  # the new SRformer parameters' initialisation
     model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init,
-                       config.memory_ratio, calibration_batch)
+                       config.memory_ratio, calibration_batch, config.clamp)
     calibration = calibration_of(model)
     if config.freeze_encoder:
         freeze_encoder(model)
@@ -247,6 +251,8 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
                        limit=config.eval_limit)
     first_eval = next(task.eval_batches(config.eval_batch_size, config.eval_limit)).to(config.device)
     frozen = {"encoder_frozen": True} if config.freeze_encoder else {}
+    if config.conversion_tag:
+        frozen["conversion_tag"] = config.conversion_tag
     return {**record_keys(job, config), **frozen, "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
             "calibration": calibration, "memory_after": memory_of(model, first_eval),
             "wall_seconds": time.perf_counter() - start}
