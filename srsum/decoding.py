@@ -25,7 +25,7 @@ import torch
 import torch._dynamo.exc
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
-from .engine.attention import SRformerCrossAttention, decoding_states, held_tensors
+from .engine.attention import SRformerCrossAttention, decoding_states, held_tensors, prepare_states
 from .errors import SrsumError, UsageError
 
 NEG_INF = float("-inf")
@@ -201,8 +201,7 @@ class SharedStateDecoder:
         if self.position >= self.max_steps:
             raise SrsumError(f"decoder: all {self.max_steps} preallocated positions are used")
         self.clock.fill_(self.position)  # a device write, no sync: the step reads σ(t), R, ... from it
-        for layer, state in self.layers:  # every window of positions: the RAF runs ahead (outside the step)
-            state.prepare(layer, self.position)
+        prepare_states(self.layers, self.position)  # every window of positions: the RAF runs ahead (outside the step)
         logits = None
         if self.mode == "compiled" and self.position > 0:  # step 0 runs eagerly: it allocates the static cache
             logits = self._compiled_logits(tokens)

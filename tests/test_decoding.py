@@ -259,6 +259,41 @@ def test_scheduled_state_equals_the_host_stepped_one(family, variant, schedule_l
                                        rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("variant", ["srformer", "no_raf", "full_product", "no_norm"])
+def test_preparing_every_layer_at_once_equals_each_layer_alone(family, variant):
+    """``prepare_states`` over every layer of a decoding (one host plan; each layer with its own λ, θ, W)
+    leaves, at every position, the ring and membrane that preparing each layer on its own leaves."""
+    from srsum.engine.attention import prepare_states
+
+    model = excite(convert(tiny_model(family), variant, seg_size=4, schedule_length=12)).double()
+    layers = [m for m in model.modules() if isinstance(m, SRformerCrossAttention)]
+    assert len(layers) >= 2
+    with torch.no_grad():
+        for i, layer in enumerate(layers):  # distinct λ and θ per layer (the excited W already differ)
+            if hasattr(layer, "raf_leak"):
+                layer.raf_leak.fill_(0.3 + 0.4 * i)
+                layer.raf_threshold.fill_(0.04 + 0.03 * i)
+    gen = torch.Generator().manual_seed(3)
+    encoder = torch.randn(3, 37, model.config.d_model, generator=gen, dtype=torch.float64)
+    key_valid = torch.ones(3, 37, dtype=torch.bool)
+    key_valid[1, 21:] = False
+    key_valid[2, 9:] = False
+    clock = torch.zeros((), dtype=torch.long)
+    with torch.no_grad():
+        joint, alone = ([(layer, layer.start_decoding(encoder, key_valid, rows_per_example=2)) for layer in layers]
+                        for _ in range(2))
+        for layer, state in joint + alone:
+            state.use_schedule(layer, clock, window=3)
+        for t in range(15):
+            prepare_states(joint, t)
+            for layer, state in alone:
+                state.prepare(layer, t)
+            for (_, a), (_, b) in zip(joint, alone):
+                torch.testing.assert_close(a.ring, b.ring, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(a.membrane, b.membrane, rtol=1e-12, atol=1e-12)
+                assert torch.equal(a.ring_row_of_offset, b.ring_row_of_offset)
+
+
 def test_scheduled_step_has_no_host_sync(monkeypatch):
     """A scheduled step, and the RAF run ahead before it (``prepare``), never ask the device for a value
     (.item, .tolist, bool of a tensor)."""
@@ -391,4 +426,16 @@ def test_raf_steps_equal_raf_step_calls_with_a_carried_membrane_and_inactive_ste
         torch.testing.assert_close(membrane[b:b + 1], u, rtol=1e-12, atol=1e-12)
     no_raf, kept = ops.raf_steps(base, parts, 5, None, None, start)
     torch.testing.assert_close(no_raf, base[:, :, None] - parts)
-    assert kept is start
+    assert torch.equal(kept, start)  # ablation III has no membrane to move
+    # what a decoder does: R ⊘ ν written straight into a strided ring slice, the membrane not modified
+    norm = torch.rand(3, 2, 1, 4, generator=gen, dtype=torch.float64) + 0.5
+    ring = torch.zeros(3, 7, 2, 4, 4, dtype=torch.float64)
+    before = start.clone()
+    _, moved = ops.raf_run(base, parts.movedim(2, 1), leak, threshold, ring[:, 1:6], start, active, norm)
+    assert torch.equal(start, before)
+    for b in range(3):
+        steps = int(active[b].sum())
+        torch.testing.assert_close(ring[b, 1:1 + steps], (fired[b, :, :steps] / norm[b][:, None]).movedim(1, 0),
+                                   rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(moved, membrane, rtol=1e-12, atol=1e-12)
+    assert not ring[:, 0].any() and not ring[:, 6].any()

@@ -223,6 +223,7 @@ class DecodeState:
             # stored group-major, (B, L, H, k, d) and (B, L, 1, 1, k), so that a step picks each example's
             # group with one index_select over the flattened (B L) rows: one contiguous copy
             self.context_table = tuple(_pad_groups(part.movedim(2, 1), table_groups) for part in own)
+            self.flat_context = tuple(part.flatten(0, 1) for part in self.context_table)  # (B L, H, k, d) ...
             rows = torch.arange(groups.group_of_step.shape[0], device=self.device)[:, None]
             self.flat_group_of_step = groups.group_of_step + rows * table_groups  # (B, G + 1) b L + g(t)
         if settings.has_recurrent:
@@ -239,60 +240,46 @@ class DecodeState:
             self.total_w, _ = ops.raf_input_parts(self.kv_total, None, None, layer.recurrent_w.weight,
                                                   settings.clamp)  # P Wᵀ (B, H, d, d)
             batch = self.kv_total.shape[0]
+            # R ⊘ ν (column j of R divided by ν_j: a step's (q R) ⊘ ν is then one product), run ahead
             self.ring = self.kv_total.new_zeros(batch, window + 1, *self.kv_total.shape[1:])  # (B, W + 1, H, d, d)
+            self.flat_ring = self.ring.flatten(0, 1)  # (B (W + 1), H, d, d): a step picks its rows from it
             self.ring_base = torch.arange(batch, device=self.device) * (window + 1)  # (B,) first ring row of b
-            self.slot_of_offset = torch.zeros(batch, window, dtype=torch.long, device=self.device)  # (B, W)
+            self.ring_row_of_offset = torch.zeros(window, batch, dtype=torch.long, device=self.device)  # (W, B)
             self._host_groups = groups.group_of_step.tolist()  # the schedule on the host (one copy, at the start)
             self._host_stepped = [-1] * batch  # per example, the last group the RAF has stepped
 
     def prepare(self, layer: "SRformerCrossAttention", position: int) -> None:
-        """Before the step at ``position`` (positions in order): when it starts a new window of the
-        schedule, run the RAF over the groups that window reads and put their R in the ring. Host-side
-        arithmetic only (no device sync); nothing to do for variants without a recurrent term."""
+        """Before the step at ``position`` (positions in order): ``prepare_states`` for this layer alone."""
+        prepare_states([(layer, self)], position)
+
+    def _next_window(self, position: int) -> tuple[int, int] | None:
+        """(start, stop) of the window of positions the step at ``position`` opens, or None where the ring
+        already holds it (or there is no ring). Host-side arithmetic only."""
         if self.clock is None or not self.settings.has_recurrent:
-            return
+            return None
         last = self.group_of_step.shape[1] - 1  # position G: σ = M - 1 from there on
         start = min(position, last) // self.window * self.window
         if start == self._window_start:
-            return
+            return None
         if self._window_start is not None and start != self._window_start + self.window:
             raise ValueError(f"decode positions must be prepared in order (window {self._window_start} then {start})")
-        self._window_start = start
-        self._fill_ring(layer, start, min(start + self.window, last + 1))
+        return start, min(start + self.window, last + 1)
 
-    def _fill_ring(self, layer: "SRformerCrossAttention", start: int, stop: int) -> None:
-        """R of the groups read by positions start..stop-1 into ring slots 1.., the R of the group
-        stepped last (still read at ``start``) into slot 0; ``slot_of_offset`` maps t - start to a slot."""
-        groups = self.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
-        previous = torch.tensor(self._host_stepped, device=self.device)  # (B,) a host-to-device copy, no sync
-        # how many RAF steps the example that moves most needs: from the host copy of the schedule
-        moves = [row[stop - 1] - done for row, done in zip(self._host_groups, self._host_stepped)]
-        count = max(moves)
-        self._host_stepped = [row[stop - 1] for row in self._host_groups]
-        if start:  # the group stepped last may still be read at ``start``: its R moves to slot 0
-            self.ring[:, 0].copy_(self._ring_rows(self._last_slot))
-        if count:
-            wanted = previous[:, None] + torch.arange(1, count + 1, device=self.device)  # (B, count)
-            # examples that move less than ``count`` stop early (None: every example takes every step)
-            active = None if min(moves) == count else wanted <= groups[:, -1:]
-            keys = values = None
-            if self._recurrent_rows is not None:
-                read = wanted.clamp(max=self._n_groups - 1)
-                keys, values = (ops.gather_segments(part, read) for part in self._recurrent_rows)  # (B, H, c, k, d)
-            _, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight,
-                                           self.settings.clamp, self.total_w)
-            leak = threshold = None
-            if self.settings.has_raf:
-                leak, threshold = layer.raf_leak.to(self.total_w.dtype), layer.raf_threshold.to(self.total_w.dtype)
-            fired, self.membrane = ops.raf_steps(self.total_w, parts, count, leak, threshold, self.membrane, active)
-            self.ring[:, 1:count + 1].copy_(fired.movedim(2, 1))
-        offsets = (groups - previous[:, None]).clamp(min=0)  # (B, T') slot per position
-        self.slot_of_offset.copy_(torch.cat([offsets, offsets[:, -1:].expand(-1, self.window - offsets.shape[1])], 1))
-        self._last_slot = (groups[:, -1] - previous)[:, None]  # (B, 1) where that group's R now is
-
-    def _ring_rows(self, slot: torch.Tensor) -> torch.Tensor:
-        """R in ring slot ``slot`` (B, 1) of each example: (B, H, d, d), one index_select."""
-        return self.ring.flatten(0, 1).index_select(0, self.ring_base + slot.view(-1))
+    def _run_raf_ahead(self, layer: "SRformerCrossAttention", wanted: torch.Tensor, active: torch.Tensor | None) -> None:
+        """RAF steps over the groups ``wanted`` (B, c), R ⊘ ν into ring slots 1..c. active (B, c): which of
+        those steps each example takes (None: all)."""
+        keys = values = None
+        if self._recurrent_rows is not None:
+            read = wanted.clamp(max=self._n_groups - 1)
+            keys, values = (ops.gather_segments(part, read) for part in self._recurrent_rows)  # (B, H, c, k, d)
+        _, parts = ops.raf_input_parts(self.kv_total, keys, values, layer.recurrent_w.weight,
+                                       self.settings.clamp, self.total_w)  # X_σ = P Wᵀ - parts_σ
+        leak = threshold = None
+        if self.settings.has_raf:
+            leak, threshold = layer.raf_leak.to(self.total_w.dtype), layer.raf_threshold.to(self.total_w.dtype)
+        norm = None if self.norm is None else self.norm[:, :, None, :]  # ν along R's columns
+        _, self.membrane = ops.raf_run(self.total_w, None if parts is None else parts.movedim(2, 1), leak, threshold,
+                                       self.ring[:, 1:wanted.shape[1] + 1], self.membrane, active, norm)
 
     def skip_to(self, layer: "SRformerCrossAttention", position: int) -> None:
         """Advance to ``position`` without attending (after a teacher-forced prefill of the positions before)."""
@@ -352,11 +339,11 @@ class DecodeState:
         if self.settings.attention == "full":
             return [self.keys, self.values, self.key_valid]
         if self.clock is not None:
-            tensors = [self.clock, self.group_of_step] + list(getattr(self, "context_table", ()))
+            tensors = [self.clock, self.group_of_step] + list(getattr(self, "flat_context", ()))
             if self.settings.has_local:
                 tensors.append(self.flat_group_of_step)
             if self.settings.has_recurrent:
-                tensors += [self.ring, self.ring_base, self.slot_of_offset] + ([] if self.norm is None else [self.norm])
+                tensors += [self.flat_ring, self.ring_row_of_offset]
             if self.settings.attention == "global":
                 tensors += list(self.segments.globals)
             return tensors
@@ -375,37 +362,81 @@ class DecodeState:
             if self.clock is None:
                 self.position += 1
             return ops.softmax_attention(query, self.keys, self.values, self.key_valid)
+        norm = None
         if self.clock is None:
             self.enter(layer, self.position)
             self.position += 1
-            context, recurrent = self.context, getattr(self, "recurrent", None)
+            context = None if self.context is None else tuple(part[:, :, 0] for part in self.context)  # (B, H, k', d)
+            recurrent = getattr(self, "recurrent", None)
+            if self.settings.has_recurrent and self.norm is not None:
+                norm = self.norm[:, :, None, :]
         else:
-            context, recurrent = self._scheduled_reads()
+            context, recurrent = self._scheduled_reads()  # R ⊘ ν: the scheduled ring holds R with ν applied
         out = 0.0
         if self.settings.has_local:
-            keys, values, valid = context  # (B, H, 1, k', d)
-            out = ops.softmax_attention(query, keys[:, :, 0], values[:, :, 0], valid[:, :, 0])
+            keys, values, valid = context  # (B, H, k', d) x2, (B, 1, 1, k')
+            out = ops.softmax_attention(query, keys, values, valid)
         if self.settings.has_recurrent:
-            norm = None if self.norm is None else self.norm[:, :, None, :]
             out = out + ops.recurrent_output(query, recurrent, norm)
         return out
 
     def _scheduled_reads(self):
-        """The local context (B, H, 1, k', d) x2, (B, 1, 1, 1, k') and R (B, H, d, d) of position ``clock``."""
+        """The local context (B, H, k', d) x2, (B, 1, 1, k') and R ⊘ ν (B, H, d, d) of position ``clock``."""
         context = recurrent = None
         if self.settings.has_local:
             last = self.flat_group_of_step.shape[1] - 1
             rows = self.flat_group_of_step.index_select(1, self.clock.clamp(max=last).view(1)).view(-1)  # (B,)
-            context = tuple(part.flatten(0, 1).index_select(0, rows).unsqueeze(2) for part in self.context_table)
+            context = tuple(part.index_select(0, rows) for part in self.flat_context)
             if self.settings.attention == "global":
-                keys, values, valid = context
-                context = ops.with_global_tokens(keys, values, valid[:, :, :, 0], self.segments.globals)
+                keys, values, valid = (part.unsqueeze(2) for part in context)  # one group
+                context = tuple(part[:, :, 0] for part in
+                                ops.with_global_tokens(keys, values, valid[:, :, :, 0], self.segments.globals))
         if self.settings.has_recurrent:
             last = self.group_of_step.shape[1] - 1
             offset = self.clock.clamp(max=last).remainder(self.window).view(1)
-            slot = self.slot_of_offset.index_select(1, offset)  # (B, 1)
-            recurrent = self._ring_rows(slot)
+            rows = self.ring_row_of_offset.index_select(0, offset).view(-1)  # (B,) ring row of each example
+            recurrent = self.flat_ring.index_select(0, rows)  # R ⊘ ν (B, H, d, d)
         return context, recurrent
+
+
+def prepare_states(pairs: list[tuple["SRformerCrossAttention", DecodeState]], position: int) -> None:
+    """Before the step at ``position`` (positions in order), for the scheduled states of one decoding
+    (every layer's: they share the schedule, so the host works it out once): when that step starts a new
+    window, run the RAF over the groups the window reads and put their R ⊘ ν in each state's ring (slots 1..;
+    slot 0 keeps that of the group stepped last, still read at the window's start; ``ring_row_of_offset``
+    maps t - start to each example's ring row). Host-side arithmetic only (no device sync).
+    """
+    states = [(layer, state) for layer, state in pairs if state._next_window(position) is not None]
+    if not states:
+        return
+    first = states[0][1]
+    start, stop = first._next_window(position)
+    if any(state._next_window(position) != (start, stop) or state._host_stepped != first._host_stepped
+           for _, state in states):
+        raise ValueError("prepare_states: the decoding states do not share one schedule")
+    groups = first.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
+    previous = torch.tensor(first._host_stepped, device=first.device)  # (B,) a host-to-device copy, no sync
+    # how many RAF steps the example that moves most needs: from the host copy of the schedule
+    moves = [row[stop - 1] - done for row, done in zip(first._host_groups, first._host_stepped)]
+    count = max(moves)
+    stepped = [row[stop - 1] for row in first._host_groups]
+    slots = (groups - previous[:, None]).clamp(min=0)  # (B, T') ring slot per position
+    slots = torch.cat([slots, slots[:, -1:].expand(-1, first.window - slots.shape[1])], 1)  # (B, W)
+    rows = (slots + first.ring_base[:, None]).t()  # (W, B) ring row per offset t - start and example
+    for _, state in states:
+        state._window_start, state._host_stepped = start, stepped
+        if start:  # the group stepped last may still be read at ``start``: its R moves to slot 0
+            state.ring[:, 0].copy_(state.flat_ring.index_select(0, state._last_row))
+    if count:
+        wanted = previous[:, None] + torch.arange(1, count + 1, device=first.device)  # (B, count)
+        # examples that move less than ``count`` stop early (None: every example takes every step)
+        active = None if min(moves) == count else wanted <= groups[:, -1:]
+        with torch.no_grad():  # decoding: R is read, never differentiated
+            for layer, state in states:
+                state._run_raf_ahead(layer, wanted, active)
+    for _, state in states:
+        state.ring_row_of_offset.copy_(rows)
+        state._last_row = rows[-1]  # (B,) where the R of the window's last group now is
 
 
 def _pad_groups(table: torch.Tensor, groups: int) -> torch.Tensor:
@@ -575,7 +606,9 @@ class SRformerCrossAttention(nn.Module):
         """
         if self.family == "t5" and hidden_states.dtype == torch.float16:
             raise SrsumError("dtype: float16 overflows in T5-family models; use bfloat16 (or float32)")
-        query = self._heads(self.query_proj(hidden_states)) * self.scale  # (Bq, H, T, d)
+        query = self._heads(self.query_proj(hidden_states))  # (Bq, H, T, d)
+        if self.scale != 1.0:  # (T5 does not scale)
+            query = query * self.scale
         steps = query.shape[2]
         states = None if (cache is None or self.training) else decoding_states(cache)
         state = None if states is None else states.get(self.layer_idx)
@@ -589,7 +622,10 @@ class SRformerCrossAttention(nn.Module):
                     state.skip_to(self, steps)
                 return self.output_proj(self._merge(out, hidden_states.dtype))
             state = states[self.layer_idx] = self.start_decoding(encoder_states, key_valid, rows_per_example, states)
-        out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(steps)], dim=2)
+        if steps == 1 and state.rows_per_example == 1:  # one position, one row per example: the state's layout
+            out = state.attend(self, query)
+        else:
+            out = torch.stack([self._decode_one(state, query[:, :, i]) for i in range(steps)], dim=2)
         return self.output_proj(self._merge(out, hidden_states.dtype))
 
     def _keys_values(self, encoder_states: torch.Tensor):
@@ -638,7 +674,8 @@ class SRformerCrossAttention(nn.Module):
 
     def _merge(self, out: torch.Tensor, dtype) -> torch.Tensor:
         """(B, H, T, d) -> (B, T, H*d) in the model's dtype."""
-        return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1).to(dtype)
+        out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+        return out if out.dtype == dtype else out.to(dtype)
 
 
 def decoding_states(cache) -> dict:

@@ -164,12 +164,14 @@ def softmax_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     scaled. query (..., T, d), keys/values (..., k, d), key_valid broadcastable to (..., 1, k) -> (..., T, d)
     in that compute dtype (the product itself runs in the values' dtype).
     """
-    scores = torch.matmul(query, keys.transpose(-1, -2)).to(compute_dtype(query))
-    scores = scores.masked_fill(~key_valid, float("-inf"))
+    scores = torch.matmul(query, keys.transpose(-1, -2))
+    dtype = compute_dtype(query)
+    scores = torch.where(key_valid, scores if scores.dtype == dtype else scores.to(dtype), float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if dropout and training:
         probs = F.dropout(probs, p=dropout, training=True)
-    return torch.matmul(probs.to(values.dtype), values).to(probs.dtype)
+    out = torch.matmul(probs if probs.dtype == values.dtype else probs.to(values.dtype), values)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def segment_context(seg: SegmentedKeys, variant: str, segment_index: torch.Tensor, globals_=None):
@@ -357,26 +359,53 @@ def raf_steps(base: torch.Tensor, parts: torch.Tensor | None, steps: int, leak: 
               active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """R for each of ``steps`` RAF steps, X_l = base - parts_l (parts None: X_l = base): the maths of
     ``steps`` calls of ``raf_step``; leak None: ablation III, R_l = X_l. base (B, H, d, d), parts
-    (B, H, L, d, d) -> R (B, H, L, d, d) and the membrane after.
+    (B, H, L, d, d) -> R (B, H, L, d, d) and the membrane after (``raf_run`` in the attention layout)."""
+    out = base.new_empty((base.shape[0], steps) + base.shape[1:])
+    out, membrane = raf_run(base, None if parts is None else parts.movedim(2, 1), leak, threshold, out,
+                            membrane, active)
+    return out.movedim(1, 2), membrane
 
-    membrane: U to continue from (default 0, a fresh run). active (B, L) bool: step l of example b
+
+def raf_run(base: torch.Tensor, parts: torch.Tensor | None, leak: torch.Tensor | None,
+            threshold: torch.Tensor | None, out: torch.Tensor, membrane: torch.Tensor | None = None,
+            active: torch.Tensor | None = None, out_scale: torch.Tensor | None = None):
+    """RAF steps l = 0..L-1 over X_l = base - parts_l (parts None: X_l = base), R_l written to out[:, l]
+    (divided by ``out_scale`` where given); returns ``out`` and the membrane after the last step.
+
+    base (B, ...); parts (B, L, ...), any strides; out (B, L, ...), any strides (a decoder passes its ring of
+    R, and ν as out_scale: R ⊘ ν is what a step reads). leak/threshold: λ, θ (0-dim), or None: ablation III,
+    R_l = X_l. membrane: U to continue from (default 0; not modified). active (B, L) bool: step l of example b
     happens only where True; elsewhere U is left as it was (and that R_l is not to be read).
-    Each step is a few passes over one (B, H, d, d) block (U - θ[U > θ] as a select of U - θ, which it
-    computes anyway, and λ U + X as one fused multiply-add): a decoder runs this between steps.
-    No autograd shortcut: for decoding (``raf_scan`` is the training path)."""
-    membrane = torch.zeros_like(base) if membrane is None else membrane
-    fired = base.new_empty(base.shape[:2] + (steps,) + base.shape[2:])
-    for step in range(steps):
-        x = base.clone() if parts is None else base - parts[:, :, step]
-        if leak is None:
-            fired[:, :, step] = x
+    A decoder runs this between steps, so it is written for memory traffic: X_l, U and the step's temporaries
+    are one (B, ...) block each, reused every step (they stay in cache); only parts_l is read and R_l written.
+    Each step is a few passes (U - θ[U > θ] as a select of U - θ, which it computes anyway; λ U + X fused).
+    ``raf_scan`` is the training path (autograd)."""
+    u = torch.zeros_like(base) if membrane is None else membrane.clone()
+    before, over = torch.empty_like(base), torch.empty_like(base)
+    spike = torch.empty(base.shape, dtype=torch.bool, device=base.device)
+    stepped = None if active is None else torch.empty_like(base)
+    fire_scale = threshold if out_scale is None or leak is None else threshold * out_scale
+    for step in range(out.shape[1]):
+        if parts is None:
+            before.copy_(base)
+        else:
+            torch.sub(base, parts[:, step], out=before)  # X_l
+        if leak is None:  # ablation III: R = X
+            if out_scale is None:
+                out[:, step].copy_(before)
+            else:
+                torch.div(before, out_scale, out=out[:, step])
             continue
-        before = x.addcmul_(membrane, leak)  # λ U + X, the membrane before firing
-        over = before - threshold
-        fired[:, :, step] = torch.div(over, threshold).relu_()  # R = ReLU(U / θ - 1)
-        stepped = torch.where(over > 0, over, before)  # U - θ [U > θ]
-        membrane = stepped if active is None else torch.where(active[:, step, None, None, None], stepped, membrane)
-    return fired, membrane
+        before.addcmul_(u, leak)  # λ U + X, the membrane before firing
+        torch.sub(before, threshold, out=over)
+        torch.div(over, fire_scale, out=out[:, step]).relu_()  # R = ReLU(U / θ - 1) (⊘ ν)
+        torch.gt(over, 0, out=spike)
+        if active is None:
+            torch.where(spike, over, before, out=u)  # U - θ [U > θ]
+        else:
+            torch.where(spike, over, before, out=stepped)
+            torch.where(active[:, step].view((-1,) + (1,) * (u.dim() - 1)), stepped, u, out=u)
+    return out, u
 
 
 def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_values: torch.Tensor | None,
@@ -402,5 +431,5 @@ def raf_input_parts(total: torch.Tensor, seg_keys: torch.Tensor | None, seg_valu
 def recurrent_output(query: torch.Tensor, recurrent: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
     """rec = (q R) ⊘ ν. query (..., T, d) scaled; recurrent (..., d, d); norm broadcastable to the
     output with ν along the last axis, or None (ablation II)."""
-    out = torch.matmul(query.to(recurrent.dtype), recurrent)
+    out = torch.matmul(query if query.dtype == recurrent.dtype else query.to(recurrent.dtype), recurrent)
     return out if norm is None else out / norm
