@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from srsum.engine import VARIANTS, SRformerCrossAttention, convert, load_model, ops
-from srsum.engine.calibration import calibrate, dead_layers, memory_report
+from srsum.engine.calibration import CLAMP_SATURATED, calibrate, dead_layers, memory_report
 from srsum.errors import SrsumError
 
 from conftest import padded_batch, tiny_model
@@ -132,6 +132,58 @@ def test_memory_report_sees_a_dead_memory():
     report = memory_report(model, data)
     assert [row["firing_rate"] for row in report] == [0.0, 0.0]
     assert dead_layers(report) == [0, 1]
+
+
+def saturated_bart(scale=30.0):
+    """The tiny BART with its cross-attention keys and values scaled up: most of P = Σ_j K_jᵀ V_j exceeds ±2."""
+    model = tiny_model("bart")
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.k_proj.weight.mul_(scale)
+            layer.encoder_attn.v_proj.weight.mul_(scale)
+    return model
+
+
+def test_clamp_saturation_is_measured_and_recorded():
+    data = batch("bart", seed=1)
+    model = convert(saturated_bart(), "srformer", seg_size=8, schedule_length=24, calibration_batch=data)
+    assert model.config.srformer_clamp == 2.0  # BART's default
+    report = memory_report(model, data)
+    assert [row["clamp_saturation"] for row in report] == [pytest.approx(1, abs=0.05)] * 2
+    assert all(row["clamp_saturation"] > CLAMP_SATURATED for row in model.config.srformer_calibration["layers"])
+    # P itself, per example and head over the valid keys, against the share reported for layer 0
+    layer = cross_layers(model)[0]
+    seen = {}
+
+    def keep(layer, query, keys, values, key_valid):
+        seen.setdefault("inputs", (keys, values, key_valid))
+
+    from srsum.engine.calibration import observing, _run
+
+    with observing([layer], keep):
+        _run(model, data)
+    keys, values, key_valid = seen["inputs"]
+    products = [keys[b][:, key_valid[b]].transpose(-1, -2) @ values[b][:, key_valid[b]] for b in range(len(keys))]
+    expected = float(torch.stack([(p.abs() > 2).float().mean() for p in products]).mean())  # all (H, d, d)
+    assert report[0]["clamp_saturation"] == pytest.approx(expected, abs=1e-6)
+    # a plain BART's products stay mostly inside the clamp
+    plain = convert(tiny_model("bart"), "srformer", seg_size=8, schedule_length=24, calibration_batch=data)
+    assert all(row["clamp_saturation"] < CLAMP_SATURATED for row in memory_report(plain, data))
+
+
+def test_clamp_saturation_is_none_without_a_clamp(tmp_path):
+    data = batch("bart", seed=1)
+    model = convert(saturated_bart(), "srformer", seg_size=8, schedule_length=24, clamp=None, calibration_batch=data)
+    assert [row["clamp_saturation"] for row in memory_report(model, data)] == [None, None]
+    assert [row["clamp_saturation"] for row in model.config.srformer_calibration["layers"]] == [None, None]
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)  # no clamp stays no clamp (not the family's default)
+    assert loaded.config.srformer_clamp is None
+    assert [layer.settings.clamp for layer in cross_layers(loaded)] == [None, None]
+    assert [row["clamp_saturation"] for row in memory_report(loaded, data)] == [None, None]
+    t5 = convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=24, calibration_batch=batch("t5", seed=1))
+    assert [row["clamp_saturation"] for row in memory_report(t5, batch("t5", seed=1))] == [None, None]
+    assert [row["clamp_saturation"] for row in t5.config.srformer_calibration["layers"]] == [None, None]
 
 
 # --------------------------------------------------------------------------- dtypes

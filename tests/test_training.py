@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_training_config
+from conftest import CNN_SAMPLE, tiny_training_config
 
 from srsum import checkpoints
 from srsum.checkpoints import (atomic_dir, atomic_write_json, find_newest_model, is_complete, last_checkpoint,
@@ -219,6 +219,8 @@ def test_gradient_accumulation_and_bf16_count_optimizer_steps(tmp_path, tiny_bar
     ("memory_ratio", -1.0, "--memory-ratio must be a positive number, got -1.0"),
     ("memory_ratio", float("nan"), "--memory-ratio must be a positive number"),
     ("w_init", "foo", "--w-init must be one of calibrated, paper, got 'foo'"),
+    ("clamp", "-1", "--clamp takes 'off' or a positive number, got -1"),
+    ("clamp", "none", "--clamp takes 'off' or a positive number, got none"),
 ])
 def test_bad_training_settings(field, value, message, tmp_path):
     config = TrainingConfig(model="m", dataset="d", output_dir=str(tmp_path), **{field: value})
@@ -310,6 +312,9 @@ def test_new_run_is_calibrated_on_its_first_training_batches(trained_t5):
     assert all(len(entry["memory"]) == 2 for entry in evaluations)
     assert state["metrics"]["memory"] == evaluations[-1]["memory"] == trained_t5.metrics["memory"]
     assert all(row["ratio"] > 0 and 0 <= row["firing_rate"] <= 1 for row in state["metrics"]["memory"])
+    # T5 does not clamp its products: recorded as off, no saturation measured
+    assert state["args"]["clamp"] == "off" and state["srformer"]["srformer_clamp"] is None
+    assert all(row["clamp_saturation"] is None for row in state["metrics"]["memory"] + start["memory"])
 
 
 def test_memory_lines_and_one_dead_layer_warning(tmp_path, tiny_t5_dir):
@@ -347,6 +352,96 @@ def test_resume_with_another_w_init_or_memory_ratio_is_an_error(trained_t5):
         train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, w_init="paper"))
     with pytest.raises(SrsumError, match=r"--memory-ratio 0.05, not 0.1"):
         train(TrainingConfig(model="", dataset="", resume=True, output_dir=run, memory_ratio=0.1))
+
+
+def _saturated_bart(folder: Path) -> Path:
+    """A tiny BART (real tokenizer) whose cross-attention keys and values are scaled up: P exceeds BART's ±2 clamp."""
+    from conftest import TOKENIZER_DIRS, tiny_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER_DIRS["bart"]))
+    model = tiny_model("bart", vocab_size=len(tokenizer))
+    with torch.no_grad():
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.k_proj.weight.mul_(30)
+            layer.encoder_attn.v_proj.weight.mul_(30)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_saturating_clamp_is_shown_and_warned_once_and_clamp_off_turns_it_off(tmp_path):
+    from typer.testing import CliRunner
+
+    from srsum.cli import app
+
+    model = _saturated_bart(tmp_path / "bart")
+    reporter = Recorder()
+    result = train(tiny_training_config(model, tmp_path / "run", eval_samples=0, seg_size=8), reporter)
+    memory_lines = [line for line in reporter.lines if line.startswith("memory ")]
+    assert len(memory_lines) == 3 and all(line.count(" clamp-saturated ") == 2 for line in memory_lines), memory_lines
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["args"]["clamp"] == 2.0  # BART's default, recorded
+    start = state["log_history"][0]["memory"]
+    assert all(row["clamp_saturation"] > 0.9 for row in start)
+    assert f"layer 0 ratio {start[0]['ratio']:.3g} firing {start[0]['firing_rate']:.2f} clamp-saturated " \
+           f"{start[0]['clamp_saturation']:.2f}" in memory_lines[0]
+    clamp_warnings = [message for message in reporter.warnings if "clamp" in message]
+    shares = [f"{row['clamp_saturation']:.0%}" for row in start]
+    assert clamp_warnings == [f"memory at start: the products' clamp (±2) saturates {shares[0]} of P in decoder "
+                              f"layer 0 ({shares[1]} in layer 1): the memory carries little; train with --clamp off"]
+
+    # --clamp off on the command line: converted without a clamp, saved so, nothing saturates
+    run = tmp_path / "run-off"
+    done = CliRunner().invoke(app, ["train", "--model", str(model), "--dataset", str(CNN_SAMPLE), "--train-split",
+                                    "test", "--train-limit", "4", "--eval-samples", "0", "--batch-size", "2",
+                                    "--epochs", "1", "--max-source-length", "64", "--max-target-length", "16",
+                                    "--seg-size", "8", "--clamp", "off", "--output-dir", str(run)])
+    assert done.exit_code == 0, done.output
+    assert "clamp-saturated" not in done.output and "--clamp off" not in done.output
+    saved = load_model(str(run / "checkpoint-2"))
+    assert saved.config.srformer_clamp is None
+    assert all(layer.settings.clamp is None for layer in saved.modules() if hasattr(layer, "recurrent_w"))
+    assert json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["args"]["clamp"] == "off"
+    # a resumed run keeps its clamp
+    assert train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run), clamp="OFF")).global_step == 2
+    with pytest.raises(SrsumError, match=r"converted with --clamp off, not 2.0; drop --clamp"):
+        train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run), clamp=2))
+
+
+def test_cli_bad_clamp_is_one_line(tmp_path, tiny_bart_dir):
+    from typer.testing import CliRunner
+
+    from srsum.cli import app
+
+    for value in ("-1", "loose"):
+        result = CliRunner().invoke(app, ["train", "--model", str(tiny_bart_dir), "--dataset", str(CNN_SAMPLE),
+                                          "--clamp", value, "--output-dir", str(tmp_path / "run")])
+        assert result.exit_code == 2, result.output  # a command-line mistake
+        errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert errors == [f"Error: --clamp takes 'off' or a positive number, got {value}"], result.output
+        assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_memory_rows_and_line_show_the_clamp_saturation():
+    from srsum.training.evaluation import clamp_warning, memory_line, memory_rows
+
+    rows = memory_rows([{"layer": 0, "ratio": 0.05, "firing_rate": 0.123456, "clamp_saturation": 0.987654},
+                        {"layer": 1, "ratio": 0.05, "firing_rate": 0.1, "clamp_saturation": 0.3},
+                        {"layer": 2, "ratio": 0.05, "firing_rate": None, "clamp_saturation": None}])
+    assert [row["clamp_saturation"] for row in rows] == [0.9877, 0.3, None]
+    assert memory_line("at start", rows) == ("memory at start: layer 0 ratio 0.05 firing 0.12 clamp-saturated 0.99 | "
+                                             "layer 1 ratio 0.05 firing 0.10 clamp-saturated 0.30 | layer 2 ratio 0.05")
+    assert clamp_warning("after step 4", rows, 2.0) == (
+        "memory after step 4: the products' clamp (±2) saturates 99% of P in decoder layer 0: the memory carries "
+        "little; train with --clamp off")
+    assert clamp_warning("at start", rows[1:], 2.0) is None
+    # rows saved by an older srsum have no clamp_saturation
+    old = memory_rows([{"layer": 0, "ratio": 0.05, "firing_rate": 0.1}])
+    assert old == [{"layer": 0, "ratio": 0.05, "firing_rate": 0.1, "clamp_saturation": None}]
+    assert memory_line("x", [{"layer": 0, "ratio": 0.05, "firing_rate": 0.1}]) == "memory x: layer 0 ratio 0.05 " \
+                                                                                   "firing 0.10"
+    assert clamp_warning("x", [{"layer": 0, "ratio": 0.05, "firing_rate": 0.1}], None) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,10 @@ def train(
                                          "term on the first training batches) or paper (the paper's init)."),
     memory_ratio: Optional[float] = typer.Option(None, "--memory-ratio", help="Recurrent/local output-norm ratio "
                                                  "the calibration aims for (default 0.05)."),
+    clamp: Optional[str] = typer.Option(None, "--clamp", help="Clamp of the memory's key-value products in a new "
+                                        "run: off, or a positive bound (default: the family's, 2 for BART, off "
+                                        "for T5). The memory line's clamp-saturated share near 1 means the clamp "
+                                        "leaves the memory little: try off."),
     train_split: str = typer.Option("train", "--train-split", help="Split to train on (local files: rows whose "
                                     "'split' field matches; 'all' keeps every row).", rich_help_panel=DATA_PANEL),
     validation_split: str = typer.Option("validation", "--validation-split", help="Split scored after each epoch.",
@@ -167,8 +171,8 @@ def train(
                              "(or --resume to continue a run)")
         config = TrainingConfig(
             model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,
-            schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, train_split=train_split,
-            validation_split=validation_split,
+            schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, clamp=clamp,
+            train_split=train_split, validation_split=validation_split,
             text_column=text_column, summary_column=summary_column, train_limit=train_limit,
             eval_samples=eval_samples, output_dir=output_dir, run_name=run_name, epochs=epochs, max_steps=max_steps,
             batch_size=batch_size, eval_batch_size=eval_batch_size,

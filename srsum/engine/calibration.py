@@ -10,7 +10,9 @@ a one-dimensional bisection in log c. What it chose is recorded in ``config.srfo
 W itself is a weight, so a saved and reloaded model is the same model.
 
 :func:`memory_report` measures, per decoder layer, the ratio ||rec|| / ||local|| and the RAF firing rate
-(the share of R's entries above zero) on a batch: whether the memory is alive.
+(the share of R's entries above zero) on a batch: whether the memory is alive. Both it and the calibration
+record also give ``clamp_saturation``, the share of P = Σ_j K_jᵀ V_j's entries beyond the products' clamp
+(BART's ±2; None without a clamp): near 1, clamp(P) - clamp(P_σ) is little more than a sign pattern.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ FALLBACK_SEED = 0
 SCALE_RANGE = (1e-12, 1e12)  # the factors the search may choose from
 BISECTION_STEPS = 40
 DEAD_RATIO = 1e-3  # a layer whose recurrent term is below this share of the local term is "dead"
+CLAMP_SATURATED = 0.5  # a layer with more than this share of P beyond the clamp carries little in its memory
 
 
 def srformer_layers(model) -> list[SRformerCrossAttention]:
@@ -133,6 +136,12 @@ class _LayerProbe:
         last_group = groups.group_of_step[:, -1]  # (B,)
         steps = torch.arange(groups.n_groups, device=last_group.device)
         self.real_groups = steps[None, :] <= last_group[:, None]  # (B, L)
+        # share of P = Σ_j K_jᵀ V_j (valid keys, per example and head) beyond the clamp (None: no clamp)
+        self.clamp_saturation = None
+        if self.settings.clamp is not None:
+            if key_valid is not None:
+                keys = keys.masked_fill(~key_valid.bool()[:, None, :, None], 0)
+            self.clamp_saturation = float((ops.kv_product(keys, values).abs() > self.settings.clamp).float().mean())
 
     def recurrent(self, scale: float) -> torch.Tensor:
         """R with W scaled by ``scale``: the RAF inputs are linear in W."""
@@ -191,8 +200,8 @@ def calibrate(model, batch=None, ratio: float | None = None) -> dict:
 
     ratio: default the model's ``srformer_memory_ratio``. Returns the record saved in
     ``config.srformer_calibration``: the target, the source of the batch, per layer the factor applied,
-    the ratio before and after, and the firing rate after. Models without a recurrent term are left alone
-    (an empty record)."""
+    the ratio before and after, the firing rate after and the clamp saturation. Models without a recurrent
+    term are left alone (an empty record)."""
     layers = [layer for layer in srformer_layers(model) if layer.settings.has_recurrent]
     if not layers:
         return {}
@@ -210,7 +219,8 @@ def calibrate(model, batch=None, ratio: float | None = None) -> dict:
         with torch.no_grad():
             layer.recurrent_w.weight.mul_(scale)
         per_layer.append({"layer": len(per_layer), "scale": scale, "ratio_before": before,
-                          "ratio": probe.ratio(scale), "firing_rate": probe.firing_rate(scale)})
+                          "ratio": probe.ratio(scale), "firing_rate": probe.firing_rate(scale),
+                          "clamp_saturation": probe.clamp_saturation})
 
     with observing(layers, observer):
         _run(model, inputs)
@@ -231,7 +241,8 @@ def _record(model, layers, record: dict) -> None:
 
 def memory_report(model, batch=None) -> list[dict]:
     """Per SRformer layer with a recurrent term: ``ratio`` (||rec|| / ||local|| over every decoder position
-    of the batch) and ``firing_rate`` (share of R's entries > 0; None for ablation III). Changes nothing."""
+    of the batch), ``firing_rate`` (share of R's entries > 0; None for ablation III) and ``clamp_saturation``
+    (share of P's entries beyond the clamp; None without one). Changes nothing."""
     layers = [layer for layer in srformer_layers(model) if layer.settings.has_recurrent]
     if not layers:
         return []
@@ -240,7 +251,8 @@ def memory_report(model, batch=None) -> list[dict]:
 
     def observer(layer, query, keys, values, key_valid):
         probe = _LayerProbe(layer, query, keys, values, key_valid)
-        rows.append({"layer": len(rows), "ratio": probe.ratio(), "firing_rate": probe.firing_rate()})
+        rows.append({"layer": len(rows), "ratio": probe.ratio(), "firing_rate": probe.firing_rate(),
+                     "clamp_saturation": probe.clamp_saturation})
 
     with observing(layers, observer):
         _run(model, inputs)

@@ -9,10 +9,12 @@ validation loss and ROUGE after every epoch, and writes checkpoints atomically (
 the same total step count, with the settings recorded in its ``trainer_state.json``.
 
 A new run converts the plain model with ``w_init`` (default calibrated: W scaled per layer so that the
-recurrent term is ``memory_ratio`` times the local one) on its first training batches; a resumed run
-loads its checkpoint as saved. Per decoder layer, the recurrent/local norm ratio and the RAF firing rate
-are reported at the start and after every epoch (``srsum.engine.calibration.memory_report``), printed as
-one ``memory ...`` line and saved under ``memory`` in the log history and the metrics.
+recurrent term is ``memory_ratio`` times the local one) on its first training batches and with the products'
+``clamp`` ("off" or a bound; None: the family's); a resumed run loads its checkpoint as saved.
+Per decoder layer, the recurrent/local norm ratio, the RAF firing rate and, with a clamp, the share of P
+beyond it are reported at the start and after every epoch (``srsum.engine.calibration.memory_report``),
+printed as one ``memory ...`` line (a saturating clamp is warned about once) and saved under ``memory`` in
+the log history and the metrics.
 
 Ctrl-C (KeyboardInterrupt) stops training cleanly: :class:`TrainingInterrupted` is raised, naming the
 last complete checkpoint, which stays intact.

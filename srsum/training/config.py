@@ -17,6 +17,7 @@ from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LEN
 BEST_METRICS = ("rougeLsum", "rougeL", "rouge1", "rouge2", "loss")
 DEFAULT_ATTENTION = "srformer"
 DEFAULT_SEG_SIZE = 64
+CLAMP_OFF = "off"  # --clamp off: the key-value products are not clamped (None: the family's default)
 
 @dataclass
 class TrainingConfig:
@@ -29,6 +30,7 @@ class TrainingConfig:
     schedule_length: int | None = None  # G; None: max_target_length
     w_init: str | None = None  # "calibrated" or "paper"; None: the engine's default (calibrated)
     memory_ratio: float | None = None  # ||rec|| / ||local|| the calibration aims for; None: the engine's (0.05)
+    clamp: str | float | None = None  # products' clamp: "off" or a bound; None: the family's (BART ±2, T5 off)
     train_split: str = "train"
     validation_split: str = "validation"
     text_column: str | None = None
@@ -59,6 +61,14 @@ class TrainingConfig:
     resume: bool = False
     model_config: str | None = None  # config.json (or its folder): train a new, randomly initialised model
     tokenizer: str | None = None  # tokenizer folder (default: the model's, or the model_config folder's)
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The conversion settings given (w_init, memory_ratio, clamp: "off" is None there) for ``convert``."""
+        given = {name: getattr(self, name) for name in ("w_init", "memory_ratio", "clamp")
+                 if getattr(self, name) is not None}
+        if given.get("clamp") == CLAMP_OFF:
+            given["clamp"] = None
+        return given
 
     def validate(self) -> TrainingConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -97,6 +107,16 @@ class TrainingConfig:
             if not 0 < ratio < math.inf:
                 raise UsageError(f"--memory-ratio must be a positive number, got {self.memory_ratio}")
             self.memory_ratio = ratio
+        if self.clamp is not None:
+            clamp = str(self.clamp).strip().lower()
+            if clamp != CLAMP_OFF:
+                try:
+                    clamp = float(clamp)
+                except ValueError:
+                    clamp = math.nan
+                if not 0 < clamp < math.inf:
+                    raise UsageError(f"--clamp takes 'off' or a positive number, got {self.clamp}")
+            self.clamp = clamp
         if self.model_config is not None and self.model:
             raise UsageError("--model and --config exclude each other: --model starts from pretrained weights, "
                              "--config from a new, randomly initialised model")
@@ -195,8 +215,12 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
     if config.seg_size is not None and saved_seg is not None and config.seg_size != saved_seg:
         raise UsageError(f"--resume: checkpoint {checkpoint} was trained with --seg-size {saved_seg}, not "
                          f"{config.seg_size}; drop --seg-size or start a new run with another --output-dir")
-    for flag, name in (("--w-init", "w_init"), ("--memory-ratio", "memory_ratio")):
-        given, saved = getattr(config, name), saved_model.get(f"srformer_{name}")
+    saved_conversion = {name: saved_model.get(f"srformer_{name}") for name in ("w_init", "memory_ratio")}
+    if "srformer_clamp" in saved_model:  # null there: no clamp
+        saved_clamp = saved_model["srformer_clamp"]
+        saved_conversion["clamp"] = CLAMP_OFF if saved_clamp is None else saved_clamp
+    for flag, name in (("--w-init", "w_init"), ("--memory-ratio", "memory_ratio"), ("--clamp", "clamp")):
+        given, saved = getattr(config, name), saved_conversion.get(name)
         if given is not None and saved is not None and given != saved:
             raise UsageError(f"--resume: checkpoint {checkpoint} was converted with {flag} {saved}, not {given}; "
                              f"drop {flag} (a resumed run is not converted again) or start a new run with another "

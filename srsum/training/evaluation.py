@@ -53,17 +53,38 @@ def validation(model, tokenizer, rows, examples, config: TrainingConfig, acceler
 
 
 def memory_rows(report: list[dict]) -> list[dict[str, Any]]:
-    """memory_report rows as saved: the ratio to 4 significant digits (it may be tiny or huge), rates to 4 places."""
+    """memory_report rows as saved: the ratio to 4 significant digits (it may be tiny or huge), shares (firing rate,
+    clamp saturation; None stays None, rows without one too) to 4 places."""
+    def share(row, key):
+        return None if row.get(key) is None else round(float(row[key]), 4)
+
     return [{"layer": int(row["layer"]), "ratio": float(f"{row['ratio']:.4g}"),
-             "firing_rate": None if row["firing_rate"] is None else round(float(row["firing_rate"]), 4)}
+             "firing_rate": share(row, "firing_rate"), "clamp_saturation": share(row, "clamp_saturation")}
             for row in report]
 
 
 def memory_line(title: str, rows: list[dict[str, Any]]) -> str:
-    """One line such as ``memory at start: layer 0 ratio 0.05 firing 0.11 | layer 1 ratio 0.05 firing 0.09``."""
+    """One line such as ``memory at start: layer 0 ratio 0.05 firing 0.11 | layer 1 ratio 0.05 firing 0.09``, with
+    `` clamp-saturated 0.98`` after a layer whose products are clamped."""
     parts = [f"layer {row['layer']} ratio {row['ratio']:.3g}"
-             + ("" if row["firing_rate"] is None else f" firing {row['firing_rate']:.2f}") for row in rows]
+             + ("" if row["firing_rate"] is None else f" firing {row['firing_rate']:.2f}")
+             + ("" if row.get("clamp_saturation") is None else f" clamp-saturated {row['clamp_saturation']:.2f}")
+             for row in rows]
     return f"memory {title}: " + " | ".join(parts)
+
+
+def clamp_warning(when: str, rows: list[dict[str, Any]], clamp: float | None) -> str | None:
+    """The warning for the layers whose clamp saturates more than CLAMP_SATURATED of P (None: no such layer)."""
+    from srsum.engine.calibration import CLAMP_SATURATED
+
+    saturated = [row for row in rows if (row.get("clamp_saturation") or 0) > CLAMP_SATURATED]
+    if not saturated:
+        return None
+    first, rest = saturated[0], saturated[1:]
+    others = ", ".join(f"{row['clamp_saturation']:.0%} in layer {row['layer']}" for row in rest)
+    return (f"memory {when}: the products' clamp (±{clamp:g}) saturates {first['clamp_saturation']:.0%} of P in "
+            f"decoder layer {first['layer']}" + (f" ({others})" if others else "")
+            + ": the memory carries little; train with --clamp off")
 
 
 def merge_log(log_history: list[dict[str, Any]], step: int, values: dict[str, Any]) -> None:

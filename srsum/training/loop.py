@@ -25,12 +25,12 @@ from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writa
                                read_trainer_state, recover_run_dir, rng_state, save_checkpoint, set_rng_state)
 from srsum.errors import SrsumError
 from srsum.reporting import Reporter
-from srsum.training.config import (DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
+from srsum.training.config import (CLAMP_OFF, DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
                                    TrainResult, default_run_name, find_resume_dir, resumed_config)
 from srsum.training.batches import epoch_order, label_tokens, loss_sum, micro_batches, step_groups, steps_per_epoch
 from srsum.training.distributed import (agree, gather_shards, make_accelerator, on_main, reduce_sums,
                                         single_process_launch_warning)
-from srsum.training.evaluation import is_better, memory_line, memory_rows, merge_log, validation
+from srsum.training.evaluation import clamp_warning, is_better, memory_line, memory_rows, merge_log, validation
 from srsum.training.inputs import config_file, load_split, new_model_folder, tokenize_split
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -127,7 +127,7 @@ class _Run:
         self.best: dict[str, Any] | None = None
         self.log_history: list[dict[str, Any]] = []
         self.last_metrics: dict[str, Any] = {}
-        self.dead_warned = False
+        self.dead_warned = self.clamp_warned = False
         self.running_loss, self.running_count = 0.0, 0
         self.log_lines = False
         self.window_tokens, self.window_start = 0.0, time.perf_counter()  # label tokens since the last log line
@@ -197,11 +197,10 @@ class _Run:
                 model = load_model(str(self.resume_from), dtype=torch.float32)
             else:  # a plain model is converted (and calibrated on its first training batches) on its device;
                 # an srsum checkpoint as the start of a new run loads as saved (the conversion settings unused)
-                init = {name: getattr(config, name) for name in ("w_init", "memory_ratio")
-                        if getattr(config, name) is not None}
                 model = load_model(str(self.source), attention=config.attention, seg_size=config.seg_size,
                                    dtype=torch.float32, device=self.accelerator.device,
-                                   schedule_length=config.schedule_length, calibration_batch=self.train_batch, **init)
+                                   schedule_length=config.schedule_length, calibration_batch=self.train_batch,
+                                   **config.engine_settings())
         except SrsumError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as error:
@@ -212,6 +211,7 @@ class _Run:
         if self.resume_from is None:  # record what the engine used
             config.w_init = model.config.srformer_w_init
             config.memory_ratio = model.config.srformer_memory_ratio
+            config.clamp = CLAMP_OFF if model.config.srformer_clamp is None else model.config.srformer_clamp
         self.model = model
 
     def _build_optimizer(self) -> None:
@@ -413,8 +413,8 @@ class _Run:
         return True
 
     def memory(self, batch, when: str, note: str = "") -> list[dict[str, Any]]:
-        """The memory report on ``batch`` (main process; [] without a recurrent term), printed; dead layers warned
-        about once a run."""
+        """The memory report on ``batch`` (main process; [] without a recurrent term), printed; dead layers and a
+        saturating products' clamp warned about once a run each."""
         from srsum.engine.calibration import DEAD_RATIO, dead_layers, memory_report
 
         if not self.main:
@@ -429,6 +429,10 @@ class _Run:
                                    f"{', '.join(map(str, dead))} pass{'' if len(dead) > 1 else 'es'} nothing on (the "
                                    f"recurrent term is below {DEAD_RATIO:g} of the local one, or no RAF entry "
                                    "fires)")
+            saturated = clamp_warning(when, rows, self.unwrapped.config.srformer_clamp)
+            if saturated and not self.clamp_warned:
+                self.clamp_warned = True
+                self.reporter.warn(saturated)
         return rows
 
     # ---- checkpoints
