@@ -93,10 +93,20 @@ class EncoderSegments:
                             real)
 
     def _project(self, projection, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows (B, 1, ..., D) -> (B, H, ..., d); rows where ``valid`` (B, 1, ..., 1) is False become zero."""
+        """Rows (B, 1, ..., D) -> (B, H, ..., d); rows where ``valid`` (B, 1, ..., 1) is False become zero.
+        The invalid rows themselves are zero (``segment_keys``), so only a projection with a bias needs the mask."""
         out = projection(rows[:, 0])
         out = out.view(*out.shape[:-1], self.layer.n_heads, self.layer.head_dim).movedim(-2, 1)
-        return out if valid is None else out * valid.to(out.dtype)
+        if valid is None or not self._has_bias(projection):
+            return out
+        return out * valid.to(out.dtype)
+
+    def _has_bias(self, projection) -> bool:
+        """Whether ``projection`` (the layer's key_proj or value_proj) maps a zero row to non-zero: anything
+        but a bias-free nn.Linear counts as yes."""
+        which = 1 if projection == self.layer.key_proj else 2
+        module = getattr(self.layer, self.layer.projection_names[which])
+        return type(module) is not nn.Linear or module.bias is not None
 
     def context(self, variant: str, segment_index: torch.Tensor):
         """As ``ProjectedSegments.context``."""

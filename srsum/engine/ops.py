@@ -381,8 +381,7 @@ def raf_run(base: torch.Tensor, parts: torch.Tensor | None, leak: torch.Tensor |
     Each step is a few passes (U - θ[U > θ] as a select of U - θ, which it computes anyway; λ U + X fused).
     ``raf_scan`` is the training path (autograd)."""
     u = torch.zeros_like(base) if membrane is None else membrane.clone()
-    before, over = torch.empty_like(base), torch.empty_like(base)
-    spike = torch.empty(base.shape, dtype=torch.bool, device=base.device)
+    before, excess = torch.empty_like(base), torch.empty_like(base)
     stepped = None if active is None else torch.empty_like(base)
     fire_scale = threshold if out_scale is None or leak is None else threshold * out_scale
     for step in range(out.shape[1]):
@@ -397,13 +396,12 @@ def raf_run(base: torch.Tensor, parts: torch.Tensor | None, leak: torch.Tensor |
                 torch.div(before, out_scale, out=out[:, step])
             continue
         before.addcmul_(u, leak)  # λ U + X, the membrane before firing
-        torch.sub(before, threshold, out=over)
-        torch.div(over, fire_scale, out=out[:, step]).relu_()  # R = ReLU(U / θ - 1) (⊘ ν)
-        torch.gt(over, 0, out=spike)
-        if active is None:
-            torch.where(spike, over, before, out=u)  # U - θ [U > θ]
-        else:
-            torch.where(spike, over, before, out=stepped)
+        torch.sub(before, threshold, out=excess).clamp_min_(0)  # ReLU(U - θ)
+        torch.div(excess, fire_scale, out=out[:, step])  # R = ReLU(U / θ - 1) (⊘ ν)
+        # U - θ [U > θ], the indicator as sign(ReLU(U - θ)): float kernels only (on CPU a comparison and a
+        # select over a bool mask cost several times more, as in ``raf_step``)
+        torch.addcmul(before, excess.sign_(), threshold, value=-1, out=u if active is None else stepped)
+        if active is not None:
             torch.where(active[:, step].view((-1,) + (1,) * (u.dim() - 1)), stepped, u, out=u)
     return out, u
 
