@@ -100,13 +100,9 @@ def config_from(args: argparse.Namespace):
         overrides["model_tag"] = f"{args.num_heads}-heads"
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.clamp is not None:
-        try:
-            clamp = None if args.clamp == "off" else float(args.clamp)
-        except ValueError:
-            raise SrsumError(f"--clamp takes 'off' or a positive number, got {args.clamp!r}") from None
-        if clamp is not None and clamp <= 0:
-            raise SrsumError(f"--clamp takes 'off' or a positive number, got {args.clamp!r}")
-        config = replace(config, clamp=clamp, conversion_tag=f"clamp-{args.clamp}")
+        from srsum.engine.settings import clamp_from_text
+
+        config = replace(config, clamp=clamp_from_text(args.clamp), conversion_tag=f"clamp-{args.clamp}")
     return config
 
 

@@ -86,6 +86,10 @@ class EncoderSegments:
 
     def __init__(self, layer: "SRformerCrossAttention", rows: EncoderRows):
         self.layer, self.rows, self.seg = layer, rows, rows.seg
+        # padded rows are zero (``segment_keys``): only a projection that maps zero to non-zero (a bias, or
+        # anything but a bias-free nn.Linear) needs its padded outputs masked
+        self.mask_padding = not all(type(module) is nn.Linear and module.bias is None
+                                    for module in (getattr(layer, name) for name in layer.projection_names[1:3]))
         self.globals = None
         if layer.settings.attention == "global":  # project each segment's mean row once (linear: = mean key)
             mean_rows, real = rows.mean_rows
@@ -93,20 +97,10 @@ class EncoderSegments:
                             real)
 
     def _project(self, projection, rows: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Rows (B, 1, ..., D) -> (B, H, ..., d); rows where ``valid`` (B, 1, ..., 1) is False become zero.
-        The invalid rows themselves are zero (``segment_keys``), so only a projection with a bias needs the mask."""
+        """Rows (B, 1, ..., D) -> (B, H, ..., d); rows where ``valid`` (B, 1, ..., 1) is False become zero."""
         out = projection(rows[:, 0])
         out = out.view(*out.shape[:-1], self.layer.n_heads, self.layer.head_dim).movedim(-2, 1)
-        if valid is None or not self._has_bias(projection):
-            return out
-        return out * valid.to(out.dtype)
-
-    def _has_bias(self, projection) -> bool:
-        """Whether ``projection`` (the layer's key_proj or value_proj) maps a zero row to non-zero: anything
-        but a bias-free nn.Linear counts as yes."""
-        which = 1 if projection == self.layer.key_proj else 2
-        module = getattr(self.layer, self.layer.projection_names[which])
-        return type(module) is not nn.Linear or module.bias is not None
+        return out * valid.to(out.dtype) if valid is not None and self.mask_padding else out
 
     def context(self, variant: str, segment_index: torch.Tensor):
         """As ``ProjectedSegments.context``."""
@@ -214,8 +208,8 @@ class DecodeState:
         (B, H, L, k, d), L = min(M, G + 1), or G + 1 with ``fixed`` (shapes that do not depend on n: one
         compiled graph for every input length; the groups past min(M, G + 1) are left unwritten and never
         read, so a short input projects and touches no more rows than it has). The recurrent variants run the RAF ahead of the steps a
-        window of ``window`` positions at a time (``prepare``, called by the decoder before each step, a
-        host-side check): R of the groups those positions read (at most window + 1 of them) sits in a
+        window of ``window`` positions at a time (``prepare_states``, called by the decoder before each
+        step, host-side arithmetic): R of the groups those positions read (at most window + 1 of them) sits in a
         small ring, so R costs (window + 1) d x d matrices per head instead of one per group. A step
         then gathers its context and R with tensor indexing: no host work, no branch on whether σ
         changed, the same kernels at every t (fit for a CUDA graph or one compiled graph)."""
@@ -416,13 +410,14 @@ def prepare_states(pairs: list[tuple["SRformerCrossAttention", DecodeState]], po
     slot 0 keeps that of the group stepped last, still read at the window's start; ``ring_row_of_offset``
     maps t - start to each example's ring row). Host-side arithmetic only (no device sync).
     """
-    states = [(layer, state) for layer, state in pairs if state._next_window(position) is not None]
+    windows = [(layer, state, state._next_window(position)) for layer, state in pairs]
+    states = [(layer, state) for layer, state, window in windows if window is not None]
     if not states:
         return
     first = states[0][1]
-    start, stop = first._next_window(position)
-    if any(state._next_window(position) != (start, stop) or state._host_stepped != first._host_stepped
-           for _, state in states):
+    start, stop = next(window for _, _, window in windows if window is not None)
+    if any(window not in (None, (start, stop)) for _, _, window in windows) or any(
+            state._host_stepped != first._host_stepped for _, state in states):
         raise ValueError("prepare_states: the decoding states do not share one schedule")
     groups = first.group_of_step[:, start:stop]  # (B, T') non-decreasing, at most one new group per position
     previous = torch.tensor(first._host_stepped, device=first.device)  # (B,) a host-to-device copy, no sync

@@ -378,8 +378,8 @@ def raf_run(base: torch.Tensor, parts: torch.Tensor | None, leak: torch.Tensor |
     happens only where True; elsewhere U is left as it was (and that R_l is not to be read).
     A decoder runs this between steps, so it is written for memory traffic: X_l, U and the step's temporaries
     are one (B, ...) block each, reused every step (they stay in cache); only parts_l is read and R_l written.
-    Each step is a few passes (U - θ[U > θ] as a select of U - θ, which it computes anyway; λ U + X fused).
-    ``raf_scan`` is the training path (autograd)."""
+    Each step is a few float passes (λ U + X fused; the soft reset as U - θ sign(ReLU(U - θ)), as in
+    ``raf_step``). ``raf_scan`` is the training path (autograd)."""
     u = torch.zeros_like(base) if membrane is None else membrane.clone()
     before, excess = torch.empty_like(base), torch.empty_like(base)
     stepped = None if active is None else torch.empty_like(base)

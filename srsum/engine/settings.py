@@ -108,6 +108,23 @@ def _positive_float(field: str, value) -> float:
     return number
 
 
+CLAMP_OFF = "off"  # how a user turns the products' clamp off on a command line
+
+
+def clamp_from_text(text) -> float | None:
+    """A command line's clamp: "off" (any case) -> None, a positive number -> that bound; else SrsumError."""
+    word = str(text).strip().lower()
+    if word == CLAMP_OFF:
+        return None
+    try:
+        bound = float(word)
+    except ValueError:
+        bound = float("nan")
+    if not 0 < bound < float("inf"):
+        raise SrsumError(f"--clamp takes '{CLAMP_OFF}' or a positive number, got {text}")
+    return bound
+
+
 def make_settings(family: str, attention: str = "srformer", seg_size=64, schedule_length=128,
                   clamp="default", leak_init=None, threshold_init=None, w_init="calibrated",
                   memory_ratio=DEFAULT_MEMORY_RATIO, calibration=None,

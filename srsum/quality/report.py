@@ -31,8 +31,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def family_of(record: dict) -> str:
-    """The family a run is reported under: "t5" or "bart", then "+<model_tag>" for a non-default size and
-    FROZEN_ENCODER for fine-tunings that kept the encoder frozen (each a section of its own). Results written before BART joined are all T5."""
+    """The family a run is reported under: "t5" or "bart", then "+<model_tag>" for a non-default size,
+    "+<conversion_tag>" for a non-default conversion and FROZEN_ENCODER for fine-tunings that kept the encoder
+    frozen (each a section of its own). Results written before BART joined are all T5."""
     family = record.get("family", "t5")
     for tag in ("model_tag", "conversion_tag"):  # a model size or conversion other than the default: own section
         if record.get(tag):

@@ -251,8 +251,6 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
                        limit=config.eval_limit)
     first_eval = next(task.eval_batches(config.eval_batch_size, config.eval_limit)).to(config.device)
     frozen = {"encoder_frozen": True} if config.freeze_encoder else {}
-    if config.conversion_tag:
-        frozen["conversion_tag"] = config.conversion_tag
     return {**record_keys(job, config), **frozen, "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
             "calibration": calibration, "memory_after": memory_of(model, first_eval),
             "wall_seconds": time.perf_counter() - start}
@@ -281,9 +279,10 @@ def memory_of(model, batch) -> list[dict] | None:
 
 
 def record_keys(job: Job, config: StudyConfig) -> dict:
-    tag = {"model_tag": config.model_tag} if config.model_tag else {}
-    return {"family": job.family, **tag, "task": job.task, "seed": job.seed, "variant": job.variant or "pretrained",
-            "seg_size": job.seg_size}
+    """What identifies a run's record; the tags of a non-default size (every run) or conversion (fine-tunings)."""
+    tags = {"model_tag": config.model_tag, "conversion_tag": config.conversion_tag if job.variant else ""}
+    return {"family": job.family, **{k: v for k, v in tags.items() if v}, "task": job.task, "seed": job.seed,
+            "variant": job.variant or "pretrained", "seg_size": job.seg_size}
 
 
 def run_job(job: Job, config: StudyConfig, work_dir: str, converter=None) -> dict:

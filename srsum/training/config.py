@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from srsum.checkpoints import MODELS_DIR, find_run_dirs, list_checkpoints, read_trainer_state
+from srsum.engine.settings import CLAMP_OFF, clamp_from_text
 from srsum.errors import SrsumError, UsageError
 from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LENGTH
 
 BEST_METRICS = ("rougeLsum", "rougeL", "rouge1", "rouge2", "loss")
 DEFAULT_ATTENTION = "srformer"
 DEFAULT_SEG_SIZE = 64
-CLAMP_OFF = "off"  # --clamp off: the key-value products are not clamped (None: the family's default)
 
 @dataclass
 class TrainingConfig:
@@ -107,16 +107,12 @@ class TrainingConfig:
             if not 0 < ratio < math.inf:
                 raise UsageError(f"--memory-ratio must be a positive number, got {self.memory_ratio}")
             self.memory_ratio = ratio
-        if self.clamp is not None:
-            clamp = str(self.clamp).strip().lower()
-            if clamp != CLAMP_OFF:
-                try:
-                    clamp = float(clamp)
-                except ValueError:
-                    clamp = math.nan
-                if not 0 < clamp < math.inf:
-                    raise UsageError(f"--clamp takes 'off' or a positive number, got {self.clamp}")
-            self.clamp = clamp
+        if self.clamp is not None:  # kept as "off" (None means the family's default here)
+            try:
+                bound = clamp_from_text(self.clamp)
+            except SrsumError as error:
+                raise UsageError(str(error)) from None
+            self.clamp = CLAMP_OFF if bound is None else bound
         if self.model_config is not None and self.model:
             raise UsageError("--model and --config exclude each other: --model starts from pretrained weights, "
                              "--config from a new, randomly initialised model")
