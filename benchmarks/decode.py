@@ -189,12 +189,14 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
             start = time.perf_counter()
             out = decode()
             sync(device)
-            seconds = time.perf_counter() - start
+            end = time.perf_counter()
+            seconds = end - start
         peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()) - before
     assert out.shape[1] == tokens + 1, out.shape
     if device.type != "cuda" and not fresh_peak:
         peak = None  # the high-water mark could not be reset: model building and compiling would count
     return dict(cell, decode_s=seconds, ms_per_step=clock.steady_ms(), decode_ms_per_token=seconds / tokens * 1000,
+                after_first_ms_per_token=clock.after_first_ms(end),
                 total_ms_per_token=seconds / tokens * 1000,  # the issue's name: everything after the encoder
                 tokens_per_s=cell["batch"] * tokens / seconds, peak_mb=None if peak is None else max(peak, 0) / 2**20,
                 bytes_per_step=bytes_per_step(model, cell))
@@ -220,12 +222,15 @@ def run_ct2_cell(cell: dict) -> dict:
         ct2_peer.decode(translator, source, beams, 1 + tokens)  # warm up (untimed)
         fresh_peak = reset_peak_rss()
         before = rss_bytes()
-        one, whole, gaps = [], [], []
+        one, whole, gaps, after_first = [], [], [], []
         for _ in range(repeats):
             one.append(ct2_peer.decode(translator, source, beams, 1))
             stamps: list = []
             whole.append(ct2_peer.decode(translator, source, beams, 1 + tokens, stamps))
+            end = time.perf_counter()
             gaps += [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..1+T (the first holds the encoder)
+            if len(stamps) > 1:  # from the end of step 1 (encoder, keys/values, 1 step) to the end: T steps
+                after_first.append((end - stamps[0]) / (len(stamps) - 1))
         peak = peak_rss_bytes() - before
         del translator
     gaps.sort()
@@ -233,6 +238,10 @@ def run_ct2_cell(cell: dict) -> dict:
     return dict(cell, step=compute, decode_s=step_s * tokens, ms_per_step=step_s * 1000,
                 decode_ms_per_token=step_s * 1000, tokens_per_s=cell["batch"] / step_s if step_s > 0 else None,
                 ms_per_step_median=gaps[len(gaps) // 2] * 1000 if gaps else None,
+                # greedy: timed within one decode (callbacks), free of the encoder's run-to-run noise, which at
+                # n 4k and batch 8 (a 74 s encoder) can swamp the difference of two runs; beams: the difference
+                after_first_ms_per_token=min(after_first) * 1000 if after_first else step_s * 1000,
+                after_first_source="callbacks" if after_first else "difference",
                 one_step_ms=min(one) * 1000, whole_ms=min(whole) * 1000, encoder_ms=(min(one) - step_s) * 1000,
                 peak_mb=max(peak, 0) / 2**20 if fresh_peak and cell["device"] == "cpu" else None,  # CUDA: not measured
                 ct2_version=ct2_version(),
@@ -285,6 +294,13 @@ class StepClock:
     def steady_ms(self) -> float | None:
         gaps = sorted(b - a for a, b in zip(self.starts[1:], self.starts[2:]))
         return gaps[len(gaps) // 2] * 1000 if gaps else None
+
+    def after_first_ms(self, end: float) -> float | None:
+        """The mean time per token after the first step: (end of the decoding - start of step 2) / (T - 1).
+        Everything a decoding does per token is in it (the RAF run-ahead windows, search bookkeeping, load
+        spikes), but not what happens once before step 2 (state building or the cross-attention projection,
+        and the first step): CTranslate2's per-token figure (``run_ct2_cell``) has the same definition."""
+        return (end - self.starts[1]) / (len(self.starts) - 1) * 1000 if len(self.starts) > 1 else None
 
 
 def bytes_per_step(model, cell: dict) -> float:
@@ -397,7 +413,8 @@ def main() -> None:
                         figures = measure(cell, args.device)
                         results["cells"].append(figures)
                         print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system", "step",
-                              "ms_per_step", "ms_per_step_median", "decode_ms_per_token", "one_step_ms", "peak_mb",
+                              "ms_per_step", "ms_per_step_median", "after_first_ms_per_token", "decode_ms_per_token", "one_step_ms",
+                              "peak_mb",
                               "skipped", "error") if k in figures}), flush=True)
     print()
     print(report(results))
@@ -506,7 +523,40 @@ def report(results: dict) -> str:
                                   [[c["model"], c["n"], c["batch"], c["beams"], c["system"], c["step"],
                                     f"{c['one_step_ms']:.0f}", f"{c['whole_ms']:.0f}", c.get("ct2_version")]
                                    for c in ct2]))
+        text += "\n\n" + against_ct2(cells)
     return text
+
+
+def against_ct2(cells: list[dict]) -> str:
+    """Each srsum or peer cell against the CTranslate2 cells of its (model, n, batch, beams), like for like:
+    the mean ms per token after the first step (``after_first_ms_per_token``: neither side's encoder,
+    cross-attention keys/values or state building, nor its first step). The whole decode per token (srsum:
+    state building included; CTranslate2 has no such figure) is listed beside it."""
+    keys = ("model", "n", "batch", "beams")
+    peers = [c for c in cells if c["system"] in CT2_SYSTEMS and c.get("after_first_ms_per_token")]
+    systems = sorted({c["system"] for c in peers}, key=CT2_SYSTEMS.index)
+    rows = []
+    for cell in cells:
+        if cell["system"] in CT2_SYSTEMS or not cell.get("after_first_ms_per_token"):
+            continue
+        same = {c["system"]: c for c in peers if all(c[k] == cell[k] for k in keys)}
+        if not same:
+            continue
+        ours = cell["after_first_ms_per_token"]
+        row = [cell[k] for k in keys] + [label(cell), cell.get("step", ""), f"{ours:.1f}",
+                                         f"{cell['decode_ms_per_token']:.1f}"]
+        for system in systems:
+            peer = same.get(system)
+            row += ["-", "-"] if peer is None else [f"{peer['after_first_ms_per_token']:.1f}"
+                                                    f" ({peer['after_first_source']})",
+                                                    f"{peer['after_first_ms_per_token'] / ours:.2f}x"]
+        rows.append(row)
+    headers = list(keys) + ["system", "step", "ms/token after step 1", "whole decode ms/token"]
+    for system in systems:
+        headers += [f"{system} ms/token after step 1", f"vs {system}"]
+    return ("Against CTranslate2, like for like: the mean ms per token after the first step (for CTranslate2 from "
+            "its per-step callbacks where it has them, greedy, else the 1+T minus 1-token difference):\n"
+            + markdown_table(headers, rows))
 
 
 if __name__ == "__main__":

@@ -439,3 +439,59 @@ def test_raf_steps_equal_raf_step_calls_with_a_carried_membrane_and_inactive_ste
                                    rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(moved, membrane, rtol=1e-12, atol=1e-12)
     assert not ring[:, 0].any() and not ring[:, 6].any()
+
+
+# --------------------------------------------------------------------------- the LM head read by columns (CPU)
+@pytest.mark.parametrize("batch,kwargs", [(1, dict(num_beams=1)), (1, dict(num_beams=2)), (2, dict(num_beams=1))])
+def test_one_or_two_rows_read_the_head_by_columns_and_equal_generate(family, batch, kwargs, monkeypatch):
+    from srsum import decoding
+
+    model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
+    head = model.get_output_embeddings()
+    ids, mask = padded_batch(family, lengths=(40, 29)[:batch])
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False, **kwargs)
+    calls = []
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(b.shape) or real_matmul(a, b))
+    out = generate(model, ids, mask, max_new_tokens=14, **kwargs)
+    assert torch.equal(out, expected)
+    by_columns = getattr(head, decoding.HEAD_COPY)[0]
+    assert by_columns.shape == head.weight.shape[::-1] and torch.equal(by_columns, head.weight.t())
+    assert calls.count(by_columns.shape) == out.shape[1] - 1  # every step's head read the copy
+    assert "forward" not in vars(head)  # the head's own forward is back
+
+
+def test_the_head_copy_follows_an_in_place_update_and_more_rows_make_none(family):
+    from srsum import decoding
+
+    model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
+    head = model.get_output_embeddings()
+    ids, mask = padded_batch(family, lengths=(40,))
+    generate(model, ids, mask, max_new_tokens=5)
+    first = getattr(head, decoding.HEAD_COPY)[0]
+    with torch.no_grad():
+        head.weight.mul_(-1.5)  # an optimizer step would do the same: same tensor, new values
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False)
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=9), expected)
+    assert torch.equal(getattr(head, decoding.HEAD_COPY)[0], head.weight.t())
+    assert not torch.equal(getattr(head, decoding.HEAD_COPY)[0], first)
+    fresh = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
+    ids, mask = padded_batch(family, lengths=(40, 29, 17))
+    generate(fresh, ids, mask, max_new_tokens=5)  # 3 rows: nn.Linear's own layout, no copy
+    assert not hasattr(fresh.get_output_embeddings(), decoding.HEAD_COPY)
+
+
+def test_the_head_gets_its_forward_back_when_decoding_fails(monkeypatch):
+    from srsum import decoding
+
+    model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
+    ids, mask = padded_batch("t5", lengths=(40,))
+
+    def fail(*args, **kwargs):
+        assert "forward" in vars(model.get_output_embeddings())  # the copy is in use while decoding
+        raise SrsumError("stop")
+
+    monkeypatch.setattr(decoding, "greedy_search", fail)
+    with pytest.raises(SrsumError, match="stop"):
+        generate(model, ids, mask, max_new_tokens=5)
+    assert "forward" not in vars(model.get_output_embeddings())
