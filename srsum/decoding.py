@@ -17,7 +17,6 @@ seed gives the same tokens again, and the global RNG is neither read nor moved.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
 from .engine.attention import SRformerCrossAttention, decoding_states, held_tensors, prepare_states
 from .errors import SrsumError, UsageError
+from .step_linears import fast_step_linears
 
 NEG_INF = float("-inf")
 DEAD = -1.0e9  # the score HF gives to beams that must not be chosen
@@ -405,7 +405,8 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
             raise SrsumError("generate: encoder_states needs an SRformer model (srsum.engine.convert)")
         return _hf_generate(model, input_ids, attention_mask, settings, generator)
     special = SpecialTokens.of(model)
-    with output_head_by_columns(model, batch * settings.num_beams):
+    eager = resolve_step(settings.step, device) == "eager"  # packed weights: eager steps (inductor packs its own)
+    with fast_step_linears(model, batch * settings.num_beams, packed=eager):
         decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states,
                                      max_steps=settings.max_new_tokens, step=settings.step)
         if settings.do_sample and generator is None:
@@ -413,46 +414,6 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
         if settings.num_beams == 1:
             return greedy_search(decoder, batch, settings, special, generator)
         return beam_search(decoder, batch, settings, special, generator)
-
-
-HEAD_COPY = "_srsum_head_by_columns"  # on the LM head: (its weight as (D, V), what that copy was made from)
-HEAD_BY_COLUMNS_MAX_ROWS = 2  # up to this many rows per step (batch x beams) the (D, V) copy is the faster
-
-
-@contextlib.contextmanager
-def output_head_by_columns(model, rows: int):
-    """CPU, ``rows`` <= 2 per step: while decoding, the LM head multiplies by its weight laid out (D, V).
-
-    A step's LM head is ``rows`` rows times a V x D matrix far larger than the caches. On CPU, for one or two
-    rows, the same product reads that matrix about twice as fast from a (D, V) copy as nn.Linear does from
-    (V, D); from 4 rows on the gain is gone for bart-base (``benchmarks/head_layout.py``, one thread:
-    t5-small 1 row 6.0 -> 2.6 ms, 2 rows 12.7 -> 5.0; bart-base 12.1 -> 7.3 and 26.7 -> 13.8; 4 rows
-    t5-small 1.17x, bart-base 0.98x). The copy is made on the first such decoding and kept on the head
-    module (not a parameter, not saved), made again when the weight changes (another tensor, or an in-place
-    update); it costs the head's size in memory. Other devices, more rows, and heads that are not a plain
-    ``nn.Linear`` (int8) are left as they are. The head's own forward comes back afterwards."""
-    head = model.get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    if (rows > HEAD_BY_COLUMNS_MAX_ROWS or type(head) is not torch.nn.Linear or weight.device.type != "cpu"
-            or "forward" in vars(head)):
-        yield
-        return
-    source = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
-    copy = getattr(head, HEAD_COPY, None)
-    if copy is None or copy[1] != source:
-        copy = (weight.detach().t().contiguous(), source)  # (D, V)
-        setattr(head, HEAD_COPY, copy)
-    by_columns, bias = copy[0], head.bias
-
-    def forward(hidden: torch.Tensor) -> torch.Tensor:  # (.., D) -> (.., V), as nn.Linear
-        logits = hidden @ by_columns
-        return logits if bias is None else logits + bias
-
-    head.forward = forward
-    try:
-        yield
-    finally:
-        del head.forward  # back to the class's
 
 
 def _hf_generate(model, input_ids, attention_mask, settings: GenerationSettings,

@@ -1,0 +1,102 @@
+"""How a CPU decode step multiplies by its weights: copies laid out for the few rows a step has.
+
+A decode step multiplies a few rows (batch x beams) by every decoder weight and by the LM head, most of
+them larger than the caches, so the step costs what reading them costs. ``nn.Linear`` reads its (out, in)
+weight through MKL's sgemm; on CPU two other layouts of the same weight read faster at a few rows
+(``benchmarks/step_linears.py``, t5-small shapes, one thread, this project's machine):
+
+* the LM head at one or two rows: a plain (in, out) copy, ``x @ copy`` (1 row: 6.0 -> 2.6 ms);
+* the other step linears, and the LM head from 3 rows on: a copy packed by oneDNN for that many rows
+  (``torch.ops.mkldnn``, what inductor's freezing uses): 4 rows, the decoder's 48 linears 12.2 -> 9.4 ms
+  and the head 10.3 -> 5.9 ms; 8 rows 12.9 -> 12.1 and 13.6 -> 7.3 ms.
+
+``fast_step_linears`` swaps those forwards in for the length of a decoding, float32 on CPU only. The packed
+copies run in eager steps only (``packed=False`` for a compiled step: inductor does its own packing). Which
+linears: ``quantization.step_linears`` (every decoder linear but the cross-attention keys/values, which
+project whole segments, and SRformer's W). Each copy is kept on its module (not a parameter, not saved) and
+made again when the weight changes (another tensor, an in-place update) or the rows do; it costs the weight's
+size in memory. Modules that are not a plain ``nn.Linear`` (int8) or already have a forward of their own are
+left alone, and so is everything where oneDNN is not available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+COPY_ATTRIBUTE = "_srsum_step_weight"  # on a module: (how, what it was made from, the copy)
+BY_COLUMNS_MAX_ROWS = 2  # the LM head reads a plain (in, out) copy up to this many rows, a packed one above
+
+
+def packing_available() -> bool:
+    """Whether this torch build packs linear weights with oneDNN (x86 CPU builds do)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def by_columns(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return weight.detach().t().contiguous()  # (in, out)
+
+
+def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)  # opaque, for ``rows`` rows
+
+
+def copy_of(module: nn.Linear, make, rows: int) -> torch.Tensor:
+    """``make(weight, rows)``, kept on the module and made again only when the weight or the rows change."""
+    weight = module.weight
+    source = (make.__name__, rows, weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    kept = getattr(module, COPY_ATTRIBUTE, None)
+    if kept is None or kept[0] != source:
+        kept = (source, make(weight, rows))
+        setattr(module, COPY_ATTRIBUTE, kept)
+    return kept[1]
+
+
+def by_columns_forward(copy: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (.., in) -> (.., out), as nn.Linear
+        out = x @ copy
+        return out if bias is None else out + bias
+    return forward
+
+
+def packed_forward(copy: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
+    return forward
+
+
+def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object]]:
+    """(module, its forward for this decoding) for the step linears that get a copy."""
+    from .quantization import step_linears
+
+    modules = dict(model.named_modules())
+    head = model.get_output_embeddings()
+    plan = []
+    for name in step_linears(model):
+        module = modules[name]
+        if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32 or "forward" in vars(module):
+            continue
+        bias = None if module.bias is None else module.bias.detach()
+        if module is head and rows <= BY_COLUMNS_MAX_ROWS:
+            plan.append((module, by_columns_forward(copy_of(module, by_columns, rows), bias)))
+        elif packed_ok:
+            plan.append((module, packed_forward(copy_of(module, packed, rows), bias)))
+    return plan
+
+
+@contextlib.contextmanager
+def fast_step_linears(model, rows: int, packed: bool = True):
+    """While the block runs, ``model``'s step linears read the copies above (see the module doc); ``rows``:
+    the rows a step multiplies (batch x beams); ``packed``: whether oneDNN-packed copies may be used (eager
+    steps). Their own forwards come back afterwards, also when the block raises."""
+    plan = step_plan(model, rows, packed and packing_available())
+    for module, forward in plan:
+        module.forward = forward
+    try:
+        yield
+    finally:
+        for module, _ in plan:
+            del module.forward  # back to the class's

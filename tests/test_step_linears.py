@@ -1,0 +1,110 @@
+"""The copies a CPU decode step reads its weights from (srsum.step_linears): same tokens, right layouts,
+their own forwards back afterwards."""
+
+import pytest
+import torch
+from torch import nn
+
+from srsum import step_linears
+from srsum.decoding import generate
+from srsum.engine import convert
+from srsum.errors import SrsumError
+from srsum.quantization import step_linears as step_linear_names
+
+from conftest import padded_batch, tiny_model
+from test_engine import excite
+
+needs_packing = pytest.mark.skipif(not step_linears.packing_available(),
+                                   reason="this torch build cannot pack linear weights with oneDNN")
+
+
+def _model(family):
+    return excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
+
+
+def _swapped(model) -> dict:
+    """name -> the forward function a step linear has of its own right now (None: the class's)."""
+    modules = dict(model.named_modules())
+    return {name: vars(modules[name]).get("forward") for name in step_linear_names(model)}
+
+
+@pytest.mark.parametrize("batch,beams", [(1, 1), (1, 2), (2, 1), (1, 4), (3, 3)])
+def test_decoding_with_the_copies_equals_generate(family, batch, beams, monkeypatch):
+    model = _model(family)
+    ids, mask = padded_batch(family, lengths=(40, 29, 17)[:batch])
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
+                              num_beams=beams)
+    seen = []
+    real = step_linears.step_plan
+    monkeypatch.setattr(step_linears, "step_plan", lambda *a: seen.append(a[1:]) or real(*a))
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=14, num_beams=beams), expected)
+    assert seen == [(batch * beams, step_linears.packing_available())]  # rows = batch x beams, eager: packed
+    assert not any(_swapped(model).values())  # every linear has the class's forward back
+
+
+@needs_packing
+def test_the_step_linears_read_packed_copies_and_the_head_a_column_copy_at_one_row():
+    model = _model("t5")
+    head = model.get_output_embeddings()
+    names = step_linear_names(model)
+    modules = dict(model.named_modules())
+    with step_linears.fast_step_linears(model, rows=1):
+        swapped = _swapped(model)
+        assert all(swapped.values()) and len(swapped) == len(names)
+        for name in names:
+            module = modules[name]
+            how, rows = getattr(module, step_linears.COPY_ATTRIBUTE)[0][:2]
+            assert rows == 1 and how == ("by_columns" if module is head else "packed")
+            x = torch.randn(1, 1, module.in_features)
+            torch.testing.assert_close(module(x), nn.functional.linear(x, module.weight, module.bias),
+                                       rtol=1e-5, atol=1e-5)
+    assert not any(_swapped(model).values())
+    with step_linears.fast_step_linears(model, rows=3):  # from 3 rows on the head is packed too
+        assert getattr(head, step_linears.COPY_ATTRIBUTE)[0][:2] == ("packed", 3)
+    with step_linears.fast_step_linears(model, rows=1, packed=False):  # a compiled step: only the head's copy
+        swapped = _swapped(model)
+        assert [name for name in names if swapped[name]] == [n for n in names if modules[n] is head]
+
+
+def test_a_copy_follows_the_weight_and_cross_keys_values_keep_nn_linear(family):
+    model = _model(family)
+    head = model.get_output_embeddings()
+    ids, mask = padded_batch(family, lengths=(40,))
+    generate(model, ids, mask, max_new_tokens=5)
+    first = getattr(head, step_linears.COPY_ATTRIBUTE)[1]
+    with torch.no_grad():
+        head.weight.mul_(-1.5)  # as an optimizer step would: same tensor, new values
+    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False)
+    assert torch.equal(generate(model, ids, mask, max_new_tokens=9), expected)
+    assert torch.equal(getattr(head, step_linears.COPY_ATTRIBUTE)[1], head.weight.t())
+    assert not torch.equal(getattr(head, step_linears.COPY_ATTRIBUTE)[1], first)
+    names = set(step_linear_names(model))
+    for name, module in model.named_modules():  # whole segments go through the keys/values: left as they are
+        if name.endswith(("EncDecAttention.k", "EncDecAttention.v", "encoder_attn.k_proj", "encoder_attn.v_proj")):
+            assert name not in names and not hasattr(module, step_linears.COPY_ATTRIBUTE)
+
+
+def test_no_copies_without_onednn_or_off_float32(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    model = _model("bart")
+    with step_linears.fast_step_linears(model, rows=4):  # 4 rows: only packed copies would apply
+        assert not any(_swapped(model).values())
+    double = _model("t5").double()
+    with step_linears.fast_step_linears(double, rows=1):
+        assert not any(_swapped(double).values())
+
+
+def test_the_linears_get_their_forwards_back_when_decoding_fails(monkeypatch):
+    from srsum import decoding
+
+    model = _model("t5")
+    ids, mask = padded_batch("t5", lengths=(40,))
+
+    def fail(*args, **kwargs):
+        assert all(_swapped(model).values()) or not step_linears.packing_available()
+        raise SrsumError("stop")
+
+    monkeypatch.setattr(decoding, "greedy_search", fail)
+    with pytest.raises(SrsumError, match="stop"):
+        generate(model, ids, mask, max_new_tokens=5)
+    assert not any(_swapped(model).values())
