@@ -6,9 +6,11 @@ weight through MKL's sgemm; on CPU two other layouts of the same weight read fas
 (``benchmarks/step_linears.py``, t5-small shapes, one thread, this project's machine):
 
 * the LM head at one or two rows: a plain (in, out) copy, ``x @ copy`` (1 row: 6.0 -> 2.6 ms);
-* the other step linears, and the LM head from 3 rows on: a copy packed by oneDNN for that many rows
-  (``torch.ops.mkldnn``, what inductor's freezing uses): 4 rows, the decoder's 48 linears 12.2 -> 9.4 ms
-  and the head 10.3 -> 5.9 ms; 8 rows 12.9 -> 12.1 and 13.6 -> 7.3 ms.
+* from 2 rows on, the other step linears, and the LM head from 3 rows on: a copy packed by oneDNN for that
+  many rows (``torch.ops.mkldnn``, what inductor's freezing uses): 4 rows, the decoder's 48 linears 12.2 ->
+  9.4 ms and the head 10.3 -> 5.9 ms; 8 rows 12.9 -> 12.1 and 13.6 -> 7.3 ms. At one row the packed
+  decoder linears were faster alone (7.8 -> 7.2 ms) but not inside a real step: a whole decode at batch 1
+  took 2 ms per token more with them (four A/B pairs, t5-small, n 1k), so one row keeps ``nn.Linear``.
 
 ``fast_step_linears`` swaps those forwards in for the length of a decoding, float32 on CPU only. The packed
 copies run in eager steps only (``packed=False`` for a compiled step: inductor does its own packing). Which
@@ -28,6 +30,7 @@ from torch import nn
 
 COPY_ATTRIBUTE = "_srsum_step_weight"  # on a module: (how, what it was made from, the copy)
 BY_COLUMNS_MAX_ROWS = 2  # the LM head reads a plain (in, out) copy up to this many rows, a packed one above
+PACKED_MIN_ROWS = 2  # the other step linears read packed copies from this many rows on
 
 
 def packing_available() -> bool:
@@ -82,7 +85,7 @@ def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object
         bias = None if module.bias is None else module.bias.detach()
         if module is head and rows <= BY_COLUMNS_MAX_ROWS:
             plan.append((module, by_columns_forward(copy_of(module, by_columns, rows), bias)))
-        elif packed_ok:
+        elif packed_ok and rows >= PACKED_MIN_ROWS:
             plan.append((module, packed_forward(copy_of(module, packed, rows), bias)))
     return plan
 

@@ -43,27 +43,29 @@ def test_decoding_with_the_copies_equals_generate(family, batch, beams, monkeypa
 
 
 @needs_packing
-def test_the_step_linears_read_packed_copies_and_the_head_a_column_copy_at_one_row():
-    model = _model("t5")
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_the_step_linears_read_packed_copies_from_two_rows_and_the_head_a_column_copy_up_to_two(family):
+    model = _model(family)
     head = model.get_output_embeddings()
     names = step_linear_names(model)
     modules = dict(model.named_modules())
-    with step_linears.fast_step_linears(model, rows=1):
-        swapped = _swapped(model)
-        assert all(swapped.values()) and len(swapped) == len(names)
-        for name in names:
-            module = modules[name]
-            how, rows = getattr(module, step_linears.COPY_ATTRIBUTE)[0][:2]
-            assert rows == 1 and how == ("by_columns" if module is head else "packed")
-            x = torch.randn(1, 1, module.in_features)
-            torch.testing.assert_close(module(x), nn.functional.linear(x, module.weight, module.bias),
-                                       rtol=1e-5, atol=1e-5)
-    assert not any(_swapped(model).values())
-    with step_linears.fast_step_linears(model, rows=3):  # from 3 rows on the head is packed too
-        assert getattr(head, step_linears.COPY_ATTRIBUTE)[0][:2] == ("packed", 3)
-    with step_linears.fast_step_linears(model, rows=1, packed=False):  # a compiled step: only the head's copy
-        swapped = _swapped(model)
-        assert [name for name in names if swapped[name]] == [n for n in names if modules[n] is head]
+    for rows in (2, 3):
+        with step_linears.fast_step_linears(model, rows=rows):
+            swapped = _swapped(model)
+            assert all(swapped.values()) and len(swapped) == len(names)
+            for name in names:
+                module = modules[name]
+                how, made_for = getattr(module, step_linears.COPY_ATTRIBUTE)[0][:2]
+                assert made_for == rows and how == ("by_columns" if module is head and rows <= 2 else "packed")
+                x = torch.randn(rows, 1, module.in_features)
+                torch.testing.assert_close(module(x), nn.functional.linear(x, module.weight, module.bias),
+                                           rtol=1e-5, atol=1e-5)
+        assert not any(_swapped(model).values())
+    for packed in (True, False):  # one row, or a compiled step (no packed copies): only the head has a copy
+        with step_linears.fast_step_linears(model, rows=1 if packed else 4, packed=packed):
+            swapped = _swapped(model)
+            assert [name for name in names if swapped[name]] == ([n for n in names if modules[n] is head]
+                                                               if packed else [])
 
 
 def test_a_copy_follows_the_weight_and_cross_keys_values_keep_nn_linear(family):
@@ -98,10 +100,11 @@ def test_the_linears_get_their_forwards_back_when_decoding_fails(monkeypatch):
     from srsum import decoding
 
     model = _model("t5")
-    ids, mask = padded_batch("t5", lengths=(40,))
+    ids, mask = padded_batch("t5", lengths=(40, 29))  # 2 rows: packed copies and the head's (in, out) one
 
     def fail(*args, **kwargs):
-        assert all(_swapped(model).values()) or not step_linears.packing_available()
+        swapped = _swapped(model)
+        assert all(swapped.values()) if step_linears.packing_available() else any(swapped.values())
         raise SrsumError("stop")
 
     monkeypatch.setattr(decoding, "greedy_search", fail)
