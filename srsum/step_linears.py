@@ -28,7 +28,9 @@ import contextlib
 import torch
 from torch import nn
 
-COPY_ATTRIBUTE = "_srsum_step_weight"  # on a module: (how, what it was made from, the copy)
+from .quantization import step_linears as step_linear_names
+
+COPY_ATTRIBUTE = "_srsum_step_weight"  # on a module: ((how, rows, what it was made from), the copy)
 BY_COLUMNS_MAX_ROWS = 2  # the LM head reads a plain (in, out) copy up to this many rows, a packed one above
 PACKED_MIN_ROWS = 2  # the other step linears read packed copies from this many rows on
 
@@ -39,21 +41,18 @@ def packing_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def by_columns(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    return weight.detach().t().contiguous()  # (in, out)
-
-
-def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)  # opaque, for ``rows`` rows
-
-
-def copy_of(module: nn.Linear, make, rows: int) -> torch.Tensor:
-    """``make(weight, rows)``, kept on the module and made again only when the weight or the rows change."""
+def copy_of(module: nn.Linear, how: str, rows: int) -> torch.Tensor:
+    """The module's weight as ``how`` says ("by_columns": (in, out); "packed": oneDNN's layout for ``rows``
+    rows, an opaque tensor), kept on the module and made again only when the weight, or a packed copy's rows,
+    change."""
     weight = module.weight
-    source = (make.__name__, rows, weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    made_for = rows if how == "packed" else None  # an (in, out) copy serves any number of rows
+    source = (how, made_for, weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
     kept = getattr(module, COPY_ATTRIBUTE, None)
     if kept is None or kept[0] != source:
-        kept = (source, make(weight, rows))
+        plain = weight.detach()
+        copy = plain.t().contiguous() if how == "by_columns" else torch.ops.mkldnn._reorder_linear_weight(plain, rows)
+        kept = (source, copy)
         setattr(module, COPY_ATTRIBUTE, kept)
     return kept[1]
 
@@ -73,20 +72,18 @@ def packed_forward(copy: torch.Tensor, bias: torch.Tensor | None):
 
 def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object]]:
     """(module, its forward for this decoding) for the step linears that get a copy."""
-    from .quantization import step_linears
-
     modules = dict(model.named_modules())
     head = model.get_output_embeddings()
     plan = []
-    for name in step_linears(model):
+    for name in step_linear_names(model):
         module = modules[name]
         if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32 or "forward" in vars(module):
             continue
         bias = None if module.bias is None else module.bias.detach()
         if module is head and rows <= BY_COLUMNS_MAX_ROWS:
-            plan.append((module, by_columns_forward(copy_of(module, by_columns, rows), bias)))
+            plan.append((module, by_columns_forward(copy_of(module, "by_columns", rows), bias)))
         elif packed_ok and rows >= PACKED_MIN_ROWS:
-            plan.append((module, packed_forward(copy_of(module, packed, rows), bias)))
+            plan.append((module, packed_forward(copy_of(module, "packed", rows), bias)))
     return plan
 
 
