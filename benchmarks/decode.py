@@ -159,7 +159,7 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
     dtype = getattr(torch, cell["dtype"])
     if cell.get("threads"):
         torch.set_num_threads(cell["threads"])
-    key = (cell["model"], cell["system"])
+    key = (cell["model"], cell["system"], cell["seg_size"], cell["new_tokens"], cell["dtype"])  # what build_model reads
     if models is None:
         model = build_model(cell)
     else:
@@ -377,6 +377,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run each srsum and peer cell this many times, "
                         "each in a fresh process on CPU, and keep the fastest whole decode (every repeat's figures "
                         "are kept in the JSON); CTranslate2 cells repeat inside one process (--ct2-repeats)")
+    parser.add_argument("--in-process", action="store_true", help="CPU: run every srsum and peer cell in this "
+                        "process (models built once), as CUDA runs do, instead of one process per cell: cells then "
+                        "share one process's state, which takes the process-to-process spread out of a comparison "
+                        "across n (peak MB is then less meaningful: freed memory is reused)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
     args = parser.parse_args()
     if args.threads:
@@ -419,7 +423,7 @@ def main() -> None:
                             results["cells"].append(dict(cell, skipped=f"needs ~{need:.0f} GB"))
                             print(f"  skip {cell} (~{need:.0f} GB)", flush=True)
                             continue
-                        figures = measure_best(cell, args.device, args.repeats)
+                        figures = measure_best(cell, args.device, args.repeats, args.in_process)
                         results["cells"].append(figures)
                         print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system", "step",
                               "ms_per_step", "ms_per_step_median", "after_first_ms_per_token", "decode_ms_per_token", "one_step_ms",
@@ -431,7 +435,7 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
 
-CUDA_MODELS: dict = {}
+IN_PROCESS_MODELS: dict = {}  # models built once for the cells run in this process (CUDA, --in-process)
 
 
 def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]) -> list[tuple[str, str, int]]:
@@ -458,15 +462,15 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
     return triples
 
 
-def measure(cell: dict, device: str) -> dict:
+def measure(cell: dict, device: str, in_process: bool = False) -> dict:
     if cell["system"] in CT2_SYSTEMS:
         import ct2_peer
 
         if not ct2_peer.available():
             return dict(cell, skipped=ct2_peer.NOT_INSTALLED)
-    if device.startswith("cuda"):
+    if device.startswith("cuda") or in_process:
         try:
-            return run_cell(cell, CUDA_MODELS)
+            return run_cell(cell, IN_PROCESS_MODELS)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return dict(cell, error="out of memory")
@@ -476,14 +480,14 @@ def measure(cell: dict, device: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_best(cell: dict, device: str, repeats: int) -> dict:
+def measure_best(cell: dict, device: str, repeats: int, in_process: bool = False) -> dict:
     """``measure`` ``repeats`` times (CTranslate2: once, it repeats inside), kept: the run with the fastest
     whole decode, with every run's steady step, mean after step 1 and whole decode per token beside it.
     On this shared 2-core host one process's step can sit ~15% above another's for the same cell and code
     (runs A6-A8: the same cell gave 38 or 44 ms), so a fixed-s comparison across n takes the best of a few."""
     if cell["system"] in CT2_SYSTEMS or repeats <= 1:
-        return measure(cell, device)
-    runs_ = [measure(cell, device) for _ in range(repeats)]
+        return measure(cell, device, in_process)
+    runs_ = [measure(cell, device, in_process) for _ in range(repeats)]
     timed = [r for r in runs_ if "decode_s" in r]
     if not timed:
         return runs_[-1]

@@ -5,15 +5,17 @@ them larger than the caches, so the step costs what reading them costs. ``nn.Lin
 weight through MKL's sgemm; on CPU two other layouts of the same weight read faster at a few rows
 (``benchmarks/step_linears.py``, t5-small shapes, one thread, this project's machine):
 
-* the LM head at one or two rows: a plain (in, out) copy, ``x @ copy`` (1 row: 6.0 -> 2.6 ms);
-* from 2 rows on, the other step linears, and the LM head from 3 rows on: a copy packed by oneDNN for that
-  many rows (``torch.ops.mkldnn``, what inductor's freezing uses): 4 rows, the decoder's 48 linears 12.2 ->
-  9.4 ms and the head 10.3 -> 5.9 ms; 8 rows 12.9 -> 12.1 and 13.6 -> 7.3 ms. At one row the packed
-  decoder linears were faster alone (7.8 -> 7.2 ms) but not inside a real step: a whole decode at batch 1
-  took 2 ms per token more with them (four A/B pairs, t5-small, n 1k), so one row keeps ``nn.Linear``.
+* from 2 rows on, every step linear: a copy packed by oneDNN for that many rows (``torch.ops.mkldnn``,
+  what inductor's freezing uses): 2 rows, the decoder's 48 linears 11.9 -> 8.4 ms and the LM head 14.3 ->
+  5.0 ms; 4 rows 11.1 -> 9.6 and 10.3 -> 6.2; 8 rows 13.2 -> 11.8 and 11.8 -> 7.4 (bart-base: 1.1-1.6x
+  and 1.4-2.3x). At one row the packed decoder linears are about as fast alone (8.0 -> 7.7 ms) and slower
+  inside a real step (a batch-1 decode took 2 ms per token more with them, four A/B pairs, t5-small, n 1k),
+  so one row keeps ``nn.Linear`` for them;
+* the LM head at one row, and at two where there are no packed copies (a compiled step): a plain (in, out)
+  copy, ``x @ copy`` (1 row: 6.2 -> 2.8 ms; 2 rows 14.3 -> 5.3).
 
 ``fast_step_linears`` swaps those forwards in for the length of a decoding, float32 on CPU only. The packed
-copies run in eager steps only (``packed=False`` for a compiled step: inductor does its own packing). Which
+copies run in eager steps only (``packed=False`` for a compiled step, which is left to inductor). Which
 linears: ``quantization.step_linears`` (every decoder linear but the cross-attention keys/values, which
 project whole segments, and SRformer's W). Each copy is kept on its module (not a parameter, not saved) and
 made again when the weight changes (another tensor, an in-place update) or the rows do; it costs the weight's
@@ -31,8 +33,8 @@ from torch import nn
 from .quantization import step_linears as step_linear_names
 
 COPY_ATTRIBUTE = "_srsum_step_weight"  # on a module: ((how, rows, what it was made from), the copy)
-BY_COLUMNS_MAX_ROWS = 2  # the LM head reads a plain (in, out) copy up to this many rows, a packed one above
-PACKED_MIN_ROWS = 2  # the other step linears read packed copies from this many rows on
+PACKED_MIN_ROWS = 2  # every step linear reads a packed copy from this many rows on (eager steps)
+BY_COLUMNS_MAX_ROWS = 2  # below that, or without packed copies, the LM head reads an (in, out) copy up to here
 
 
 def packing_available() -> bool:
@@ -80,10 +82,10 @@ def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object
         if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32 or "forward" in vars(module):
             continue
         bias = None if module.bias is None else module.bias.detach()
-        if module is head and rows <= BY_COLUMNS_MAX_ROWS:
-            plan.append((module, by_columns_forward(copy_of(module, "by_columns", rows), bias)))
-        elif packed_ok and rows >= PACKED_MIN_ROWS:
+        if packed_ok and rows >= PACKED_MIN_ROWS:
             plan.append((module, packed_forward(copy_of(module, "packed", rows), bias)))
+        elif module is head and rows <= BY_COLUMNS_MAX_ROWS:
+            plan.append((module, by_columns_forward(copy_of(module, "by_columns", rows), bias)))
     return plan
 
 

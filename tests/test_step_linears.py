@@ -44,7 +44,7 @@ def test_decoding_with_the_copies_equals_generate(family, batch, beams, monkeypa
 
 @needs_packing
 @pytest.mark.parametrize("family", ["t5", "bart"])
-def test_the_step_linears_read_packed_copies_from_two_rows_and_the_head_a_column_copy_up_to_two(family):
+def test_the_step_linears_read_packed_copies_from_two_rows_and_the_head_a_column_copy_below(family):
     model = _model(family)
     head = model.get_output_embeddings()
     names = step_linear_names(model)
@@ -56,17 +56,19 @@ def test_the_step_linears_read_packed_copies_from_two_rows_and_the_head_a_column
             for name in names:
                 module = modules[name]
                 how, made_for = getattr(module, step_linears.COPY_ATTRIBUTE)[0][:2]
-                by_columns = module is head and rows <= 2
+                by_columns = False  # from 2 rows on: packed, the head too
                 assert how == ("by_columns" if by_columns else "packed") and made_for == (None if by_columns else rows)
                 x = torch.randn(rows, 1, module.in_features)
                 torch.testing.assert_close(module(x), nn.functional.linear(x, module.weight, module.bias),
                                            rtol=1e-5, atol=1e-5)
         assert not any(_swapped(model).values())
-    for packed in (True, False):  # one row, or a compiled step (no packed copies): only the head has a copy
-        with step_linears.fast_step_linears(model, rows=1 if packed else 4, packed=packed):
+    head_only = [n for n in names if modules[n] is head]
+    for rows, packed, expected in ((1, True, head_only), (2, False, head_only), (4, False, [])):
+        with step_linears.fast_step_linears(model, rows=rows, packed=packed):  # packed=False: a compiled step
             swapped = _swapped(model)
-            assert [name for name in names if swapped[name]] == ([n for n in names if modules[n] is head]
-                                                               if packed else [])
+            assert [name for name in names if swapped[name]] == expected
+            if expected:
+                assert getattr(head, step_linears.COPY_ATTRIBUTE)[0][:2] == ("by_columns", None)
 
 
 def test_a_copy_follows_the_weight_and_cross_keys_values_keep_nn_linear(family):
