@@ -417,14 +417,20 @@ def test_raf_steps_equal_raf_step_calls_with_a_carried_membrane_and_inactive_ste
     start = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
     leak, threshold = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.2, dtype=torch.float64)
     active = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 3 + [False] * 2])
-    fired, membrane = ops.raf_steps(base, parts, 5, leak, threshold, start.clone(), active)
+
+    def raf_steps(base, parts, steps, leak, threshold, membrane=None, active=None):  # raf_run, attention layout
+        out = base.new_empty((base.shape[0], steps) + base.shape[1:])
+        out, membrane = ops.raf_run(base, parts.movedim(2, 1), leak, threshold, out, membrane, active)
+        return out.movedim(1, 2), membrane
+
+    fired, membrane = raf_steps(base, parts, 5, leak, threshold, start.clone(), active)
     for b in range(3):
         u = start[b:b + 1]
         for step in range(int(active[b].sum())):
             u, r = ops.raf_step(u, base[b:b + 1] - parts[b:b + 1, :, step], leak, threshold)
             torch.testing.assert_close(fired[b:b + 1, :, step], r, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(membrane[b:b + 1], u, rtol=1e-12, atol=1e-12)
-    no_raf, kept = ops.raf_steps(base, parts, 5, None, None, start)
+    no_raf, kept = raf_steps(base, parts, 5, None, None, start)
     torch.testing.assert_close(no_raf, base[:, :, None] - parts)
     assert torch.equal(kept, start)  # ablation III has no membrane to move
     # what a decoder does: R ⊘ ν written straight into a strided ring slice, the membrane not modified

@@ -354,18 +354,6 @@ class _RAFScan(torch.autograd.Function):
                 grad_threshold.to(threshold.dtype).reshape(threshold.shape))
 
 
-def raf_steps(base: torch.Tensor, parts: torch.Tensor | None, steps: int, leak: torch.Tensor | None,
-              threshold: torch.Tensor | None, membrane: torch.Tensor | None = None,
-              active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """R for each of ``steps`` RAF steps, X_l = base - parts_l (parts None: X_l = base): the maths of
-    ``steps`` calls of ``raf_step``; leak None: ablation III, R_l = X_l. base (B, H, d, d), parts
-    (B, H, L, d, d) -> R (B, H, L, d, d) and the membrane after (``raf_run`` in the attention layout)."""
-    out = base.new_empty((base.shape[0], steps) + base.shape[1:])
-    out, membrane = raf_run(base, None if parts is None else parts.movedim(2, 1), leak, threshold, out,
-                            membrane, active)
-    return out.movedim(1, 2), membrane
-
-
 def raf_run(base: torch.Tensor, parts: torch.Tensor | None, leak: torch.Tensor | None,
             threshold: torch.Tensor | None, out: torch.Tensor, membrane: torch.Tensor | None = None,
             active: torch.Tensor | None = None, out_scale: torch.Tensor | None = None):

@@ -125,6 +125,11 @@ def clamp_from_text(text) -> float | None:
     return bound
 
 
+def clamp_to_text(bound: float | None) -> str | float:
+    """The inverse of ``clamp_from_text``: None (no clamp) -> "off", a bound -> itself."""
+    return CLAMP_OFF if bound is None else bound
+
+
 def make_settings(family: str, attention: str = "srformer", seg_size=64, schedule_length=128,
                   clamp="default", leak_init=None, threshold_init=None, w_init="calibrated",
                   memory_ratio=DEFAULT_MEMORY_RATIO, calibration=None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from srsum.checkpoints import MODELS_DIR, find_run_dirs, list_checkpoints, read_trainer_state
-from srsum.engine.settings import CLAMP_OFF, clamp_from_text
+from srsum.engine.settings import clamp_from_text, clamp_to_text
 from srsum.errors import SrsumError, UsageError
 from srsum.tokenization import DEFAULT_MAX_SOURCE_LENGTH, DEFAULT_MAX_TARGET_LENGTH
 
@@ -66,8 +66,8 @@ class TrainingConfig:
         """The conversion settings given (w_init, memory_ratio, clamp: "off" is None there) for ``convert``."""
         given = {name: getattr(self, name) for name in ("w_init", "memory_ratio", "clamp")
                  if getattr(self, name) is not None}
-        if given.get("clamp") == CLAMP_OFF:
-            given["clamp"] = None
+        if "clamp" in given:
+            given["clamp"] = clamp_from_text(given["clamp"])
         return given
 
     def validate(self) -> TrainingConfig:
@@ -112,7 +112,7 @@ class TrainingConfig:
                 bound = clamp_from_text(self.clamp)
             except SrsumError as error:
                 raise UsageError(str(error)) from None
-            self.clamp = CLAMP_OFF if bound is None else bound
+            self.clamp = clamp_to_text(bound)
         if self.model_config is not None and self.model:
             raise UsageError("--model and --config exclude each other: --model starts from pretrained weights, "
                              "--config from a new, randomly initialised model")
@@ -213,8 +213,7 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
                          f"{config.seg_size}; drop --seg-size or start a new run with another --output-dir")
     saved_conversion = {name: saved_model.get(f"srformer_{name}") for name in ("w_init", "memory_ratio")}
     if "srformer_clamp" in saved_model:  # null there: no clamp
-        saved_clamp = saved_model["srformer_clamp"]
-        saved_conversion["clamp"] = CLAMP_OFF if saved_clamp is None else saved_clamp
+        saved_conversion["clamp"] = clamp_to_text(saved_model["srformer_clamp"])
     for flag, name in (("--w-init", "w_init"), ("--memory-ratio", "memory_ratio"), ("--clamp", "clamp")):
         given, saved = getattr(config, name), saved_conversion.get(name)
         if given is not None and saved is not None and given != saved:

@@ -23,9 +23,10 @@ from srsum import __version__
 from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writable_dir, last_checkpoint,
                                list_checkpoints, load_torch_file, prune_checkpoints, read_rng_state,
                                read_trainer_state, recover_run_dir, rng_state, save_checkpoint, set_rng_state)
+from srsum.engine.settings import clamp_to_text
 from srsum.errors import SrsumError
 from srsum.reporting import Reporter
-from srsum.training.config import (CLAMP_OFF, DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
+from srsum.training.config import (DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
                                    TrainResult, default_run_name, find_resume_dir, resumed_config)
 from srsum.training.batches import epoch_order, label_tokens, loss_sum, micro_batches, step_groups, steps_per_epoch
 from srsum.training.distributed import (agree, gather_shards, make_accelerator, on_main, reduce_sums,
@@ -211,7 +212,7 @@ class _Run:
         if self.resume_from is None:  # record what the engine used
             config.w_init = model.config.srformer_w_init
             config.memory_ratio = model.config.srformer_memory_ratio
-            config.clamp = CLAMP_OFF if model.config.srformer_clamp is None else model.config.srformer_clamp
+            config.clamp = clamp_to_text(model.config.srformer_clamp)
         self.model = model
 
     def _build_optimizer(self) -> None:
