@@ -388,6 +388,8 @@ def main() -> None:
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
+    # a bad --systems or --step: one line and exit 1, before any cell runs
+    runs(parse_list(args.systems, str), parse_list(args.step, str), args.device, parse_list(args.seg_size))
     if args.max_gb is None:
         args.max_gb = 0.9 * device_gb(args.device)
     print(f"machine: {machine()}  device: {args.device}  dtype: {args.dtype}  max GB: {args.max_gb:.1f}\n",
@@ -442,6 +444,7 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
     """(system, step, s) triples: the peer once (``generate`` has no step option, full attention no s),
     srsum once per step and segment size, with ``auto`` resolved as srsum resolves it."""
     from srsum.decoding import resolve_step
+    from srsum.errors import UsageError
 
     triples = []
     for system in systems:
@@ -456,7 +459,10 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
                              f"{', '.join(SYSTEMS + INT8_SYSTEMS + CT2_SYSTEMS)}")
         for step in steps:
             for seg_size in (seg_sizes[:1] if system == "full" else seg_sizes):
-                triple = (system, resolve_step(step, torch.device(device)), seg_size)
+                try:
+                    triple = (system, resolve_step(step, torch.device(device)), seg_size)
+                except UsageError as error:  # one line, no traceback
+                    raise SystemExit(f"--{error}") from None
                 if triple not in triples:
                     triples.append(triple)
     return triples
