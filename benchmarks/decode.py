@@ -47,8 +47,11 @@ cell of a process pays no more than the others), then is timed: a decode of ``--
 (``decode_ms_per_token``: everything per token, state building included), whose steps are also clocked;
 ``ms_per_step`` is the steady step: the median interval between the starts of consecutive steps after the
 first (``StepClock``: state building and the first step drop out, and so do load spikes). ``--max-gb`` defaults to 90% of the device's memory
-(CUDA: the GPU's total; CPU: MemAvailable). ``--repeats N`` runs each srsum and peer cell N times (CPU: each
-in a fresh process) and keeps the fastest whole decode, listing every repeat's figures in the JSON.
+(CUDA: the GPU's total; CPU: MemAvailable). ``--repeats N`` runs the grid N times, round-robin (every srsum
+and peer cell once, CPU: each in a fresh process, then every cell again), and gives each cell the best of its
+N runs, figure by figure (``best_of``: the smallest times, the largest peak), listing every run's figures in
+the JSON. Where a grid has more than one n, a last table follows each srsum setting's steady step
+across n (issue 13's "flat in n"), with the spread of its runs.
 """
 
 from __future__ import annotations
@@ -374,9 +377,10 @@ def main() -> None:
                         "torch's and CTranslate2's choice)")
     parser.add_argument("--ct2-repeats", type=int, default=3, help="CTranslate2: best of this many 1-token and "
                         "1+T-token decodes")
-    parser.add_argument("--repeats", type=int, default=1, help="run each srsum and peer cell this many times, "
-                        "each in a fresh process on CPU, and keep the fastest whole decode (every repeat's figures "
-                        "are kept in the JSON); CTranslate2 cells repeat inside one process (--ct2-repeats)")
+    parser.add_argument("--repeats", type=int, default=1, help="run the grid this many times, round-robin (each "
+                        "srsum and peer cell once per round, in a fresh process on CPU), and keep each cell's best "
+                        "figures (every round's are kept in the JSON); CTranslate2 cells run once and repeat inside "
+                        "(--ct2-repeats)")
     parser.add_argument("--in-process", action="store_true", help="CPU: run every srsum and peer cell in this "
                         "process (models built once), as CUDA runs do, instead of one process per cell: cells then "
                         "share one process's state, which takes the process-to-process spread out of a comparison "
@@ -401,6 +405,7 @@ def main() -> None:
         known = gpu_bandwidth_gbps(torch.cuda.get_device_name(0))
         results["bandwidth_gbps"] = known[0] if known else None
         print(f"assumed bandwidth: {known}", flush=True)
+    grid = []  # the cells to time, in order; skipped cells go straight into the results
     for model_name in parse_list(args.models, str):
         shape = random_model(model_name).config
         layers = getattr(shape, "num_decoder_layers", None) or shape.decoder_layers
@@ -422,15 +427,10 @@ def main() -> None:
                         heads = getattr(shape, "num_heads", None) or shape.decoder_attention_heads
                         need = estimate_gb(cell, shape.d_model, layers, shape.d_model // heads)
                         if need > args.max_gb:
-                            results["cells"].append(dict(cell, skipped=f"needs ~{need:.0f} GB"))
                             print(f"  skip {cell} (~{need:.0f} GB)", flush=True)
-                            continue
-                        figures = measure_best(cell, args.device, args.repeats, args.in_process)
-                        results["cells"].append(figures)
-                        print("  " + json.dumps({k: figures.get(k) for k in ("n", "batch", "beams", "system", "step",
-                              "ms_per_step", "ms_per_step_median", "after_first_ms_per_token", "decode_ms_per_token", "one_step_ms",
-                              "peak_mb",
-                              "skipped", "error") if k in figures}), flush=True)
+                            cell = dict(cell, skipped=f"needs ~{need:.0f} GB")
+                        grid.append(cell)
+    results["cells"] = measure_grid(grid, args.device, args.repeats, args.in_process)
     print()
     print(report(results))
     if args.json:
@@ -486,18 +486,45 @@ def measure(cell: dict, device: str, in_process: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_best(cell: dict, device: str, repeats: int, in_process: bool = False) -> dict:
-    """``measure`` ``repeats`` times (CTranslate2: once, it repeats inside), kept: the run with the fastest
-    whole decode, with every run's steady step, mean after step 1 and whole decode per token beside it.
-    On this shared 2-core host one process's step can sit ~15% above another's for the same cell and code
-    (runs A6-A8: the same cell gave 38 or 44 ms), so a fixed-s comparison across n takes the best of a few."""
-    if cell["system"] in CT2_SYSTEMS or repeats <= 1:
-        return measure(cell, device, in_process)
-    runs_ = [measure(cell, device, in_process) for _ in range(repeats)]
-    timed = [r for r in runs_ if "decode_s" in r]
-    if not timed:
-        return runs_[-1]
+TIMED = ("decode_s", "ms_per_step", "after_first_ms_per_token", "decode_ms_per_token", "total_ms_per_token")
+
+
+def measure_grid(grid: list[dict], device: str, repeats: int, in_process: bool = False) -> list[dict]:
+    """Time every cell of ``grid`` (skipped cells pass through) in ``repeats`` rounds, round-robin: each
+    round times every srsum and peer cell once (CPU: each in a fresh process unless ``in_process``), and
+    CTranslate2's cells run in the first round only (they repeat inside, ``--ct2-repeats``). Each cell's
+    figures are then ``best_of`` its rounds. Round-robin, not one cell's repeats back to back: on this
+    shared 2-core host a slow spell lasts minutes (one process gave the same batch-8 cell 29.9, 31.5 and
+    33.9 ms per step in three rounds, and its neighbour 30.9 then 37.8), so consecutive repeats would put a
+    whole spell on one cell, and with it on one n of a comparison across n."""
+    timed = [[] for _ in grid]
+    for round_ in range(repeats):
+        for cell, done in zip(grid, timed):
+            if "skipped" in cell or (round_ and (cell["system"] in CT2_SYSTEMS or "decode_s" not in done[-1])):
+                continue  # CTranslate2 repeats inside; a cell that failed or was skipped is not retried
+            figures = measure(cell, device, in_process)
+            done.append(figures)
+            prefix = f"  [{round_ + 1}/{repeats}] " if repeats > 1 else "  "
+            print(prefix + json.dumps({k: figures.get(k) for k in (
+                "n", "batch", "beams", "system", "step", "seg_size", "ms_per_step", "ms_per_step_median",
+                "after_first_ms_per_token", "decode_ms_per_token", "one_step_ms", "peak_mb", "skipped", "error")
+                if k in figures}), flush=True)
+    return [cell if not done else best_of(done) for cell, done in zip(grid, timed)]
+
+
+def best_of(rounds: list[dict]) -> dict:
+    """One cell's figures from its rounds: each time the smallest of the rounds (noise on a shared host only
+    ever adds; ``tokens_per_s`` follows the fastest whole decode), peak memory the largest. Every round's
+    steady step, mean after step 1 and whole decode per token are kept beside (``repeats_<figure>``)."""
+    timed = [r for r in rounds if "decode_s" in r]
+    if len(rounds) == 1 or not timed:
+        return rounds[-1]
     best = dict(min(timed, key=lambda r: r["decode_s"]))
+    for key in TIMED:
+        values = [r[key] for r in timed if r.get(key) is not None]
+        best[key] = min(values) if values else None
+    peaks = [r["peak_mb"] for r in timed if r.get("peak_mb") is not None]
+    best["peak_mb"] = max(peaks) if peaks else None
     for key in ("ms_per_step", "after_first_ms_per_token", "decode_ms_per_token"):
         best[f"repeats_{key}"] = [r.get(key) for r in timed]
     return best
@@ -560,7 +587,42 @@ def report(results: dict) -> str:
                                     f"{c['one_step_ms']:.0f}", f"{c['whole_ms']:.0f}", c.get("ct2_version")]
                                    for c in ct2]))
         text += "\n\n" + against_ct2(cells)
+    flat = flat_in_n(cells)
+    if flat:
+        text += "\n\n" + flat
     return text
+
+
+def flat_in_n(cells: list[dict]) -> str:
+    """The steady step of each srsum setting (model, batch, beams, system, step, s) across n, against its
+    smallest n: issue 13's "flat in n" (target: within 10% at batch 8). With ``--repeats`` each figure is
+    the best of the runs, and the runs' range follows in brackets. Empty when the grid has one n."""
+    keys = ("model", "batch", "beams", "system", "step", "seg_size")
+    timed = [c for c in cells if c.get("ms_per_step") and c["system"] not in ("peer",) + CT2_SYSTEMS]
+    ns = sorted({c["n"] for c in timed})
+    if len(ns) < 2:
+        return ""
+    settings = list(dict.fromkeys(tuple(c[k] for k in keys) for c in timed))
+    rows = []
+    for setting in settings:
+        at = {c["n"]: c for c in timed if tuple(c[k] for k in keys) == setting}
+        if ns[0] not in at:
+            continue
+        base = at[ns[0]]["ms_per_step"]
+        row = list(setting[:3]) + [label(dict(zip(keys, setting))), setting[4]]
+        for n in ns:
+            cell = at.get(n)
+            if cell is None:
+                row.append("-")
+                continue
+            runs_ = [r for r in cell.get("repeats_ms_per_step", []) if r is not None]
+            spread = f" ({min(runs_):.1f}-{max(runs_):.1f})" if len(runs_) > 1 else ""
+            change = "" if n == ns[0] else f" {cell['ms_per_step'] / base - 1:+.1%}"
+            row.append(f"{cell['ms_per_step']:.1f}{change}{spread}")
+        rows.append(row)
+    return ("Flat in n: srsum's steady ms/step at each n, change against n = " + str(ns[0])
+            + " (with --repeats: the best run, the runs' range in brackets):\n"
+            + markdown_table(["model", "batch", "beams", "system", "step"] + [f"n={n}" for n in ns], rows))
 
 
 def against_ct2(cells: list[dict]) -> str:
