@@ -34,7 +34,7 @@ import json
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -540,37 +540,54 @@ def load_examples(
     return _load_hub(name, config or None, split, text_column, summary_column, limit)
 
 
-def _examples_from_table(path: Path) -> list[Example]:
-    """Articles from a table file (all rows, text from article/document/text/...); non-empty texts."""
-    examples = load_examples(str(path), split=ALL_SPLITS)
-    for example in examples:
-        if not example.text.strip():
-            raise SrsumError(f"{path}: article {example.id!r} is empty")
-    return examples
+@dataclass
+class Failure:
+    """An input that could not be read or summarized."""
+
+    name: str
+    message: str
 
 
-def read_articles(paths: list[str]) -> list[Example]:
-    """Read the articles for the ``summarize`` command, in the order given.
+def collect_articles(paths: Sequence[str], text_column: str | None = None) -> tuple[list[Example], list[Failure]]:
+    """Read articles for ``summarize``: each file, folder, table file or ``-`` on its own.
 
-    Each path is ``"-"`` (stdin), a folder (its ``.txt`` files, sorted, ``*.summary.txt`` skipped),
-    a ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file (every row; text from the first of
-    :data:`TEXT_COLUMNS`), or any other file read as one plain-text article.
-    Raises SrsumError naming the file for a missing, empty or whitespace-only article; use
-    :func:`read_article` to handle text files one at a time.
+    ``text_column`` names the article column of table files (.jsonl/.json/.csv/.parquet); by default
+    the usual names (article, document, text, ...) are tried.
+
+    A file that cannot be used (missing, empty, a folder without .txt files, an empty row of a
+    .jsonl) becomes a :class:`Failure` naming it; the rest are still returned. Ids are made unique.
     """
     if not paths:
         raise SrsumError("no articles given: pass one or more files, a folder, or - for stdin")
     examples: list[Example] = []
+    failures: list[Failure] = []
     for raw in paths:
         path = Path(raw).expanduser()
-        if raw == "-":
-            examples.append(read_article(raw))
-        elif path.is_dir():
-            examples.extend(read_article(str(p)) for p in _article_files(path))
-        elif path.suffix.lower() in TABLE_SUFFIXES:
-            if not path.exists():
-                raise SrsumError(f"file not found: {raw}")
-            examples.extend(_examples_from_table(path))
-        else:
-            examples.append(read_article(str(path)))
-    return examples
+        try:
+            if raw == "-":
+                examples.append(read_article(raw))
+            elif path.is_dir():
+                for file in _article_files(path):
+                    try:
+                        examples.append(read_article(str(file)))
+                    except SrsumError as error:
+                        failures.append(Failure(str(file), str(error)))
+            elif path.suffix.lower() in TABLE_SUFFIXES:
+                if not path.exists():
+                    raise SrsumError(f"file not found: {raw}")
+                for example in load_examples(str(path), split=ALL_SPLITS, text_column=text_column):
+                    if example.text.strip():
+                        examples.append(Example(example.id, example.text.strip(), example.summary))
+                    else:
+                        failures.append(Failure(f"{raw}: {example.id}", f"{raw}: article {example.id!r} is empty"))
+            else:
+                examples.append(read_article(raw))
+        except SrsumError as error:
+            failures.append(Failure(raw, str(error)))
+    seen: dict[str, int] = {}
+    for example in examples:
+        count = seen.get(example.id, 0)
+        seen[example.id] = count + 1
+        if count:
+            example.id = f"{example.id}-{count + 1}"
+    return examples, failures

@@ -4,8 +4,8 @@ The CLI only parses options and calls these functions; tests call them directly 
 
 * :func:`load_summarizer` loads a model (an srsum checkpoint, a plain T5/BART folder or Hub name, or
   the newest checkpoint under ``models/``) and its tokenizer.
-* :func:`collect_articles` reads articles from files, folders, ``.jsonl`` and stdin; a bad file is
-  reported and the others are kept.
+* :func:`srsum.data.collect_articles` (imported here) reads articles from files, folders, ``.jsonl`` and
+  stdin; a bad file is reported and the others are kept.
 * :func:`summarize_examples` generates summaries with :func:`srsum.decoding.generate`.
 
 ROUGE evaluation (``srsum evaluate``) is in :mod:`srsum.evaluation`.
@@ -25,8 +25,7 @@ from typing import Any
 
 from srsum.checkpoints import (MODELS_DIR, atomic_write_text, ensure_writable_dir,
                                find_newest_model, read_trainer_state)
-from srsum.data import (ALL_SPLITS, TABLE_SUFFIXES, Example, _article_files, load_examples,
-                        read_article)
+from srsum.data import Example, Failure, collect_articles
 from srsum.errors import SrsumError, UsageError
 from srsum.reporting import Reporter
 
@@ -105,7 +104,8 @@ class SummarizeSettings:
     def _no_sampling_values(self) -> None:
         given = [flag for key, flag in SAMPLING_OPTIONS.items() if getattr(self, key) is not None]
         if given:
-            raise UsageError(f"{', '.join(given)} only apply when sampling: add --do-sample")
+            verb = "apply" if len(given) > 1 else "applies"
+            raise UsageError(f"{', '.join(given)} only {verb} when sampling: add --do-sample")
 
     def for_model(self, model) -> SummarizeSettings:
         """These settings with every unset generation field filled: from the model's
@@ -277,63 +277,6 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
     tokenizer = load_tokenizer(model)
     state = read_trainer_state(model) if Path(model).is_dir() else {}
     return Summarizer(loaded, tokenizer, model, state)
-
-
-# ---------------------------------------------------------------------------------------------
-# articles
-
-
-@dataclass
-class Failure:
-    """An input that could not be read or summarized."""
-
-    name: str
-    message: str
-
-
-def collect_articles(paths: Sequence[str], text_column: str | None = None) -> tuple[list[Example], list[Failure]]:
-    """Read articles for ``summarize``: each file, folder, table file or ``-`` on its own.
-
-    ``text_column`` names the article column of table files (.jsonl/.json/.csv/.parquet); by default
-    the usual names (article, document, text, ...) are tried.
-
-    A file that cannot be used (missing, empty, a folder without .txt files, an empty row of a
-    .jsonl) becomes a :class:`Failure` naming it; the rest are still returned. Ids are made unique.
-    """
-    if not paths:
-        raise SrsumError("no articles given: pass one or more files, a folder, or - for stdin")
-    examples: list[Example] = []
-    failures: list[Failure] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        try:
-            if raw == "-":
-                examples.append(read_article(raw))
-            elif path.is_dir():
-                for file in _article_files(path):
-                    try:
-                        examples.append(read_article(str(file)))
-                    except SrsumError as error:
-                        failures.append(Failure(str(file), str(error)))
-            elif path.suffix.lower() in TABLE_SUFFIXES:
-                if not path.exists():
-                    raise SrsumError(f"file not found: {raw}")
-                for example in load_examples(str(path), split=ALL_SPLITS, text_column=text_column):
-                    if example.text.strip():
-                        examples.append(Example(example.id, example.text.strip(), example.summary))
-                    else:
-                        failures.append(Failure(f"{raw}: {example.id}", f"{raw}: article {example.id!r} is empty"))
-            else:
-                examples.append(read_article(raw))
-        except SrsumError as error:
-            failures.append(Failure(raw, str(error)))
-    seen: dict[str, int] = {}
-    for example in examples:
-        count = seen.get(example.id, 0)
-        seen[example.id] = count + 1
-        if count:
-            example.id = f"{example.id}-{count + 1}"
-    return examples, failures
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,10 +14,10 @@ from srsum.data import (
     DATASETS,
     DataWarning,
     Example,
+    collect_articles,
     lead_n,
     load_examples,
     read_article,
-    read_articles,
     source_prefix,
 )
 from srsum.errors import SrsumError
@@ -279,7 +280,7 @@ def test_real_hub_call_in_offline_mode_fails_fast_with_srsum_error(monkeypatch):
 # --- articles, prefixes, lead-n --------------------------------------------------------------
 
 
-def test_read_articles_files_folders_jsonl_and_stdin(tmp_path, monkeypatch):
+def test_collect_articles_files_folders_jsonl_and_stdin(tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "2.txt").write_text("Two.", encoding="utf-8")
@@ -289,26 +290,29 @@ def test_read_articles_files_folders_jsonl_and_stdin(tmp_path, monkeypatch):
     single.write_text("A story.", encoding="utf-8")
     jsonl = _write_jsonl(tmp_path / "many.jsonl", [{"id": "j", "document": "From jsonl.", "split": "train"}])
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"From stdin.\n"), encoding="utf-8"))
-    examples = read_articles([str(folder), str(single), str(jsonl), "-"])
+    examples, failures = collect_articles([str(folder), str(single), str(jsonl), "-"])
+    assert failures == []
     assert [(e.id, e.text) for e in examples] == [
         ("1", "One."), ("2", "Two."), ("story", "A story."), ("j", "From jsonl."), ("stdin", "From stdin."),
     ]
 
 
-def test_read_articles_errors_name_the_file(tmp_path):
+def test_collect_articles_failures_name_the_file_and_keep_the_rest(tmp_path):
     blank = tmp_path / "blank.txt"
     blank.write_text(" \n\t\n", encoding="utf-8")
-    for path, message in [(blank, "blank.txt is empty"), (tmp_path / "missing.txt", "not found: .*missing.txt")]:
-        with pytest.raises(SrsumError, match=message) as info:
-            read_articles([str(path)])
-        _one_line_error(info)
+    good = tmp_path / "good.txt"
+    good.write_text("Fine.", encoding="utf-8")
     jsonl = _write_jsonl(tmp_path / "rows.jsonl", [{"id": "r1", "article": "ok"}, {"id": "r2", "article": "  "}])
-    with pytest.raises(SrsumError, match=r"rows.jsonl: article 'r2' is empty"):
-        read_articles([str(jsonl)])
+    examples, failures = collect_articles([str(blank), str(tmp_path / "missing.txt"), str(good), str(jsonl)])
+    assert [(e.id, e.text) for e in examples] == [("good", "Fine."), ("r1", "ok")]
+    assert [f.name for f in failures] == [str(blank), str(tmp_path / "missing.txt"), f"{jsonl}: r2"]
+    for failure, message in zip(failures, ["blank.txt is empty", "not found: .*missing.txt",
+                                           r"rows.jsonl: article 'r2' is empty"]):
+        assert re.search(message, failure.message) and "\n" not in failure.message
     with pytest.raises(SrsumError, match="is a folder"):
         read_article(str(tmp_path))
     with pytest.raises(SrsumError, match="no articles"):
-        read_articles([])
+        collect_articles([])
 
 
 def test_source_prefix():

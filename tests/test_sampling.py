@@ -190,7 +190,7 @@ def test_summarize_settings_take_the_models_sampling_defaults():
     assert isinstance(drawn.seed, int) and drawn.with_seed() == drawn  # a seed drawn once, then kept
     with pytest.raises(UsageError, match="--temperature, --seed only apply when sampling: add --do-sample"):
         SummarizeSettings(temperature=0.5, seed=1).for_model(plain)
-    with pytest.raises(UsageError, match="--top-k only apply when sampling"):
+    with pytest.raises(UsageError, match="--top-k only applies when sampling"):
         SummarizeSettings(do_sample=False, top_k=5).validate()
 
 
@@ -216,7 +216,7 @@ def one_error_line(result, code=2) -> str:
     (["--top-p", "0"], "--top-p: must be in (0, 1] (1: off), got 0.0"),
     (["--top-p", "1.01"], "--top-p: must be in (0, 1] (1: off), got 1.01"),
     (["--seed", "-1"], "--seed: must be an integer from 0 to 2**64 - 1, got -1"),
-    (["--no-sample", "--top-p", "0.9"], "--top-p only apply when sampling: add --do-sample"),
+    (["--no-sample", "--top-p", "0.9"], "--top-p only applies when sampling: add --do-sample"),
 ])
 def test_bad_sampling_options_are_one_line_with_exit_code_2(tmp_path, command, option, message):
     article = tmp_path / "article.txt"
@@ -242,7 +242,7 @@ def test_summarize_samples_reproducibly_from_the_command_line(tiny_t5_dir, tmp_p
     plain = run("summarize", article, "--model", tiny_t5_dir, "--device", "cpu", "--max-length", 12, "--num-beams", 1)
     assert greedy.stdout == plain.stdout
     line = one_error_line(run("summarize", article, "--model", tiny_t5_dir, "--device", "cpu", "--temperature", 2))
-    assert "--temperature only apply when sampling: add --do-sample" in line  # the model does not sample
+    assert "--temperature only applies when sampling: add --do-sample" in line  # the model does not sample
 
 
 def test_evaluate_records_the_sampling_values_used(tiny_t5_dir, tmp_path, shared_data):
