@@ -61,8 +61,10 @@ import functools
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -385,6 +387,10 @@ def main() -> None:
                         "process (models built once), as CUDA runs do, instead of one process per cell: cells then "
                         "share one process's state, which takes the process-to-process spread out of a comparison "
                         "across n (peak MB is then less meaningful: freed memory is reused)")
+    parser.add_argument("--lockstep", action="store_true", help="after the grid, decode each srsum setting at "
+                        "every n of the grid together, one step of each in turn (in this process, one decoding "
+                        "running at a time), --repeats times, for a flat-in-n comparison that a slow spell on the host "
+                        "hits at every n alike")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
     args = parser.parse_args()
     if args.threads:
@@ -392,6 +398,8 @@ def main() -> None:
     if args.cell:
         print(json.dumps(run_cell(json.loads(args.cell))))
         return
+    if args.lockstep and args.new_tokens < 3:
+        raise SystemExit("--lockstep needs --new-tokens of 3 or more (the steady step leaves out the first step)")
     # a bad --systems or --step: one line and exit 1, before any cell runs
     runs(parse_list(args.systems, str), parse_list(args.step, str), args.device, parse_list(args.seg_size))
     if args.max_gb is None:
@@ -431,6 +439,8 @@ def main() -> None:
                             cell = dict(cell, skipped=f"needs ~{need:.0f} GB")
                         grid.append(cell)
     results["cells"] = measure_grid(grid, args.device, args.repeats, args.in_process)
+    if args.lockstep:
+        results["lockstep"] = lockstep_grid(grid, args.repeats)
     print()
     print(report(results))
     if args.json:
@@ -530,6 +540,145 @@ def best_of(rounds: list[dict]) -> dict:
     return best
 
 
+class Turnstile:
+    """Decodings that take turns, one step each: a decoding waits for its turn before it starts, and at every
+    step (``SharedStateDecoder.logits``) hands the turn to the next one and waits for it back, so exactly one
+    runs at any moment and each of its steps is timed alone, while host noise lasting longer than a few steps
+    falls on all of them alike. ``steps[i]``: decoding i's step durations, from taking the turn to its next
+    step call (the step and its search bookkeeping); [0] is its state building, [1] its first step."""
+
+    def __init__(self, count: int):
+        self.condition = threading.Condition()
+        self.active, self.turn = list(range(count)), 0
+        self.steps = [[] for _ in range(count)]
+        self.since = [0.0] * count
+        self.local = threading.local()  # .index: which decoding this thread runs
+
+    def wait(self, index: int) -> None:
+        with self.condition:
+            self.condition.wait_for(lambda: self.turn == index)
+        self.since[index] = time.perf_counter()
+
+    def pass_on(self, index: int, leaving: bool = False) -> None:
+        if not leaving:
+            self.steps[index].append(time.perf_counter() - self.since[index])
+        with self.condition:
+            after = self.active[(self.active.index(index) + 1) % len(self.active)]
+            if leaving:
+                self.active.remove(index)
+            self.turn = after if self.active else None
+            self.condition.notify_all()
+
+    def __enter__(self):
+        import srsum.decoding
+
+        self._original = original = srsum.decoding.SharedStateDecoder.logits
+
+        @functools.wraps(original)
+        def logits(decoder, tokens):
+            index = getattr(self.local, "index", None)
+            if index is not None:
+                self.pass_on(index)
+                self.wait(index)
+            return original(decoder, tokens)
+
+        srsum.decoding.SharedStateDecoder.logits = logits
+        return self
+
+    def __exit__(self, *exc):
+        import srsum.decoding
+
+        srsum.decoding.SharedStateDecoder.logits = self._original
+
+
+def lockstep(cells: list[dict], rounds: int) -> list[list[float]]:
+    """Decode ``cells`` (srsum cells of one setting, e.g. at several n) in turns, one step each
+    (``Turnstile``), ``rounds`` times, each with its own copy of the model (a decoding swaps its model's step
+    linears for its length), after one untimed decode of each alone. Returns, per round, each cell's steady
+    step in ms: the median of its step durations after the first step (``StepClock``'s definition, each step
+    timed alone instead of start to start)."""
+    from srsum.decoding import generate
+
+    jobs = []
+    for cell in cells:
+        model = build_model(cell)
+        encoder = torch.randn(cell["batch"], cell["n"], model.config.d_model,
+                              generator=torch.Generator().manual_seed(0)).to(device=cell["device"],
+                                                                            dtype=getattr(torch, cell["dtype"]))
+        mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=cell["device"])
+        jobs.append(functools.partial(generate, model, None, mask, num_beams=cell["beams"], step=cell["step"],
+                                      max_new_tokens=cell["new_tokens"], min_new_tokens=cell["new_tokens"],
+                                      encoder_states=encoder))
+    with torch.no_grad():
+        for job in jobs:
+            job()  # warm up alone: kernels, allocator, compiling
+    return [in_turns(jobs, cells[0].get("threads")) for _ in range(rounds)]
+
+
+def in_turns(jobs: list, threads: int | None) -> list[float]:
+    """Run ``jobs`` (decodings) in threads that take turns one step each; each one's steady step in ms."""
+    turnstile, errors = Turnstile(len(jobs)), []
+
+    def run(index: int) -> None:
+        if threads:
+            torch.set_num_threads(threads)  # a new thread starts with the default
+        turnstile.local.index = index
+        turnstile.wait(index)
+        try:
+            with torch.no_grad():  # thread-local
+                jobs[index]()
+        except BaseException as error:  # noqa: BLE001 (raised again in the calling thread)
+            errors.append(error)
+        finally:
+            turnstile.pass_on(index, leaving=True)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    with turnstile:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    if errors:
+        raise errors[0]
+    return [statistics.median(steps[2:]) * 1000 for steps in turnstile.steps]
+
+
+def lockstep_grid(grid: list[dict], rounds: int) -> list[dict]:
+    """``lockstep`` each srsum setting of the grid across its n, ``rounds`` times; printed when done."""
+    keys = ("model", "batch", "beams", "system", "step", "seg_size")
+    timed = [c for c in grid if "skipped" not in c and c["system"] not in ("peer",) + CT2_SYSTEMS]
+    settings = list(dict.fromkeys(tuple(c[k] for k in keys) for c in timed))
+    results = []
+    for setting in settings:
+        cells = sorted((c for c in timed if tuple(c[k] for k in keys) == setting), key=lambda c: c["n"])
+        if len(cells) < 2:
+            continue
+        result = dict(zip(keys, setting), n=[c["n"] for c in cells], rounds=lockstep(cells, rounds))
+        results.append(result)
+        for round_, run in enumerate(result["rounds"]):
+            print(f"  lockstep [{round_ + 1}/{rounds}] {label(result)} {setting[4]} batch {setting[1]} beams "
+                  f"{setting[2]}: " + ", ".join(f"n={n} {ms:.1f}" for n, ms in zip(result["n"], run)), flush=True)
+    return results
+
+
+def lockstep_table(results: list[dict]) -> str:
+    """Each setting's steady step per n in lockstep, and against the smallest n: each round's change (the two
+    steps of a round were timed turn about) and their median."""
+    rows = []
+    for result in results:
+        changes = [[ms / run[0] - 1 for ms in run[1:]] for run in result["rounds"]]
+        for j, n in enumerate(result["n"][1:]):
+            each = [change[j] for change in changes]
+            rows.append([result["model"], result["batch"], result["beams"], label(result), result["step"],
+                         f"{result['n'][0]} -> {n}",
+                         " / ".join(f"{run[0]:.1f} -> {run[j + 1]:.1f}" for run in result["rounds"]),
+                         " ".join(f"{c:+.1%}" for c in each), f"{statistics.median(each):+.1%}"])
+    return ("Flat in n, in lockstep (each round decodes every n together, one step each in turn; steady ms/step "
+            "per round, its change against the smallest n, and the median change):\n"
+            + markdown_table(["model", "batch", "beams", "system", "step", "n", "ms/step per round",
+                              "change per round", "median change"], rows))
+
+
 def label(cell: dict) -> str:
     """The system, with its segment size where it has one."""
     plain = ("peer", "full") + CT2_SYSTEMS
@@ -590,6 +739,8 @@ def report(results: dict) -> str:
     flat = flat_in_n(cells)
     if flat:
         text += "\n\n" + flat
+    if results.get("lockstep"):
+        text += "\n\n" + lockstep_table(results["lockstep"])
     return text
 
 

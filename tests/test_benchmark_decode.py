@@ -103,13 +103,39 @@ def test_flat_in_n_table_gives_each_setting_its_change_against_the_smallest_n():
     assert decode_bench.flat_in_n(cells[:1]) == ""  # one n: no table
 
 
-def test_repeats_run_the_real_grid_in_rounds_and_print_the_flat_in_n_table():
+def test_repeats_run_the_real_grid_in_rounds_and_print_the_flat_in_n_tables():
     command = [sys.executable, str(ROOT / "benchmarks" / "decode.py"), "--models", "t5-small", "--n", "64,256",
                "--batch", "1", "--beams", "1", "--systems", "srformer", "--seg-size", "8", "--step", "eager",
-               "--new-tokens", "3", "--threads", "1", "--no-encoder", "--in-process", "--repeats", "2"]
+               "--new-tokens", "4", "--threads", "1", "--no-encoder", "--in-process", "--repeats", "2", "--lockstep"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert [line.split("]")[0].strip() for line in out.stdout.splitlines() if line.startswith("  [")] == [
         "[1/2", "[1/2", "[2/2", "[2/2"]
     flat = out.stdout.split("Flat in n")[1]
     assert "| t5-small | 1 | 1 | srformer s=8 | eager |" in flat
+    # in lockstep: both n decoded together in turns, once per round
+    assert [line.split(":")[0].strip() for line in out.stdout.splitlines() if "lockstep [" in line] == [
+        "lockstep [1/2] srformer s=8 eager batch 1 beams 1", "lockstep [2/2] srformer s=8 eager batch 1 beams 1"]
+    assert "| t5-small | 1 | 1 | srformer s=8 | eager | 64 -> 256 |" in out.stdout.split("in lockstep")[1]
+
+
+def test_turnstile_lets_one_decoding_run_at_a_time_in_turns_and_times_each_step():
+    turnstile, log = decode_bench.Turnstile(3), []
+
+    def worker(index, steps):
+        turnstile.local.index = index
+        turnstile.wait(index)
+        for step in range(steps):
+            log.append((index, step))
+            turnstile.pass_on(index)  # what the logits hook does at each step
+            turnstile.wait(index)
+        turnstile.pass_on(index, leaving=True)
+
+    threads = [decode_bench.threading.Thread(target=worker, args=(i, steps)) for i, steps in enumerate([3, 1, 3])]
+    for thread in reversed(threads):  # started in any order: turn 0 goes first
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert log == [(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2), (2, 2)]  # 1 left after its step: 0 and 2 go on
+    assert [len(steps) for steps in turnstile.steps] == [3, 1, 3]
+    assert turnstile.active == [] and turnstile.turn is None
