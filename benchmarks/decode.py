@@ -52,6 +52,14 @@ and peer cell once, CPU: each in a fresh process, then every cell again), and gi
 N runs, figure by figure (``best_of``: the smallest times, the largest peak), listing every run's figures in
 the JSON. Where a grid has more than one n, a last table follows each srsum setting's steady step
 across n (issue 13's "flat in n"), with the spread of its runs.
+
+``--lockstep`` (after the grid, in this process): each srsum setting is decoded at every n of the grid
+together, one step of each in turn (``Turnstile``: threads that hand each other the turn at every step, so
+one decoding runs at a time and each step is timed alone), ``--repeats`` rounds, each decoding with its own
+copy of the model. On a shared host a slow spell lasts from a few steps to minutes: a separate decode per n
+can land in one and not the other (the same batch-8 cell gave 33 to 48 ms per step in consecutive decodes of
+one process), while turn about it falls on every n alike. Its table gives each round's change across n and
+their median.
 """
 
 from __future__ import annotations
