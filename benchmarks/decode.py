@@ -160,16 +160,30 @@ def build_model(cell: dict):
     return model
 
 
-def run_cell(cell: dict, models: dict | None = None) -> dict:
-    """Decode one cell in this process and return its figures (``models`` caches built models)."""
-    if cell["system"] in CT2_SYSTEMS:
-        return run_ct2_cell(cell)
+def decoding(model, cell: dict):
+    """The cell's decode as a call: ``--new-tokens`` tokens, exactly, from a random encoder output of length n
+    (seed 0), by ``generate`` (the peer) or srsum's decoder with the cell's step."""
     from transformers.modeling_outputs import BaseModelOutput
 
     from srsum.decoding import generate
 
     device = torch.device(cell["device"])
-    dtype = getattr(torch, cell["dtype"])
+    gen = torch.Generator(device=device).manual_seed(0)
+    encoder = torch.randn(cell["batch"], cell["n"], model.config.d_model, generator=gen, device=device)
+    encoder = encoder.to(getattr(torch, cell["dtype"]))
+    mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=device)
+    options = dict(num_beams=cell["beams"], max_new_tokens=cell["new_tokens"], min_new_tokens=cell["new_tokens"])
+    if cell["system"] == "peer":
+        return functools.partial(model.generate, encoder_outputs=BaseModelOutput(last_hidden_state=encoder),
+                                 attention_mask=mask, do_sample=False, **options)
+    return functools.partial(generate, model, None, mask, encoder_states=encoder, step=cell["step"], **options)
+
+
+def run_cell(cell: dict, models: dict | None = None) -> dict:
+    """Decode one cell in this process and return its figures (``models`` caches built models)."""
+    if cell["system"] in CT2_SYSTEMS:
+        return run_ct2_cell(cell)
+    device = torch.device(cell["device"])
     if cell.get("threads"):
         torch.set_num_threads(cell["threads"])
     key = (cell["model"], cell["system"], cell["seg_size"], cell["new_tokens"], cell["dtype"])  # what build_model reads
@@ -177,22 +191,8 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
         model = build_model(cell)
     else:
         model = models[key] = models.get(key) or build_model(cell)
-    d_model = model.config.d_model
-    gen = torch.Generator(device=device).manual_seed(0)
-    encoder = torch.randn(cell["batch"], cell["n"], d_model, generator=gen, device=device).to(dtype)
-    mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=device)
     tokens = cell["new_tokens"]
-    options = dict(num_beams=cell["beams"], max_new_tokens=tokens, min_new_tokens=tokens)
-    if cell["system"] != "peer":
-        options["step"] = cell["step"]
-
-    def decode(steps=tokens):
-        opts = dict(options, max_new_tokens=steps, min_new_tokens=steps)
-        if cell["system"] == "peer":
-            return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder), attention_mask=mask,
-                                  do_sample=False, **opts)
-        return generate(model, None, mask, encoder_states=encoder, **opts)
-
+    decode = decoding(model, cell)
     with torch.no_grad():
         decode()  # warm up kernels, allocator, CUDA graphs (and compile) at the timed shapes
         sync(device)
@@ -605,18 +605,7 @@ def lockstep(cells: list[dict], rounds: int) -> list[list[float]]:
     linears for its length), after one untimed decode of each alone. Returns, per round, each cell's steady
     step in ms: the median of its step durations after the first step (``StepClock``'s definition, each step
     timed alone instead of start to start)."""
-    from srsum.decoding import generate
-
-    jobs = []
-    for cell in cells:
-        model = build_model(cell)
-        encoder = torch.randn(cell["batch"], cell["n"], model.config.d_model,
-                              generator=torch.Generator().manual_seed(0)).to(device=cell["device"],
-                                                                            dtype=getattr(torch, cell["dtype"]))
-        mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=cell["device"])
-        jobs.append(functools.partial(generate, model, None, mask, num_beams=cell["beams"], step=cell["step"],
-                                      max_new_tokens=cell["new_tokens"], min_new_tokens=cell["new_tokens"],
-                                      encoder_states=encoder))
+    jobs = [decoding(build_model(cell), cell) for cell in cells]
     with torch.no_grad():
         for job in jobs:
             job()  # warm up alone: kernels, allocator, compiling
@@ -651,17 +640,26 @@ def in_turns(jobs: list, threads: int | None) -> list[float]:
     return [statistics.median(steps[2:]) * 1000 for steps in turnstile.steps]
 
 
+SETTING = ("model", "batch", "beams", "system", "step", "seg_size")  # an srsum setting: a cell but for its n
+
+
+def across_n(cells: list[dict]) -> dict[tuple, dict[int, dict]]:
+    """srsum's cells (not the peers') grouped by setting, in grid order: {setting: {n: cell}}."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for cell in cells:
+        if cell["system"] not in ("peer",) + CT2_SYSTEMS:
+            groups.setdefault(tuple(cell[k] for k in SETTING), {})[cell["n"]] = cell
+    return groups
+
+
 def lockstep_grid(grid: list[dict], rounds: int) -> list[dict]:
     """``lockstep`` each srsum setting of the grid across its n, ``rounds`` times; printed when done."""
-    keys = ("model", "batch", "beams", "system", "step", "seg_size")
-    timed = [c for c in grid if "skipped" not in c and c["system"] not in ("peer",) + CT2_SYSTEMS]
-    settings = list(dict.fromkeys(tuple(c[k] for k in keys) for c in timed))
     results = []
-    for setting in settings:
-        cells = sorted((c for c in timed if tuple(c[k] for k in keys) == setting), key=lambda c: c["n"])
+    for setting, at in across_n([c for c in grid if "skipped" not in c]).items():
+        cells = [at[n] for n in sorted(at)]
         if len(cells) < 2:
             continue
-        result = dict(zip(keys, setting), n=[c["n"] for c in cells], rounds=lockstep(cells, rounds))
+        result = dict(zip(SETTING, setting), n=sorted(at), rounds=lockstep(cells, rounds))
         results.append(result)
         for round_, run in enumerate(result["rounds"]):
             print(f"  lockstep [{round_ + 1}/{rounds}] {label(result)} {setting[4]} batch {setting[1]} beams "
@@ -756,19 +754,16 @@ def flat_in_n(cells: list[dict]) -> str:
     """The steady step of each srsum setting (model, batch, beams, system, step, s) across n, against its
     smallest n: issue 13's "flat in n" (target: within 10% at batch 8). With ``--repeats`` each figure is
     the best of the runs, and the runs' range follows in brackets. Empty when the grid has one n."""
-    keys = ("model", "batch", "beams", "system", "step", "seg_size")
-    timed = [c for c in cells if c.get("ms_per_step") and c["system"] not in ("peer",) + CT2_SYSTEMS]
-    ns = sorted({c["n"] for c in timed})
+    groups = across_n([c for c in cells if c.get("ms_per_step")])
+    ns = sorted({n for at in groups.values() for n in at})
     if len(ns) < 2:
         return ""
-    settings = list(dict.fromkeys(tuple(c[k] for k in keys) for c in timed))
     rows = []
-    for setting in settings:
-        at = {c["n"]: c for c in timed if tuple(c[k] for k in keys) == setting}
+    for setting, at in groups.items():
         if ns[0] not in at:
             continue
         base = at[ns[0]]["ms_per_step"]
-        row = list(setting[:3]) + [label(dict(zip(keys, setting))), setting[4]]
+        row = list(setting[:3]) + [label(dict(zip(SETTING, setting))), setting[4]]
         for n in ns:
             cell = at.get(n)
             if cell is None:

@@ -405,12 +405,12 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
             raise SrsumError("generate: encoder_states needs an SRformer model (srsum.engine.convert)")
         return _hf_generate(model, input_ids, attention_mask, settings, generator)
     special = SpecialTokens.of(model)
-    eager = resolve_step(settings.step, device) == "eager"  # packed copies: eager steps only
-    with fast_step_linears(model, batch * settings.num_beams, packed=eager):
-        decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states,
-                                     max_steps=settings.max_new_tokens, step=settings.step)
-        if settings.do_sample and generator is None:
-            generator = sampling_generator(decoder.encoder_states.device, settings.seed)
+    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states,
+                                 max_steps=settings.max_new_tokens, step=settings.step)
+    if settings.do_sample and generator is None:
+        generator = sampling_generator(decoder.encoder_states.device, settings.seed)
+    # packed copies for eager steps only (state building above uses no step linear)
+    with fast_step_linears(model, batch * settings.num_beams, packed=decoder.mode == "eager"):
         if settings.num_beams == 1:
             return greedy_search(decoder, batch, settings, special, generator)
         return beam_search(decoder, batch, settings, special, generator)

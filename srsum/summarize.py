@@ -4,8 +4,6 @@ The CLI only parses options and calls these functions; tests call them directly 
 
 * :func:`load_summarizer` loads a model (an srsum checkpoint, a plain T5/BART folder or Hub name, or
   the newest checkpoint under ``models/``) and its tokenizer.
-* :func:`srsum.data.collect_articles` (imported here) reads articles from files, folders, ``.jsonl`` and
-  stdin; a bad file is reported and the others are kept.
 * :func:`summarize_examples` generates summaries with :func:`srsum.decoding.generate`.
 
 ROUGE evaluation (``srsum evaluate``) is in :mod:`srsum.evaluation`.
@@ -25,7 +23,7 @@ from typing import Any
 
 from srsum.checkpoints import (MODELS_DIR, atomic_write_text, ensure_writable_dir,
                                find_newest_model, read_trainer_state)
-from srsum.data import Example, Failure, collect_articles
+from srsum.data import Example
 from srsum.errors import SrsumError, UsageError
 from srsum.reporting import Reporter
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -297,22 +296,38 @@ def test_collect_articles_files_folders_jsonl_and_stdin(tmp_path, monkeypatch):
     ]
 
 
-def test_collect_articles_failures_name_the_file_and_keep_the_rest(tmp_path):
-    blank = tmp_path / "blank.txt"
-    blank.write_text(" \n\t\n", encoding="utf-8")
-    good = tmp_path / "good.txt"
-    good.write_text("Fine.", encoding="utf-8")
-    jsonl = _write_jsonl(tmp_path / "rows.jsonl", [{"id": "r1", "article": "ok"}, {"id": "r2", "article": "  "}])
-    examples, failures = collect_articles([str(blank), str(tmp_path / "missing.txt"), str(good), str(jsonl)])
-    assert [(e.id, e.text) for e in examples] == [("good", "Fine."), ("r1", "ok")]
-    assert [f.name for f in failures] == [str(blank), str(tmp_path / "missing.txt"), f"{jsonl}: r2"]
-    for failure, message in zip(failures, ["blank.txt is empty", "not found: .*missing.txt",
-                                           r"rows.jsonl: article 'r2' is empty"]):
-        assert re.search(message, failure.message) and "\n" not in failure.message
+def test_collect_articles_names_bad_inputs_and_keeps_the_rest(tmp_path):
+    (tmp_path / "good.txt").write_text("A good article.")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "one.txt").write_text("First.")
+    (tmp_path / "docs" / "two.txt").write_text("Second.")
+    (tmp_path / "rows.jsonl").write_text('{"id": "r1", "article": "Row one."}\n{"id": "r2", "article": ""}\n')
+    paths = [str(tmp_path / name) for name in ("good.txt", "empty.txt", "missing.txt", "nothing", "docs",
+                                                "rows.jsonl")]
+    examples, failures = collect_articles(paths)
+    assert [e.id for e in examples] == ["good", "one", "two", "r1"]
+    messages = [f.message for f in failures]
+    assert len(messages) == 4
+    assert "empty.txt is empty" in messages[0]
+    assert "file not found" in messages[1] and "missing.txt" in messages[1]
+    assert "contains no .txt files" in messages[2]
+    assert "article 'r2' is empty" in messages[3]
+    assert [f.name for f in failures] == [paths[1], paths[2], paths[3], f"{paths[5]}: r2"]
+    assert all("\n" not in message for message in messages)  # one line each
     with pytest.raises(SrsumError, match="is a folder"):
         read_article(str(tmp_path))
     with pytest.raises(SrsumError, match="no articles"):
         collect_articles([])
+
+
+def test_collect_articles_makes_ids_unique(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.txt").write_text("Text.")
+    examples, failures = collect_articles([str(tmp_path / "a" / "same.txt"), str(tmp_path / "b" / "same.txt")])
+    assert [e.id for e in examples] == ["same", "same-2"] and not failures
 
 
 def test_source_prefix():

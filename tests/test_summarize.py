@@ -12,7 +12,7 @@ from srsum.errors import SrsumError
 from srsum.metrics import split_sentences
 from srsum.evaluation import evaluate, parse_baseline
 from srsum.reporting import Reporter
-from srsum.summarize import (SummarizeSettings, collect_articles, load_summarizer, summarize_examples, summarize_texts,
+from srsum.summarize import (SummarizeSettings, load_summarizer, summarize_examples, summarize_texts,
                              write_jsonl)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -111,34 +111,6 @@ def test_summarize_texts_with_a_checkpoint(trained_t5):
     summaries = summarize_texts(["One article. It has two sentences.", "Another one."],
                                 model=str(trained_t5.checkpoint), settings=SummarizeSettings(num_beams=2, max_length=5))
     assert len(summaries) == 2
-
-
-def test_collect_articles_names_bad_inputs_and_keeps_the_rest(tmp_path):
-    (tmp_path / "good.txt").write_text("A good article.")
-    (tmp_path / "empty.txt").write_text("  \n")
-    (tmp_path / "nothing").mkdir()
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "one.txt").write_text("First.")
-    (tmp_path / "docs" / "two.txt").write_text("Second.")
-    (tmp_path / "rows.jsonl").write_text('{"id": "r1", "article": "Row one."}\n{"id": "r2", "article": ""}\n')
-    paths = [str(tmp_path / name) for name in ("good.txt", "empty.txt", "missing.txt", "nothing", "docs",
-                                                "rows.jsonl")]
-    examples, failures = collect_articles(paths)
-    assert [e.id for e in examples] == ["good", "one", "two", "r1"]
-    messages = [f.message for f in failures]
-    assert len(messages) == 4
-    assert "empty.txt is empty" in messages[0]
-    assert "file not found" in messages[1] and "missing.txt" in messages[1]
-    assert "contains no .txt files" in messages[2]
-    assert "article 'r2' is empty" in messages[3]
-
-
-def test_collect_articles_makes_ids_unique(tmp_path):
-    for folder in ("a", "b"):
-        (tmp_path / folder).mkdir()
-        (tmp_path / folder / "same.txt").write_text("Text.")
-    examples, failures = collect_articles([str(tmp_path / "a" / "same.txt"), str(tmp_path / "b" / "same.txt")])
-    assert [e.id for e in examples] == ["same", "same-2"] and not failures
 
 
 def test_no_model_anywhere_says_how_to_get_one(tmp_path):

@@ -63,7 +63,8 @@ def summarize(
 
     Articles longer than the max source length are truncated with a warning. Summaries are printed as they are finished, or appended to a journal beside --output (written in input order at the end); Ctrl-C, or even a kill, keeps the finished ones, and --skip-done continues. A file that cannot be read is named on stderr and the others are still summarized (the exit code is then 2).
     """
-    from srsum.summarize import InOrder, OutputFile, collect_articles, load_summarizer, summarize_examples
+    from srsum.data import collect_articles
+    from srsum.summarize import InOrder, OutputFile, load_summarizer, summarize_examples
 
     reporter = RichReporter(quiet)
     with handled(reporter):
