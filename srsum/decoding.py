@@ -409,8 +409,7 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
                                  max_steps=settings.max_new_tokens, step=settings.step)
     if settings.do_sample and generator is None:
         generator = sampling_generator(decoder.encoder_states.device, settings.seed)
-    # packed copies for eager steps only (state building above uses no step linear)
-    with fast_step_linears(model, batch * settings.num_beams, packed=decoder.mode == "eager"):
+    with fast_step_linears(model, batch * settings.num_beams):  # state building above uses no step linear
         if settings.num_beams == 1:
             return greedy_search(decoder, batch, settings, special, generator)
         return beam_search(decoder, batch, settings, special, generator)

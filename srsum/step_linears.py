@@ -11,29 +11,32 @@ weight through MKL's sgemm; on CPU two other layouts of the same weight read fas
   and 1.4-2.3x). At one row the packed decoder linears are about as fast alone (8.0 -> 7.7 ms) and slower
   inside a real step (a batch-1 decode took 2 ms per token more with them, four A/B pairs, t5-small, n 1k),
   so one row keeps ``nn.Linear`` for them;
-* the LM head at one row, and at two where there are no packed copies (a compiled step): a plain (in, out)
+* the LM head at one row, and at two where there are no packed copies (no oneDNN): a plain (in, out)
   copy, ``x @ copy`` (1 row: 6.2 -> 2.8 ms; 2 rows 14.3 -> 5.3).
 
-``fast_step_linears`` swaps those forwards in for the length of a decoding, float32 on CPU only. The packed
-copies run in eager steps only (``packed=False`` for a compiled step, which is left to inductor). Which
-linears: ``quantization.step_linears`` (every decoder linear but the cross-attention keys/values, which
-project whole segments, and SRformer's W). Each copy is kept on its module (not a parameter, not saved) and
-made again when the weight changes (another tensor, an in-place update) or the rows do; it costs the weight's
-size in memory. Modules that are not a plain ``nn.Linear`` (int8) or already have a forward of their own are
-left alone, and so is everything where oneDNN is not available.
+``fast_step_linears`` swaps those forwards in for the length of a decoding, float32 on CPU only, for eager and
+compiled steps alike: a packed copy is read through the operator ``srsum::packed_linear`` (the input, the
+weight itself, the rows), which finds the copy kept on the weight, so ``torch.compile`` traces the step's
+weights as they are (no freezing: nothing is baked into the compiled step) and calls oneDNN for the product.
+Which linears: ``quantization.step_linears`` (every decoder linear but the cross-attention keys/values, which
+project whole segments, and SRformer's W). Each copy is kept on its weight tensor (not a parameter, not saved)
+and made again when the weight changes (another storage, an in-place update) or the rows do; it costs the
+weight's size in memory. Modules that are not a plain ``nn.Linear`` (int8) or already have a forward of their
+own are left alone, and so is everything where oneDNN is not available.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .quantization import step_linears as step_linear_names
 
-COPY_ATTRIBUTE = "_srsum_step_weight"  # on a module: ((how, rows, what it was made from), the copy)
-PACKED_MIN_ROWS = 2  # every step linear reads a packed copy from this many rows on (eager steps)
+COPY_ATTRIBUTE = "_srsum_step_weight"  # on a weight tensor: ((how, rows, what it was made from), the copy)
+PACKED_MIN_ROWS = 2  # every step linear reads a packed copy from this many rows on
 BY_COLUMNS_MAX_ROWS = 2  # below that, or without packed copies, the LM head reads an (in, out) copy up to here
 
 
@@ -43,20 +46,37 @@ def packing_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def copy_of(module: nn.Linear, how: str, rows: int) -> torch.Tensor:
-    """The module's weight as ``how`` says ("by_columns": (in, out); "packed": oneDNN's layout for ``rows``
-    rows, an opaque tensor), kept on the module and made again only when the weight, or a packed copy's rows,
-    change."""
-    weight = module.weight
+def pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """oneDNN's copy of ``weight`` (out, in) laid out for products with ``rows`` rows (opaque)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def copy_of(weight: torch.Tensor, how: str, rows: int) -> torch.Tensor:
+    """``weight`` (out, in) as ``how`` says ("by_columns": (in, out); "packed": oneDNN's layout for ``rows``
+    rows, an opaque tensor), kept on the weight tensor and made again only when its values, or a packed
+    copy's rows, change."""
     made_for = rows if how == "packed" else None  # an (in, out) copy serves any number of rows
     source = (how, made_for, weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
-    kept = getattr(module, COPY_ATTRIBUTE, None)
+    kept = getattr(weight, COPY_ATTRIBUTE, None)
     if kept is None or kept[0] != source:
         plain = weight.detach()
-        copy = plain.t().contiguous() if how == "by_columns" else torch.ops.mkldnn._reorder_linear_weight(plain, rows)
+        copy = plain.t().contiguous() if how == "by_columns" else pack(plain, rows)
         kept = (source, copy)
-        setattr(module, COPY_ATTRIBUTE, kept)
+        setattr(weight, COPY_ATTRIBUTE, kept)
     return kept[1]
+
+
+@torch.library.custom_op("srsum::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], rows: int) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through the copy of ``weight`` packed for ``rows`` rows (``copy_of``).
+    An operator of its own, so that a compiled step calls it with the live weight (the opaque copy never
+    enters the graph)."""
+    return torch.ops.mkldnn._linear_pointwise(x, copy_of(weight, "packed", rows), bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _packed_linear_shape(x, weight, bias, rows):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def by_columns_forward(copy: torch.Tensor, bias: torch.Tensor | None):
@@ -66,9 +86,9 @@ def by_columns_forward(copy: torch.Tensor, bias: torch.Tensor | None):
     return forward
 
 
-def packed_forward(copy: torch.Tensor, bias: torch.Tensor | None):
+def packed_forward(module: nn.Linear, rows: int):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, copy, bias, "none", [], "")
+        return torch.ops.srsum.packed_linear(x, module.weight, module.bias, rows)
     return forward
 
 
@@ -81,20 +101,21 @@ def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object
         module = modules[name]
         if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32 or "forward" in vars(module):
             continue
-        bias = None if module.bias is None else module.bias.detach()
         if packed_ok and rows >= PACKED_MIN_ROWS:
-            plan.append((module, packed_forward(copy_of(module, "packed", rows), bias)))
+            copy_of(module.weight, "packed", rows)  # made now, before the first step
+            plan.append((module, packed_forward(module, rows)))
         elif module is head and rows <= BY_COLUMNS_MAX_ROWS:
-            plan.append((module, by_columns_forward(copy_of(module, "by_columns", rows), bias)))
+            bias = None if module.bias is None else module.bias.detach()
+            plan.append((module, by_columns_forward(copy_of(module.weight, "by_columns", rows), bias)))
     return plan
 
 
 @contextlib.contextmanager
-def fast_step_linears(model, rows: int, packed: bool = True):
+def fast_step_linears(model, rows: int):
     """While the block runs, ``model``'s step linears read the copies above (see the module doc); ``rows``:
-    the rows a step multiplies (batch x beams); ``packed``: whether oneDNN-packed copies may be used (eager
-    steps). Their own forwards come back afterwards, also when the block raises."""
-    plan = step_plan(model, rows, packed and packing_available())
+    the rows a step multiplies (batch x beams). Their own forwards come back afterwards, also when the block
+    raises."""
+    plan = step_plan(model, rows, packing_available())
     for module, forward in plan:
         module.forward = forward
     try:

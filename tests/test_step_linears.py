@@ -55,7 +55,7 @@ def test_the_step_linears_read_packed_copies_from_two_rows_and_the_head_a_column
             assert all(swapped.values()) and len(swapped) == len(names)
             for name in names:
                 module = modules[name]
-                how, made_for = getattr(module, step_linears.COPY_ATTRIBUTE)[0][:2]
+                how, made_for = getattr(module.weight, step_linears.COPY_ATTRIBUTE)[0][:2]
                 by_columns = False  # from 2 rows on: packed, the head too
                 assert how == ("by_columns" if by_columns else "packed") and made_for == (None if by_columns else rows)
                 x = torch.randn(rows, 1, module.in_features)
@@ -63,12 +63,14 @@ def test_the_step_linears_read_packed_copies_from_two_rows_and_the_head_a_column
                                            rtol=1e-5, atol=1e-5)
         assert not any(_swapped(model).values())
     head_only = [n for n in names if modules[n] is head]
-    for rows, packed, expected in ((1, True, head_only), (2, False, head_only), (4, False, [])):
-        with step_linears.fast_step_linears(model, rows=rows, packed=packed):  # packed=False: a compiled step
-            swapped = _swapped(model)
-            assert [name for name in names if swapped[name]] == expected
-            if expected:
-                assert getattr(head, step_linears.COPY_ATTRIBUTE)[0][:2] == ("by_columns", None)
+    for rows, packing, expected in ((1, True, head_only), (2, False, head_only), (4, False, [])):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(step_linears, "packing_available", lambda: packing)
+            with step_linears.fast_step_linears(model, rows=rows):
+                swapped = _swapped(model)
+                assert [name for name in names if swapped[name]] == expected
+                if expected:
+                    assert getattr(head.weight, step_linears.COPY_ATTRIBUTE)[0][:2] == ("by_columns", None)
 
 
 def test_a_copy_follows_the_weight_and_cross_keys_values_keep_nn_linear(family):
@@ -76,17 +78,17 @@ def test_a_copy_follows_the_weight_and_cross_keys_values_keep_nn_linear(family):
     head = model.get_output_embeddings()
     ids, mask = padded_batch(family, lengths=(40,))
     generate(model, ids, mask, max_new_tokens=5)
-    first = getattr(head, step_linears.COPY_ATTRIBUTE)[1]
+    first = getattr(head.weight, step_linears.COPY_ATTRIBUTE)[1]
     with torch.no_grad():
         head.weight.mul_(-1.5)  # as an optimizer step would: same tensor, new values
     expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False)
     assert torch.equal(generate(model, ids, mask, max_new_tokens=9), expected)
-    assert torch.equal(getattr(head, step_linears.COPY_ATTRIBUTE)[1], head.weight.t())
-    assert not torch.equal(getattr(head, step_linears.COPY_ATTRIBUTE)[1], first)
+    assert torch.equal(getattr(head.weight, step_linears.COPY_ATTRIBUTE)[1], head.weight.t())
+    assert not torch.equal(getattr(head.weight, step_linears.COPY_ATTRIBUTE)[1], first)
     names = set(step_linear_names(model))
     for name, module in model.named_modules():  # whole segments go through the keys/values: left as they are
         if name.endswith(("EncDecAttention.k", "EncDecAttention.v", "encoder_attn.k_proj", "encoder_attn.v_proj")):
-            assert name not in names and not hasattr(module, step_linears.COPY_ATTRIBUTE)
+            assert name not in names and not hasattr(module.weight, step_linears.COPY_ATTRIBUTE)
 
 
 def test_no_copies_without_onednn_or_off_float32(monkeypatch):
@@ -114,3 +116,39 @@ def test_the_linears_get_their_forwards_back_when_decoding_fails(monkeypatch):
     with pytest.raises(SrsumError, match="stop"):
         generate(model, ids, mask, max_new_tokens=5)
     assert not any(_swapped(model).values())
+
+
+@needs_packing
+def test_a_compiled_step_reads_the_packed_copies_through_the_operator(monkeypatch):
+    """A compiled step at 2+ rows calls ``srsum::packed_linear`` with the live weights: generate's tokens,
+    each weight packed once for both decodings, and a changed weight is packed again (nothing baked in)."""
+    import srsum.decoding
+
+    def counting_backend(graph_module, example_inputs):
+        targets = [str(node.target) for node in graph_module.graph.nodes if node.op == "call_function"]
+        operators.append(sum("srsum.packed_linear" in target for target in targets))
+        return graph_module.forward
+
+    operators, packs = [], []
+    real_pack = step_linears.pack
+    monkeypatch.setattr(step_linears, "pack", lambda weight, rows: packs.append(rows) or real_pack(weight, rows))
+    monkeypatch.setattr(srsum.decoding, "compile_options",
+                        lambda device: {"fullgraph": True, "dynamic": False, "backend": counting_backend})
+    torch._dynamo.reset()
+    model = _model("t5")
+    names = step_linear_names(model)
+    ids, mask = padded_batch("t5", lengths=(40, 29))  # 2 rows
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    for _ in range(2):
+        expected = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        assert torch.equal(generate(model, ids, mask, step="compiled", **kwargs), expected)
+    assert operators == [len(names)]  # one graph, every step linear through the operator
+    assert len(packs) == len(names)  # packed once, at the first decoding
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight.mul_(-1.5)
+    expected = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert torch.equal(generate(model, ids, mask, step="compiled", **kwargs), expected)
+    assert len(packs) == len(names) + 1  # the head again
+    torch._dynamo.reset()
+
