@@ -180,8 +180,9 @@ class SharedStateDecoder:
                 states[layer.layer_idx] = state
                 self.layers.append((layer, state))
         # Once decoding started the layers read their states, never the encoder output: a one-row copy
-        # keeps the step's input shapes (and strides) the same at every n.
-        self.step_encoder_states = self.encoder_states[:, :1].clone()
+        # keeps the step's input shapes and strides the same at every n (a plain clone would keep the
+        # slice's n-long batch stride at batch 1, where the slice counts as dense, and compile again per n)
+        self.step_encoder_states = self.encoder_states[:, :1].clone(memory_format=torch.contiguous_format)
         self.position = 0  # the decoder position the next step computes
         rows = self.encoder_states.shape[0] * rows_per_example
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=self.encoder_states.device)  # fixed input
