@@ -437,7 +437,7 @@ def test_paper_aliases_and_settings_are_saved():
     model = convert(tiny_model("bart"), "ablation-iii", seg_size=16, schedule_length=64)
     config = model.config
     assert config.srformer_attention == "no_raf" and config.srformer_schedule_length == 64
-    assert config.srformer_clamp == 2.0 and config.srformer_leak_init == 0.5
+    assert config.srformer_clamp is None and config.srformer_leak_init == 0.5  # the clamp is off by default
     t5 = convert(tiny_model("t5"), "srformer").config
     assert t5.srformer_clamp is None and t5.srformer_leak_init == 0.1 and t5.srformer_threshold_init == 0.1
     assert srsum.VARIANTS == VARIANTS

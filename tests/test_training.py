@@ -377,11 +377,11 @@ def test_a_saturating_clamp_is_shown_and_warned_once_and_clamp_off_turns_it_off(
 
     model = _saturated_bart(tmp_path / "bart")
     reporter = Recorder()
-    result = train(tiny_training_config(model, tmp_path / "run", eval_samples=0, seg_size=8), reporter)
+    result = train(tiny_training_config(model, tmp_path / "run", eval_samples=0, seg_size=8, clamp=2), reporter)
     memory_lines = [line for line in reporter.lines if line.startswith("memory ")]
     assert len(memory_lines) == 3 and all(line.count(" clamp-saturated ") == 2 for line in memory_lines), memory_lines
     state = json.loads((result.checkpoint / "trainer_state.json").read_text())
-    assert state["args"]["clamp"] == 2.0  # BART's default, recorded
+    assert state["args"]["clamp"] == 2.0  # the paper's clamp, asked for and recorded
     start = state["log_history"][0]["memory"]
     assert all(row["clamp_saturation"] > 0.9 for row in start)
     assert f"layer 0 ratio {start[0]['ratio']:.3g} firing {start[0]['firing_rate']:.2f} clamp-saturated " \
@@ -391,7 +391,7 @@ def test_a_saturating_clamp_is_shown_and_warned_once_and_clamp_off_turns_it_off(
     assert clamp_warnings == [f"memory at start: the products' clamp (±2) saturates {shares[0]} of P in decoder "
                               f"layer 0 ({shares[1]} in layer 1): the memory carries little; train with --clamp off"]
 
-    # --clamp off on the command line: converted without a clamp, saved so, nothing saturates
+    # --clamp off on the command line (also the default): converted without a clamp, saved so, nothing saturates
     run = tmp_path / "run-off"
     done = CliRunner().invoke(app, ["train", "--model", str(model), "--dataset", str(CNN_SAMPLE), "--train-split",
                                     "test", "--train-limit", "4", "--eval-samples", "0", "--batch-size", "2",

@@ -94,8 +94,7 @@ def train(
     memory_ratio: Optional[float] = typer.Option(None, "--memory-ratio", help="Recurrent/local output-norm ratio "
                                                  "the calibration aims for (default 0.05)."),
     clamp: Optional[str] = typer.Option(None, "--clamp", help="Clamp of the memory's key-value products in a new "
-                                        "run: off, or a positive bound (default: the family's, 2 for BART, off "
-                                        "for T5). The memory line's clamp-saturated share near 1 means the clamp "
+                                        "run: off, or a positive bound (default off; the paper's BART used 2). The memory line's clamp-saturated share near 1 means the clamp "
                                         "leaves the memory little: try off."),
     train_split: str = typer.Option("train", "--train-split", help="Split to train on (local files: rows whose "
                                     "'split' field matches; 'all' keeps every row).", rich_help_panel=DATA_PANEL),

@@ -30,7 +30,7 @@ class TrainingConfig:
     schedule_length: int | None = None  # G; None: max_target_length
     w_init: str | None = None  # "calibrated" or "paper"; None: the engine's default (calibrated)
     memory_ratio: float | None = None  # ||rec|| / ||local|| the calibration aims for; None: the engine's (0.05)
-    clamp: str | float | None = None  # products' clamp: "off" or a bound; None: the family's (BART ±2, T5 off)
+    clamp: str | float | None = None  # products' clamp: "off" or a bound; None: the family's (off for both)
     train_split: str = "train"
     validation_split: str = "validation"
     text_column: str | None = None
