@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrain-steps", type=int,
                    help="default: each task's own (lookup 5000, recall 8000, entities 4000)")
     p.add_argument("--pretrain-batch-size", type=int)
-    p.add_argument("--finetune-steps", type=int)
+    p.add_argument("--finetune-steps", type=int,
+                   help="0: score every variant right after conversion (and transfer), reported as a section of "
+                        "its own, 'not fine-tuned'")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--pretrain-lr", type=float)
     p.add_argument("--finetune-lr", type=float)
@@ -52,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="calibrated ||rec|| / ||local|| at conversion (default: the engine's, 0.05)")
     p.add_argument("--new-param-lr-scale", type=float,
                    help="learning rate of SRformer's new W, λ, θ as a multiple of --finetune-lr (default 1)")
+    p.add_argument("--transfer-steps", type=int,
+                   help="attention-transfer steps of the '+transfer' variants (e.g. srformer+transfer) before "
+                        "fine-tuning (default 300)")
+    p.add_argument("--transfer-lr", type=float, help="attention transfer's learning rate (default: the engine's)")
+    p.add_argument("--transfer-batches", type=int, help="training batches the transfer cycles over (default 16)")
     p.add_argument("--freeze-encoder", action="store_true", default=None,
                    help="fine-tune every variant with the encoder frozen (reported as a family section of its own)")
     p.add_argument("--num-heads", type=int,
@@ -91,7 +98,8 @@ def config_from(args: argparse.Namespace):
                  "batch_size": args.batch_size, "pretrain_lr": args.pretrain_lr, "finetune_lr": args.finetune_lr,
                  "eval_limit": args.eval_limit, "threshold_init": args.threshold_init,
                  "memory_ratio": args.memory_ratio, "new_param_lr_scale": args.new_param_lr_scale,
-                 "freeze_encoder": args.freeze_encoder,
+                 "freeze_encoder": args.freeze_encoder, "transfer_steps": args.transfer_steps,
+                 "transfer_lr": args.transfer_lr, "transfer_batches": args.transfer_batches,
                  "families": split(args.families), "data_dir": args.data_dir, "device": args.device}
     if args.num_heads is not None:
         if args.num_heads < 1 or config.size.d_model % args.num_heads:
@@ -99,11 +107,18 @@ def config_from(args: argparse.Namespace):
         overrides["size"] = replace(config.size, num_heads=args.num_heads)
         overrides["model_tag"] = f"{args.num_heads}-heads"
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    tags = []
     if args.clamp is not None:
         from srsum.engine.settings import clamp_from_text
 
-        config = replace(config, clamp=clamp_from_text(args.clamp), conversion_tag=f"clamp-{args.clamp}")
-    return config
+        config = replace(config, clamp=clamp_from_text(args.clamp))
+        tags.append(f"clamp-{args.clamp}")
+    if config.finetune_steps == 0:
+        tags.append(NOT_FINE_TUNED)
+    return replace(config, conversion_tag="+".join(tags)) if tags else config
+
+
+NOT_FINE_TUNED = "not-fine-tuned"  # the report's section of models scored right after conversion
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,16 +10,26 @@ from srsum.errors import SrsumError
 from srsum.quality.tasks import EOS, PAD
 
 # The names of docs/ENGINE_API.md; ablations I-IV are no_local, no_norm, no_raf, full_product.
-MAIN_VARIANTS = ("full", "segmented", "srformer", "xl", "global")
+# A recurrent variant's name + TRANSFER: converted, then attention transfer (srsum.engine.transfer) before fine-tuning.
+TRANSFER = "+transfer"
+MAIN_VARIANTS = ("full", "segmented", "srformer", "srformer" + TRANSFER, "xl", "global")
 ABLATIONS = ("no_local", "no_norm", "no_raf", "full_product")
 # SRformer converted with the paper's W init instead of the calibrated one (the engine's default)
 PAPER_INIT = "srformer_paper"
 DEFAULT_ABLATIONS = (PAPER_INIT, *ABLATIONS)
-ALL_VARIANTS = MAIN_VARIANTS + DEFAULT_ABLATIONS
+TRANSFER_ABLATIONS = tuple(name + TRANSFER for name in ABLATIONS)
+ALL_VARIANTS = MAIN_VARIANTS + DEFAULT_ABLATIONS + TRANSFER_ABLATIONS
 ABLATION_LABELS = {"srformer": "SRformer", PAPER_INIT: "SRformer, paper init",
                    "no_local": "I: no local attention",
                    "no_norm": "II: no normalisation", "no_raf": "III: no RAF neuron",
                    "full_product": "IV: full product (P, not P - P_σ)"}
+ABLATION_LABELS.update({name + TRANSFER: label + " + transfer" for name, label in ABLATION_LABELS.items()
+                        if name != PAPER_INIT})
+
+
+def split_transfer(variant: str) -> tuple[str, bool]:
+    """("srformer+transfer") -> ("srformer", True): the variant converted, and whether transfer follows."""
+    return variant.removesuffix(TRANSFER), variant.endswith(TRANSFER)
 FAMILIES = ("t5", "bart")
 FAMILY_LABELS = {"t5": "T5", "bart": "BART"}
 FROZEN_ENCODER = "+frozen-encoder"  # the results' family key of runs fine-tuned with the encoder frozen
@@ -118,6 +128,7 @@ def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, 
     SRformer with the paper's W init."""
     if variant not in ALL_VARIANTS:
         raise SrsumError(f"unknown variant {variant!r}: choose from {', '.join(ALL_VARIANTS)}")
+    variant = split_transfer(variant)[0]  # the transfer itself needs batches: run_finetune does it
     convert = converter or engine_convert()
     extra = {"threshold_init": threshold_init} if threshold_init is not None else {}
     if clamp != "default":  # the products' clamp (BART's ±2 by default): None turns it off

@@ -7,12 +7,14 @@ import math
 import re
 from pathlib import Path
 
-from srsum.quality.model import ABLATION_LABELS, DEFAULT_ABLATIONS, FROZEN_ENCODER, MAIN_VARIANTS, family_label
+from srsum.quality.model import (ABLATION_LABELS, DEFAULT_ABLATIONS, FROZEN_ENCODER, MAIN_VARIANTS, TRANSFER,
+                                 TRANSFER_ABLATIONS, family_label)
 
 PLOT_NAME = "quality_vs_segment_size.png"
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
 DEFAULT_NOTES = "_No interpretation written yet: add it between the notes markers; regeneration keeps it._"
 LABELS = {"full": "full attention", "segmented": "segmented", "srformer": "SRformer",
+          "srformer+transfer": "SRformer + transfer",
           "xl": "Transformer-XL style", "global": "LongT5-style global"}
 
 
@@ -111,12 +113,12 @@ def cell(values: list[float]) -> str:
     return f"{m:.3f} ± {s:.3f}" if len(values) > 1 else f"{m:.3f}"
 
 
-def recovered(results: dict, task: str, seg_size: int, family: str = "t5") -> dict | None:
-    """(srformer - segmented) / (full - segmented) on the seed means, with the gap it divides by and the
-    SRformer-vs-segmented difference in standard errors."""
+def recovered(results: dict, task: str, seg_size: int, family: str = "t5", variant: str = "srformer") -> dict | None:
+    """(variant - segmented) / (full - segmented) on the seed means, with the gap it divides by and the
+    variant-vs-segmented difference in standard errors."""
     full, seg, sr = (scores(results, task, "full", None, family=family),
                      scores(results, task, "segmented", seg_size, family=family),
-                     scores(results, task, "srformer", seg_size, family=family))
+                     scores(results, task, variant, seg_size, family=family))
     if not (full and seg and sr):
         return None
     f, g, r = mean_std(full)[0], mean_std(seg)[0], mean_std(sr)[0]
@@ -165,16 +167,18 @@ def main_table(results: dict, task: str, family: str = "t5", metric: str = "scor
 
 
 def gap_table(results: dict, task: str, family: str = "t5") -> str:
-    lines = ["| s | full | segmented | SRformer | gap (full - segmented) | recovered by SRformer | "
-             "SRformer - segmented in standard errors |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per (segment size, SRformer with or without transfer) that has full and segmented beside it."""
+    lines = ["| s | model | full | segmented | model's score | gap (full - segmented) | recovered | "
+             "model - segmented in standard errors |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for s in seg_sizes_of(results):
-        g = recovered(results, task, s, family)
-        if g is None:
-            continue
-        frac = "no gap to recover" if g["fraction"] is None else f"{100 * g['fraction']:.0f}%"
-        lines.append(f"| {s} | {g['full']:.3f} | {g['segmented']:.3f} | {g['srformer']:.3f} | "
-                     f"{g['gap']:+.3f} | {frac} | {se_text(g['se'])} |")
+        for variant in ("srformer", "srformer" + TRANSFER):
+            g = recovered(results, task, s, family, variant)
+            if g is None:
+                continue
+            frac = "no gap to recover" if g["fraction"] is None else f"{100 * g['fraction']:.0f}%"
+            lines.append(f"| {s} | {LABELS[variant]} | {g['full']:.3f} | {g['segmented']:.3f} | {g['srformer']:.3f} | "
+                         f"{g['gap']:+.3f} | {frac} | {se_text(g['se'])} |")
     return "\n".join(lines)
 
 
@@ -198,15 +202,20 @@ def delta_text(values: list[float], base_mean: float) -> str:
 
 
 def ablation_table(results: dict, task: str, seg_size: int, family: str = "t5") -> str:
-    lines = [f"| model (s = {seg_size}) | score | vs SRformer | in standard errors | generated score |",
+    lines = [f"| model (s = {seg_size}) | score | vs SRformer (with transfer: vs SRformer + transfer) | "
+             "in standard errors | generated score |",
              "|---|---:|---:|---:|---:|"]
-    base = scores(results, task, "srformer", seg_size, family=family)
-    base_mean = mean_std(base)[0] if base else math.nan
-    for variant in ["srformer", *variants_of(results, DEFAULT_ABLATIONS)]:
+    bases = {}
+    for name in ("srformer", "srformer" + TRANSFER):
+        values = scores(results, task, name, seg_size, family=family)
+        bases[name] = (values, mean_std(values)[0] if values else math.nan)
+    ablations = variants_of(results, (*DEFAULT_ABLATIONS, *TRANSFER_ABLATIONS))
+    for variant in ["srformer", *variants_of(results, ["srformer" + TRANSFER]), *ablations]:
         vals = scores(results, task, variant, seg_size, family=family)
         generated = scores(results, task, variant, seg_size, "generated_score", family)
-        if variant == "srformer":
-            lines.append(f"| {ABLATION_LABELS[variant]} | {cell(vals)} | – | – | {cell(generated)} |")
+        base, base_mean = bases["srformer" + TRANSFER if variant.endswith(TRANSFER) else "srformer"]
+        if variant in bases:
+            lines.append(f"| {label_of(variant)} | {cell(vals)} | – | – | {cell(generated)} |")
         else:
             lines.append(f"| {ABLATION_LABELS[variant]} | {cell(vals)} | {delta_text(vals, base_mean)} | "
                          f"{se_text(gap_in_se(vals, base))} | {cell(generated)} |")
@@ -229,13 +238,35 @@ def layer_means(runs: list[dict], key: str, field_name: str) -> str:
     return " · ".join(f"{mean_std(v)[0]:{spec}}" for _, v in sorted(per_layer.items()))
 
 
+def transfer_table(results: dict, task: str, family: str = "t5") -> str | None:
+    """Per layer, the relative error of the SRformer layer's output against the full cross-attention output
+    (srsum.engine.transfer) before and after attention transfer, seed means."""
+    keys = sorted({(r["variant"], r["seg_size"]) for r in results["runs"] if r["task"] == task
+                   and family_of(r) == family and r.get("transfer_layers")},
+                  key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else 99, k[1] or 0))
+    if not keys:
+        return None
+    lines = ["| model | s | steps | error before transfer | error after transfer | seconds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for variant, s in keys:
+        runs = runs_of(results, family, task, variant, s)
+        seconds = [r["transfer_seconds"] for r in runs if r.get("transfer_seconds") is not None]
+        steps = sorted({r.get("transfer_steps") for r in runs})
+        lines.append(f"| {label_of(variant)} | {s} | {', '.join(map(str, steps))} | "
+                     f"{layer_means(runs, 'transfer_layers', 'error_before')} | "
+                     f"{layer_means(runs, 'transfer_layers', 'error_after')} | {mean_std(seconds)[0]:.0f} |")
+    return "\n".join(lines)
+
+
+ORDER = (*MAIN_VARIANTS, *DEFAULT_ABLATIONS, *TRANSFER_ABLATIONS)
+
+
 def memory_table(results: dict, task: str, family: str = "t5") -> str | None:
     """Whether the memory is alive: per layer ||rec|| / ||local|| and RAF firing rate right after the
     calibrated conversion (on the first fine-tuning batch) and after fine-tuning (first eval batch)."""
     keys = sorted({(r["variant"], r["seg_size"]) for r in results["runs"] if r["task"] == task
                    and family_of(r) == family and (r.get("calibration") or r.get("memory_after"))},
-                  key=lambda k: ([*MAIN_VARIANTS, *DEFAULT_ABLATIONS].index(k[0])
-                                 if k[0] in (*MAIN_VARIANTS, *DEFAULT_ABLATIONS) else 99, k[1] or 0))
+                  key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else 99, k[1] or 0))
     if not keys:
         return None
     lines = ["| model | s | ratio after calibration | firing after calibration | ratio after fine-tuning | "
@@ -264,6 +295,9 @@ def verdict(results: dict, task: str, family: str = "t5") -> str:
             holds = "holds" if g["fraction"] >= 0.5 else "does not hold"
             parts.append(f"s = {s}: SRformer recovers {100 * g['fraction']:.0f}% of a {g['gap']:+.3f} gap "
                          f"(the claim that it recovers most of it {holds}){se}")
+        moved = recovered(results, task, s, family, "srformer" + TRANSFER)
+        if moved is not None and moved["fraction"] is not None:
+            parts[-1] += f"; SRformer + transfer {100 * moved['fraction']:.0f}% ({se_text(moved['se'])})"
     return "; ".join(parts) + "." if parts else "not enough runs to compare."
 
 
@@ -377,7 +411,7 @@ def task_section(results: dict, task: str, family: str = "t5") -> list[str]:
         out += ["### Generated score (greedy decoding through srsum's own decoder)", "",
                 f"{GENERATED_NOTE.get(task, 'greedy decoding')}; scored at the same positions as the "
                 "teacher-forced score.", "", main_table(results, task, family, "generated_score"), ""]
-    if variants_of(results, DEFAULT_ABLATIONS):
+    if variants_of(results, (*DEFAULT_ABLATIONS, *TRANSFER_ABLATIONS)):
         out += [f"### Ablations at s = {config['ablation_seg_size']} (like the paper's Table 3)", "",
                 "Teacher-forced score; \"SRformer, paper init\" is SRformer converted with the paper's W "
                 "init instead of the calibrated one.", "",
@@ -389,6 +423,13 @@ def task_section(results: dict, task: str, family: str = "t5") -> list[str]:
                 "of R's entries above zero) right after conversion, on the first fine-tuning batch (the "
                 "calibration batch), and after fine-tuning, on the first held-out batch "
                 "(`srsum.engine.calibration.memory_report`).", "", memory, ""]
+    moved = transfer_table(results, task, family)
+    if moved:
+        out += ["### Attention transfer", "",
+                "Per decoder layer (L0 · L1 ...), seed means: ||SRformer output − full output|| / ||full output|| of "
+                "each cross-attention layer on the original model's decoder states, before and after training W, "
+                "λ, θ alone to reproduce the full output (`srsum.engine.transfer`), on the first training batches.",
+                "", moved, ""]
     if SECONDARY.get(task):
         out += ["### Secondary metrics", "",
                 "; ".join(f"`{m}`: {SECONDARY_NOTES[m]}" for m in SECONDARY[task]) + ".", "",

@@ -21,7 +21,8 @@ import torch
 
 from srsum.errors import SrsumError
 from srsum.quality.model import (ALL_VARIANTS, DEFAULT_ABLATIONS, FAMILIES, MAIN_VARIANTS, ModelSize,
-                                 count_parameters, engine_convert, freeze_encoder, new_model, to_variant)
+                                 count_parameters, engine_convert, freeze_encoder, new_model, split_transfer,
+                                 to_variant)
 from srsum.quality.tasks import DEFAULT_TASKS, TASK_NAMES, build_task
 from srsum.quality.train import evaluate, train
 
@@ -51,6 +52,10 @@ class StudyConfig:
     clamp: float | str | None = "default"  # the products' clamp: the family's default (BART ±2), None (off) or a bound
     memory_ratio: float | None = None    # None: the engine's default ||rec|| / ||local|| after calibration
     new_param_lr_scale: float = 1.0      # W, λ, θ train at finetune_lr times this
+    # "<variant>+transfer": attention transfer (srsum.engine.transfer) after conversion, before fine-tuning
+    transfer_steps: int = 300
+    transfer_lr: float | None = None     # None: the engine's default
+    transfer_batches: int = 16           # training batches the transfer cycles over (batch_size each)
     freeze_encoder: bool = False         # fine-tune with the encoder frozen (its output = the pretrained one's)
     families: tuple[str, ...] = ("t5",)  # "t5" and/or "bart"
     eval_batch_size: int = 64
@@ -126,7 +131,13 @@ def validate(config: StudyConfig, workers: int) -> dict:
             raise SrsumError(f"unknown variant {name!r}: choose from {', '.join(ALL_VARIANTS)}")
     if config.pretrain_steps is not None and config.pretrain_steps < 1:
         raise SrsumError(f"pretrain steps must be at least 1, got {config.pretrain_steps}")
-    for name, value in (("fine-tune steps", config.finetune_steps), ("batch size", config.batch_size),
+    if config.finetune_steps < 0:
+        raise SrsumError(f"fine-tune steps must be at least 0 (0: converted, not fine-tuned), got {config.finetune_steps}")
+    if config.transfer_steps < 1 or config.transfer_batches < 1:
+        raise SrsumError("transfer steps and transfer batches must be at least 1")
+    if config.transfer_lr is not None and not config.transfer_lr > 0:
+        raise SrsumError(f"transfer learning rate must be positive, got {config.transfer_lr}")
+    for name, value in (("batch size", config.batch_size),
                         ("pretrain batch size", config.pretrain_batch_size), ("seeds", config.seeds),
                         ("workers", workers), ("eval batch size", config.eval_batch_size)):
         if value < 1:
@@ -242,18 +253,37 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init,
                        config.memory_ratio, calibration_batch, config.clamp)
     calibration = calibration_of(model)
+    moved = transfer(model, task, job, config) if split_transfer(job.variant)[1] else {}
     if config.freeze_encoder:
         freeze_encoder(model)
-    log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
-                lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device,
-                new_param_lr_scale=config.new_param_lr_scale)
+    log = {"steps": 0}  # converted, not fine-tuned
+    if config.finetune_steps:
+        log = train(model, task, steps=config.finetune_steps, batch_size=config.batch_size,
+                    lr=config.finetune_lr, seed=2_000 + job.seed, device=config.device,
+                    new_param_lr_scale=config.new_param_lr_scale)
     metrics = evaluate(model, task, batch_size=config.eval_batch_size, device=config.device,
                        limit=config.eval_limit)
     first_eval = next(task.eval_batches(config.eval_batch_size, config.eval_limit)).to(config.device)
     frozen = {"encoder_frozen": True} if config.freeze_encoder else {}
-    return {**record_keys(job, config), **frozen, "kind": "finetune", **log, **metrics, "parameters": count_parameters(model),
+    return {**record_keys(job, config), **frozen, "kind": "finetune", **log, **metrics, **moved,
+            "parameters": count_parameters(model),
             "calibration": calibration, "memory_after": memory_of(model, first_eval),
             "wall_seconds": time.perf_counter() - start}
+
+
+def transfer(model, task, job: Job, config: StudyConfig) -> dict:
+    """Attention transfer on ``transfer_batches`` training batches of a stream of their own; the record's fields."""
+    from srsum.engine.transfer import DEFAULT_TRANSFER_LR, transfer_attention
+
+    stream = task.train_batches(3_000 + job.seed, config.batch_size)
+    batches = [vars(next(stream).to(config.device)) for _ in range(config.transfer_batches)]
+    torch.manual_seed(3_000 + job.seed)
+    result = transfer_attention(model, batches, config.transfer_steps, config.transfer_lr or DEFAULT_TRANSFER_LR)
+    layers = [{"layer": i, "error_before": b, "error_after": a}
+              for i, (b, a) in enumerate(zip(result.layer_error_before, result.layer_error_after))]
+    return {"transfer_steps": result.steps, "transfer_lr": result.learning_rate, "transfer_layers": layers,
+            "transfer_seconds": result.seconds, "transfer_first_loss": result.losses[0],
+            "transfer_final_loss": result.losses[-1]}
 
 
 def _layer_rows(rows) -> list[dict]:
