@@ -761,3 +761,19 @@ def test_resume_of_a_multi_process_checkpoint_of_an_older_srsum_is_refused(tmp_p
     state_file.write_text(json.dumps(state))
     with pytest.raises(SrsumError, match="written by an older srsum under 4 processes"):
         train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
+
+
+def test_transfer_steps_teach_the_new_memory_before_fine_tuning_and_are_recorded(tmp_path, tiny_t5_dir):
+    reporter = Recorder()
+    result = train(tiny_training_config(tiny_t5_dir, tmp_path / "run", eval_samples=0, seg_size=8, epochs=1,
+                                        transfer_steps=3), reporter)
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["args"]["transfer_steps"] == 3
+    moved = [entry["transfer"] for entry in state["log_history"] if "transfer" in entry]
+    assert len(moved) == 1 and moved[0]["steps"] == 3 and moved[0]["decoder_inputs"] == "labels"
+    lines = [line for line in reporter.lines if line.startswith("attention transfer: layer")]
+    assert lines == [f"attention transfer: layer {i} relative error {b:.3f} -> {a:.3f}"
+                     for i, (b, a) in enumerate(zip(moved[0]["layer_error_before"], moved[0]["layer_error_after"]))]
+    # a variant without a memory to transfer to is refused before training
+    with pytest.raises(SrsumError, match="no memory to transfer to"):
+        train(tiny_training_config(tiny_t5_dir, tmp_path / "seg", attention="segmented", transfer_steps=2))

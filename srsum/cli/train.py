@@ -96,6 +96,9 @@ def train(
     clamp: Optional[str] = typer.Option(None, "--clamp", help="Clamp of the memory's key-value products in a new "
                                         "run: off, or a positive bound (default off; the paper's BART used 2). The memory line's clamp-saturated share near 1 means the clamp "
                                         "leaves the memory little: try off."),
+    transfer_steps: int = typer.Option(0, "--transfer-steps", help="Before fine-tuning a newly converted model, "
+                                       "train only W, λ, θ for N steps so each layer reproduces the full "
+                                       "cross-attention (attention transfer; 0: off)."),
     train_split: str = typer.Option("train", "--train-split", help="Split to train on (local files: rows whose "
                                     "'split' field matches; 'all' keeps every row).", rich_help_panel=DATA_PANEL),
     validation_split: str = typer.Option("validation", "--validation-split", help="Split scored after each epoch.",
@@ -171,6 +174,7 @@ def train(
         config = TrainingConfig(
             model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,
             schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, clamp=clamp,
+            transfer_steps=transfer_steps,
             train_split=train_split, validation_split=validation_split,
             text_column=text_column, summary_column=summary_column, train_limit=train_limit,
             eval_samples=eval_samples, output_dir=output_dir, run_name=run_name, epochs=epochs, max_steps=max_steps,

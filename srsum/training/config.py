@@ -31,6 +31,7 @@ class TrainingConfig:
     w_init: str | None = None  # "calibrated" or "paper"; None: the engine's default (calibrated)
     memory_ratio: float | None = None  # ||rec|| / ||local|| the calibration aims for; None: the engine's (0.05)
     clamp: str | float | None = None  # products' clamp: "off" or a bound; None: the family's (off for both)
+    transfer_steps: int = 0  # attention transfer (srsum.engine.transfer) of a new run's W, λ, θ before fine-tuning
     train_split: str = "train"
     validation_split: str = "validation"
     text_column: str | None = None
@@ -82,7 +83,7 @@ class TrainingConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        for name in ("eval_samples", "warmup_steps"):
+        for name in ("eval_samples", "warmup_steps", "transfer_steps"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -133,6 +133,8 @@ class _Run:
         self.log_lines = False
         self.window_tokens, self.window_start = 0.0, time.perf_counter()  # label tokens since the last log line
         self.scratch: tempfile.TemporaryDirectory | None = None  # the start model built from --config
+        self.source_type: str | None = None  # model_type of the start model (a plain T5/BART is converted here)
+        self.transfer: dict[str, Any] | None = None  # what attention transfer did (a new run with --transfer-steps)
 
     # ---- setup: data, model, optimizer, restored state
 
@@ -167,6 +169,7 @@ class _Run:
             self.source = new_model_folder(config.model_config, load_tokenizer(tokenizer_source),
                                            Path(self.scratch.name), config.seed)
         source_config = load_config(str(self.source))  # one-line errors for a folder that is not a model
+        self.source_type = getattr(source_config, "model_type", None)
         tokenizer_source = self.resume_from or config.tokenizer or self.source
         self.tokenizer = load_tokenizer(tokenizer_source)
         resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
@@ -209,11 +212,34 @@ class _Run:
             raise SrsumError(f"model: cannot load {str(self.source)!r} as an srsum checkpoint or a T5/BART model "
                              f"({reason})") from None
         self.model_type = model.config.model_type
+        converted_here = self.resume_from is None and self.source_type is not None \
+            and not self.source_type.startswith("srformer_")
+        if converted_here and config.transfer_steps:
+            self.transfer = self._transfer(model)
         if self.resume_from is None:  # record what the engine used
             config.w_init = model.config.srformer_w_init
             config.memory_ratio = model.config.srformer_memory_ratio
             config.clamp = clamp_to_text(model.config.srformer_clamp)
         self.model = model
+
+    def _transfer(self, model) -> dict[str, Any]:
+        """Attention transfer of the newly converted model on the first training batches (epoch 0's order)."""
+        from srsum.engine.transfer import memory_parameters, transfer_attention
+
+        config = self.config
+        if not memory_parameters(model):
+            raise SrsumError(f"--transfer-steps: {config.attention or DEFAULT_ATTENTION} cross-attention has no "
+                             "memory to transfer to")
+        order = self.epoch_order(0)
+        batches = [self.collator([self.train_rows[i] for i in order[start:start + config.batch_size]])
+                   for start in range(0, min(len(order), config.transfer_steps * config.batch_size), config.batch_size)]
+        with self.reporter.progress("attention transfer", config.transfer_steps) as advance:
+            result = transfer_attention(model, batches, config.transfer_steps, eval_batches=[self.train_batch],
+                                        max_new_tokens=config.max_target_length, advance=advance)
+        for layer, (before, after) in enumerate(zip(result.layer_error_before, result.layer_error_after)):
+            self.reporter.info(f"attention transfer: layer {layer} relative error {before:.3f} -> {after:.3f}")
+        summary = {key: value for key, value in result.to_dict().items() if key != "losses"}
+        return {**summary, "first_loss": result.losses[0], "final_loss": result.losses[-1]}
 
     def _build_optimizer(self) -> None:
         import torch
@@ -279,6 +305,8 @@ class _Run:
                             "training examples)" if calibration else "")
         if start:
             self.log_history.append({"step": 0, "memory": start})
+        if self.transfer is not None:
+            self.log_history.append({"step": 0, "transfer": self.transfer})
 
     # ---- the loop
 
