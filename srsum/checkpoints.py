@@ -6,15 +6,20 @@ Layout of a training run folder (``models/<run-name>/`` by default)::
                            optimizer.pt, scheduler.pt, rng.json, trainer_state.json
     best/                  model, tokenizer and trainer_state.json of the best evaluation so far
 
-Every folder is first written as ``<name>.tmp-XXXXXXXX`` beside its final place, its files and itself
+Every folder is first written as ``<name>.tmp-<pid>-XXXXXXXX`` beside its final place, its files and itself
 flushed to disk (fsync), and renamed when complete, so an interrupted write never leaves a half-written
 checkpoint under a final name; folders with ``.tmp`` in their name are ignored by every reader here.
 ``trainer_state.json`` is written last. An existing folder (``best/``) is swapped for the new one in one
 atomic exchange where the system has it (Linux ``renameat2``); elsewhere it is moved aside as
 ``<name>.tmp-old-XXXX`` first, and :func:`recover_run_dir` (run when training starts and before every save)
-puts it back if a crash came between the two renames, and removes the leftovers of interrupted writes.
+puts it back if a crash came between the two renames, and removes the leftovers of interrupted writes (only
+those whose process, the pid in their name, is gone: a live run's temporary folders are its own).
 Files (predictions, metrics) are written the same way with :func:`atomic_write_text`. Written files and
 folders get the usual permissions of the process umask (0644 / 0755 under umask 022).
+
+Every error of a write (a full disk, a quota, a read-only or failing filesystem, a permission; safetensors'
+``SafetensorError`` and torch's writer errors as well as ``OSError``) is a :class:`RuntimeFailure` naming the
+path: the temporary folder or file is removed and what was there before is left as it was.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from srsum.errors import SrsumError
+from srsum.errors import RuntimeFailure, SrsumError
 
 TRAINER_STATE = "trainer_state.json"
 BEST = "best"
@@ -44,8 +49,37 @@ MODELS_DIR = "models"
 # atomic writes
 
 
-def _describe(error: OSError) -> str:
-    return error.strerror or str(error)
+def _describe(error: BaseException) -> str:
+    """An error's reason on one line: an OSError's strerror, else its message (or type), shortened."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
+def _temp_prefix(name: str) -> str:
+    """The prefix of this process's temporary copy of ``name`` (its pid says whose it is)."""
+    return f"{name}.tmp-{os.getpid()}-"
+
+
+@contextmanager
+def write_errors(path: str | Path) -> Iterator[None]:
+    """Turn any error of the writes inside (OSError, SafetensorError, torch's writer RuntimeError, ...) into a
+    one-line :class:`RuntimeFailure` naming ``path``; SrsumError and KeyboardInterrupt pass as they are."""
+    try:
+        yield
+    except SrsumError:
+        raise
+    except Exception as error:
+        raise RuntimeFailure(f"cannot write {path}: {_describe(error)}") from None
+
+
+def write_new_file(path: str | Path, text: str) -> None:
+    """Write ``text`` to a file that must not exist yet, never through a symbolic link (O_EXCL | O_NOFOLLOW)."""
+    from srsum.locks import open_no_follow
+
+    handle = open_no_follow(path, os.O_WRONLY, "new file", new=True)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
 
 
 def ensure_writable_dir(folder: str | Path, what: str = "output directory") -> Path:
@@ -120,9 +154,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(f".{path.name}"))  # O_EXCL|O_NOFOLLOW
     except OSError as error:
-        raise SrsumError(f"cannot write {path}: {_describe(error)}") from None
+        raise RuntimeFailure(f"cannot write {path}: {_describe(error)}") from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
@@ -135,7 +169,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     except BaseException as error:
         Path(temp).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise SrsumError(f"cannot write {path}: {_describe(error)}") from None
+            raise RuntimeFailure(f"cannot write {path}: {_describe(error)}") from None
         raise
     return path
 
@@ -150,7 +184,8 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``final``; on success it replaces ``final``.
 
     On any exception (KeyboardInterrupt included) the temporary folder is removed and ``final`` is
-    left as it was. The new folder is flushed to disk (files, then folder) before it is renamed. An existing
+    left as it was; an error of the writes (see :func:`write_errors`) is a RuntimeFailure naming ``final``. The
+    new folder is flushed to disk (files, then folder) before it is renamed. An existing
     ``final`` is exchanged with the new folder atomically where the system can; otherwise it is moved aside
     as ``<name>.tmp-old-XXXX`` and the new folder renamed into place (a crash between the two renames is
     repaired by :func:`recover_run_dir`). Then the old one is deleted.
@@ -158,23 +193,24 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.tmp-"))
+        temp = Path(tempfile.mkdtemp(dir=final.parent, prefix=_temp_prefix(final.name)))
     except OSError as error:
-        raise SrsumError(f"cannot write {final}: {_describe(error)}") from None
+        raise RuntimeFailure(f"cannot write {final}: {_describe(error)}") from None
     old = None
     try:
-        yield temp
-        _settle(temp)
-        if final.exists():
-            if _exchange(temp, final):
-                old = temp  # the exchange left the previous folder under the temporary name
+        with write_errors(final):
+            yield temp
+            _settle(temp)
+            if final.exists():
+                if _exchange(temp, final):
+                    old = temp  # the exchange left the previous folder under the temporary name
+                else:
+                    old = final.with_name(f"{final.name}{_OLD}{os.getpid()}-{temp.name.rsplit('-', 1)[-1]}")
+                    os.rename(final, old)
+                    os.rename(temp, final)
             else:
-                old = final.with_name(f"{final.name}{_OLD}{temp.name.rsplit('-', 1)[-1]}")
-                os.rename(final, old)
                 os.rename(temp, final)
-        else:
-            os.rename(temp, final)
-        _fsync_dir(final.parent)
+            _fsync_dir(final.parent)
     except BaseException:
         if old is not temp:
             shutil.rmtree(temp, ignore_errors=True)
@@ -184,21 +220,39 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 
 _OLD = ".tmp-old-"
-_LEFTOVER = re.compile(r"^(?P<name>\.?[^/]+?)\.tmp-")
+_LEFTOVER = re.compile(r"^(?P<name>\.?[^/]+?)\.tmp-(?:old-)?(?:(?P<pid>\d+)-)?")
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` exists (a process of another user included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, it is someone else's
+        return True
+    return True
+
+
+def _in_use(match: re.Match) -> bool:
+    """A temporary name of a process still running, other than this one (its write may be under way)."""
+    pid = match.group("pid")
+    return pid is not None and int(pid) != os.getpid() and _alive(int(pid))
 
 
 def recover_run_dir(run_dir: str | Path) -> list[Path]:
     """Repair a run folder after a crash: a folder moved aside as ``<name>.tmp-old-XXXX`` whose ``<name>`` is
     missing (the crash came between the two renames of :func:`atomic_dir`) is put back; every other leftover
-    of an interrupted write (``<name>.tmp-XXXX`` folders, ``.<file>.tmp-XXXX`` files) is removed. Returns the
-    paths removed. Only the main process of a run may call this (nothing else writes there)."""
+    of an interrupted write (``<name>.tmp-XXXX`` folders, ``.<file>.tmp-XXXX`` files) is removed. A temporary
+    name carries the pid of the process that made it: one of another process that is still running is left
+    alone (only the run that made a temporary folder removes it while it runs). Returns the paths removed."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     removed = []
     for path in sorted(run_dir.iterdir()):
         match = _LEFTOVER.match(path.name)
-        if match is None:
+        if match is None or _in_use(match):
             continue
         final = run_dir / match.group("name")
         if _OLD in path.name and path.is_dir() and not final.exists() and is_complete_folder(path):
@@ -368,7 +422,9 @@ def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any],
                     rng: dict[str, Any] | list[dict[str, Any]] | None = None) -> Path:
     """Write a checkpoint folder atomically: model, tokenizer, optimizer/scheduler/RNG, then trainer state.
 
-    ``rng`` is one :func:`rng_state`, or a list of them, one per process in rank order (:func:`rng_file`)."""
+    ``rng`` is one :func:`rng_state`, or a list of them, one per process in rank order (:func:`rng_file`).
+    Any error of the writes is a RuntimeFailure naming ``folder`` (see :func:`atomic_dir`); nothing of this
+    checkpoint is then left, and an earlier ``folder`` is kept as it was."""
     import torch
 
     folder = Path(folder)
@@ -381,8 +437,8 @@ def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any],
         if scheduler is not None:
             torch.save(scheduler.state_dict(), temp / "scheduler.pt")
         for rank, process_rng in enumerate([rng] if isinstance(rng, dict) else rng or []):
-            (temp / rng_file(rank)).write_text(json.dumps(process_rng), encoding="utf-8")
-        (temp / TRAINER_STATE).write_text(json.dumps(state, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_new_file(temp / rng_file(rank), json.dumps(process_rng))
+        write_new_file(temp / TRAINER_STATE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
     return folder
 
 
