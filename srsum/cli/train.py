@@ -150,6 +150,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the last complete checkpoint of --output-dir "
                                 "(default: the newest run under models/) to the same total step count.",
                                 rich_help_panel=SAVE_PANEL),
+    allow_data_change: bool = typer.Option(False, "--allow-data-change", help="With --resume: go on (with a "
+                                           "warning) when the training data changed since the checkpoint, instead "
+                                           "of refusing.", rich_help_panel=SAVE_PANEL),
+    skip_nonfinite: int = typer.Option(0, "--skip-nonfinite", help="Skip (with a warning, without an update) up to "
+                                       "N batches whose loss or gradients are not finite; the next one stops the "
+                                       "run. 0: the first one stops it.", rich_help_panel=TRAINING_PANEL),
     logging_steps: int = typer.Option(10, "--logging-steps", help="Record the mean loss every N steps (when stderr "
                                       "is not a terminal, also print it as a plain line).",
                                       rich_help_panel=SAVE_PANEL),
@@ -183,7 +189,8 @@ def train(
             weight_decay=weight_decay, warmup_steps=warmup_steps, max_source_length=max_source_length,
             max_target_length=max_target_length, bf16=bf16, cpu=cpu, seed=seed, save_steps=save_steps,
             save_total_limit=save_total_limit, best_metric=best_metric, eval_num_beams=eval_num_beams,
-            logging_steps=logging_steps, resume=resume, model_config=model_config, tokenizer=tokenizer)
+            logging_steps=logging_steps, resume=resume, model_config=model_config, tokenizer=tokenizer,
+            skip_nonfinite=skip_nonfinite, allow_data_change=allow_data_change)
         # not a terminal (a log file, a pipe): no progress bar is drawn, so print a loss line every --logging-steps
         result = run_training(config, reporter, log_lines=not reporter.console.is_terminal)
         if not result.main_process:

@@ -62,6 +62,8 @@ class TrainingConfig:
     resume: bool = False
     model_config: str | None = None  # config.json (or its folder): train a new, randomly initialised model
     tokenizer: str | None = None  # tokenizer folder (default: the model's, or the model_config folder's)
+    skip_nonfinite: int = 0  # batches with a non-finite loss or gradients skipped (with a warning) before stopping
+    allow_data_change: bool = False  # --resume on training data that changed since the checkpoint (a warning)
 
     def engine_settings(self) -> dict[str, Any]:
         """The conversion settings given (w_init, memory_ratio, clamp: "off" is None there) for ``convert``."""
@@ -83,7 +85,7 @@ class TrainingConfig:
         for name, value in positive.items():
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        for name in ("eval_samples", "warmup_steps", "transfer_steps"):
+        for name in ("eval_samples", "warmup_steps", "transfer_steps", "skip_nonfinite"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -230,12 +232,13 @@ def resumed_config(config: TrainingConfig, checkpoint: Path) -> TrainingConfig:
     resumed = TrainingConfig(**{key: value for key, value in saved_args.items() if key in known})
     resumed.resume = True
     resumed.output_dir = str(checkpoint.parent)
-    resumed.cpu = config.cpu  # hardware choices may change between sessions
+    for name in _RESUME_FREE[3:]:  # hardware choices and what to do about faults may change between sessions
+        setattr(resumed, name, getattr(config, name))
     return resumed.validate()
 
 
 # settings a resumed run takes from the command line rather than from its checkpoint
-_RESUME_FREE = ("resume", "output_dir", "run_name", "cpu")
+_RESUME_FREE = ("resume", "output_dir", "run_name", "cpu", "skip_nonfinite", "allow_data_change")
 
 
 def _check_given_settings(config: TrainingConfig, saved_args: dict[str, Any], checkpoint: Path) -> None:

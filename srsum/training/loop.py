@@ -2,6 +2,11 @@
 and the model (``setup``), and trains epoch by epoch (``epoch``), optimizer step by optimizer step (``step``),
 validating (``evaluate``) and saving (``save``) at the end of each epoch.
 
+The run folder is locked (:class:`srsum.locks.Lock`) while a run writes there. A step whose loss or gradients are
+not finite stops the run (or, with ``skip_nonfinite``, is skipped without an update), and weights that are not
+finite are never saved. A resumed run checks that its training data is the one its checkpoint recorded
+(:mod:`srsum.training.fingerprint`).
+
 Under ``torchrun`` / ``accelerate launch`` with N processes the run is data-parallel: each process takes its
 part of every global micro-batch (:mod:`srsum.training.batches`), the model is wrapped for gradient
 synchronisation (``accelerator.prepare``), validation is sharded and gathered, and only the main process
@@ -10,6 +15,7 @@ prints and writes (each process's RNG state is saved beside the main one's, so `
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +30,8 @@ from srsum.checkpoints import (BEST, CHECKPOINT_PREFIX, MODELS_DIR, ensure_writa
                                list_checkpoints, load_torch_file, prune_checkpoints, read_rng_state,
                                read_trainer_state, recover_run_dir, rng_state, save_checkpoint, set_rng_state)
 from srsum.engine.settings import clamp_to_text
-from srsum.errors import SrsumError
+from srsum.errors import RuntimeFailure, SrsumError
+from srsum.locks import LOCK_FILE, Lock
 from srsum.reporting import Reporter
 from srsum.training.config import (DEFAULT_ATTENTION, DEFAULT_SEG_SIZE, TrainingConfig, TrainingInterrupted,
                                    TrainResult, default_run_name, find_resume_dir, resumed_config)
@@ -32,6 +39,7 @@ from srsum.training.batches import epoch_order, label_tokens, loss_sum, micro_ba
 from srsum.training.distributed import (agree, gather_shards, make_accelerator, on_main, reduce_sums,
                                         single_process_launch_warning)
 from srsum.training.evaluation import clamp_warning, is_better, memory_line, memory_rows, merge_log, validation
+from srsum.training.fingerprint import data_fingerprint, describe_change
 from srsum.training.inputs import config_file, load_split, new_model_folder, tokenize_split
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -72,18 +80,38 @@ def train(config: TrainingConfig, reporter: Reporter | None = None, *, models_ro
         reporter.warn(warning)
     config, run_dir, resume_from = agree(lambda: _run_folder(config, accelerator, models_root), accelerator)
     created = not run_dir.exists()
-    # the main process writes: the folder must be writable, and is repaired after a crash (leftover .tmp folders)
-    agree(lambda: recover_run_dir(ensure_writable_dir(run_dir)) if main else None, accelerator)
+    # the main process writes: the folder must be writable, is locked against a second run, and is repaired after
+    # a crash (leftover .tmp folders)
+    lock = agree(lambda: _lock_run_dir(run_dir) if main else None, accelerator)
     config.run_name = config.run_name or run_dir.name
     try:
-        run = _Run(config, accelerator, reporter, run_dir, resume_from)
-        run.log_lines = log_lines
-        run.setup()
-        return run.train(stop_after_steps, on_step)
+        try:
+            run = _Run(config, accelerator, reporter, run_dir, resume_from)
+            run.log_lines = log_lines
+            run.setup()
+            return run.train(stop_after_steps, on_step)
+        finally:
+            if lock is not None:
+                lock.release()
     except BaseException:
         if main and created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # nothing was written: leave no empty run folder behind
         raise
+
+
+def _run_lock(run_dir: Path) -> Lock:
+    return Lock(run_dir / LOCK_FILE, f"run folder {run_dir}")
+
+
+def _lock_run_dir(run_dir: Path) -> Lock:
+    """Create (if need be) and lock the run folder, then remove the leftovers of a killed run there."""
+    lock = _run_lock(ensure_writable_dir(run_dir)).acquire()
+    try:
+        recover_run_dir(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _run_folder(config: TrainingConfig, accelerator, models_root) -> tuple[TrainingConfig, Path, Path | None]:
@@ -105,6 +133,7 @@ def _run_folder(config: TrainingConfig, accelerator, models_root) -> tuple[Train
                                                                                default_run_name(config))),
                            accelerator)).expanduser()  # the time stamp of the default name: the main process's
     if list_checkpoints(run_dir):
+        _run_lock(run_dir).check()  # a run writing there now: say so, with its pid
         raise SrsumError(f"{run_dir} already holds checkpoints; pass --resume to continue that run, or choose "
                          "another --output-dir")
     config.output_dir = str(run_dir)
@@ -135,6 +164,9 @@ class _Run:
         self.scratch: tempfile.TemporaryDirectory | None = None  # the start model built from --config
         self.source_type: str | None = None  # model_type of the start model (a plain T5/BART is converted here)
         self.transfer: dict[str, Any] | None = None  # what attention transfer did (a new run with --transfer-steps)
+        self.data: dict[str, Any] = {}  # the training data's fingerprint (srsum.training.fingerprint)
+        self.skipped_steps: list[int] = []  # steps whose batch was skipped for a non-finite loss or gradients
+        self.skipped_now = 0  # of them, skipped by this process (--skip-nonfinite counts these)
 
     # ---- setup: data, model, optimizer, restored state
 
@@ -174,6 +206,7 @@ class _Run:
         self.tokenizer = load_tokenizer(tokenizer_source)
         resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
         train_examples = load_split(config, config.train_split, config.train_limit, "training")
+        self.data = data_fingerprint(config.dataset, config.train_split, len(train_examples))
         self.eval_examples = (load_split(config, config.validation_split, config.eval_samples, "validation")
                               if config.eval_samples > 0 else [])
         self.train_rows = tokenize_split(self.tokenizer, source_config, train_examples, config, reporter, "training")
@@ -278,6 +311,7 @@ class _Run:
             raise SrsumError(f"--resume: {self.resume_from} was trained on {saved_processes} process"
                              f"{'es' if saved_processes > 1 else ''}, this run has {self.processes}; launch it with "
                              f"{saved_processes} (the data order of a step depends on the number of processes)")
+        self._check_data(state.get("data"))
         self.saved_rng = read_rng_state(self.resume_from, self.accelerator.process_index)
         if self.saved_rng is None:
             self.reporter.warn(f"{self.resume_from} has no random state for this process (an older srsum wrote a "
@@ -286,6 +320,24 @@ class _Run:
         self.best = state.get("best")
         self.log_history = list(state.get("log_history", []))
         self.last_metrics = dict(state.get("metrics", {}))
+        self.skipped_steps = list(state.get("skipped_nonfinite_steps", []))
+
+    def _check_data(self, saved: dict[str, Any] | None) -> None:
+        """SrsumError when the training data differs from the one the checkpoint recorded (a warning with
+        --allow-data-change)."""
+        name = self.resume_from.name
+        if not isinstance(saved, dict):
+            self.reporter.warn(f"{self.resume_from} records no fingerprint of its training data (an older srsum): "
+                               "whether the data changed since cannot be checked")
+            return
+        change = describe_change(saved, self.data)
+        if change is None:
+            return
+        if not self.config.allow_data_change:
+            raise SrsumError(f"--resume: the training data changed since {name}: {change}; restore the data the run "
+                             "was trained on, or pass --allow-data-change to go on with the new data")
+        self.reporter.warn(f"the training data changed since {name}: {change}; going on with it as "
+                           "--allow-data-change asks (the result will differ from an uninterrupted run)")
 
     def _announce(self) -> None:
         config = self.config
@@ -364,15 +416,51 @@ class _Run:
                 summed = loss_sum(model, batch)
                 accelerator.backward(summed * (0.0 if empty else scale))
             total += 0.0 if empty else float(summed.detach())
-        if self.config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        norm = self._gradient_norm()
+        loss = reduce_sums([total], accelerator)[0] / max(all_tokens, 1.0)  # the same on every process, as the norm
+        if math.isfinite(loss) and math.isfinite(norm):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.running_loss += loss
+            self.running_count += 1
+        else:
+            self._non_finite(f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}")
         self.optimizer.zero_grad()
-        self.running_loss += reduce_sums([total], accelerator)[0] / max(all_tokens, 1.0)
-        self.running_count += 1
         self.window_tokens += all_tokens
         self.global_step += 1
+
+    def _gradient_norm(self) -> float:
+        """The gradients' total norm (inf or nan when one of them is not finite), after clipping them to
+        --max-grad-norm when it is set."""
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else math.inf
+        return float(self.accelerator.clip_grad_norm_(self.model.parameters(), limit))
+
+    def _non_finite(self, what: str) -> None:
+        """A step with a non-finite loss or gradients: skip its batch (no update) while --skip-nonfinite allows,
+        with a warning; else stop the run."""
+        step, limit = self.global_step + 1, self.config.skip_nonfinite
+        if self.skipped_now >= limit:
+            self._stop(step, what, f" (--skip-nonfinite {limit}: all {limit} skips used)" if limit else "")
+        self.skipped_now += 1
+        self.skipped_steps.append(step)
+        merge_log(self.log_history, step, {"skipped": what})
+        self.reporter.warn(f"step {step}: {what}; its batch is skipped, the weights are not updated "
+                           f"({self.skipped_now} of --skip-nonfinite {limit})")
+
+    def _stop(self, step: int, what: str, note: str = "") -> None:
+        """Stop the run at ``step`` for ``what`` (a RuntimeFailure saying what is kept and what to try)."""
+        kept = last_checkpoint(self.run_dir)
+        skip = "skip up to N such batches (without an update) with --skip-nonfinite N"
+        where = (f"the last good checkpoint is {kept}. Lower --learning-rate (now {self.config.learning_rate:g}) in a "
+                 f"new run, or {skip}: `srsum train --resume --output-dir {self.run_dir} --skip-nonfinite N`"
+                 if kept is not None else f"no checkpoint was written. Lower --learning-rate (now "
+                 f"{self.config.learning_rate:g}), or {skip}")
+        raise RuntimeFailure(f"step {step}: {what}{note}; training stopped, nothing of this step was saved; {where}")
+
+    def _finite_weights(self) -> bool:
+        import torch
+
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.unwrapped.parameters()]).all())
 
     def _memory_note(self) -> str:
         """The last measured memory ratio (mean over layers), for the plain log line; empty before one."""
@@ -383,22 +471,27 @@ class _Run:
     def _after_step(self) -> None:
         """Log the loss; at the end of an epoch validate (or report the memory); save when due."""
         config, step = self.config, self.global_step
-        mean_loss = self.running_loss / self.running_count
-        self.advance(1, loss=mean_loss)
+        mean_loss = self.running_loss / self.running_count if self.running_count else None  # None: all skipped
+        self.advance(1, **({} if mean_loss is None else {"loss": mean_loss}))
         if step % config.logging_steps == 0 or step == self.total_steps:
             learning_rate = self.scheduler.get_last_lr()[0]
             now = time.perf_counter()
             tokens_per_second = self.window_tokens / max(now - self.window_start, 1e-9)
-            self.log_history.append({"step": step, "loss": round(mean_loss, 5), "learning_rate": learning_rate,
-                                     "target_tokens_per_second": round(tokens_per_second, 1)})
+            merge_log(self.log_history, step, {"loss": None if mean_loss is None else round(mean_loss, 5),
+                                               "learning_rate": learning_rate,
+                                               "target_tokens_per_second": round(tokens_per_second, 1)})
             if self.log_lines:
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                self.reporter.info(f"{stamp} step {step}/{self.total_steps}: loss {mean_loss:.4f}, learning rate "
+                shown = "skipped" if mean_loss is None else f"{mean_loss:.4f}"
+                self.reporter.info(f"{stamp} step {step}/{self.total_steps}: loss {shown}, learning rate "
                                    f"{learning_rate:.3g}, {tokens_per_second:,.0f} target tokens/s"
                                    + self._memory_note())
             self.running_loss, self.running_count = 0.0, 0
             self.window_tokens, self.window_start = 0.0, now
         end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
+        due = config.save_steps is not None and step % config.save_steps == 0
+        if (end_of_epoch or due) and not self._finite_weights():
+            self._stop(step, "the weights are no longer finite")
         improved = False
         if end_of_epoch and not self.eval_rows:
             rows = self.memory(self.train_batch, f"after step {step}")
@@ -407,7 +500,6 @@ class _Run:
                 merge_log(self.log_history, step, {"memory": rows})
         if end_of_epoch and self.eval_rows:
             improved = self.evaluate()
-        due = config.save_steps is not None and step % config.save_steps == 0
         if end_of_epoch or due:
             self.checkpoint = self.save(improved)
 
@@ -474,7 +566,8 @@ class _Run:
             "num_processes": self.processes,
             "global_batch_size": self.config.batch_size * self.processes * self.config.gradient_accumulation_steps,
             "metrics": self.last_metrics, "best": self.best,
-            "log_history": self.log_history, "args": asdict(self.config),
+            "log_history": self.log_history, "args": asdict(self.config), "data": self.data,
+            "skipped_nonfinite_steps": self.skipped_steps,
             "srformer": {k: v for k, v in self.unwrapped.config.to_dict().items() if k.startswith("srformer_")},
             "model_type": self.model_type, "srsum_version": __version__,
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
