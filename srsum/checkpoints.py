@@ -24,6 +24,7 @@ path: the temporary folder or file is removed and what was there before is left 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -83,16 +84,19 @@ def write_new_file(path: str | Path, text: str) -> None:
 
 
 def ensure_writable_dir(folder: str | Path, what: str = "output directory") -> Path:
-    """Create ``folder`` (with parents) and check a file can be written in it; SrsumError if not."""
+    """Create ``folder`` (with parents) and check a file can be written in it: SrsumError when the path cannot be
+    a folder (a file is in the way), RuntimeFailure when the system refuses the write (permission, read-only or
+    full filesystem, ...)."""
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
         raise SrsumError(f"cannot write to {what} {path}: it exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".srsum-write-test-"):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=_temp_prefix(".srsum-write-test")):
             pass
     except OSError as error:
-        raise SrsumError(f"cannot write to {what} {path}: {_describe(error)}") from None
+        kind = SrsumError if error.errno in (errno.ENOTDIR, errno.EEXIST) else RuntimeFailure
+        raise kind(f"cannot write to {what} {path}: {_describe(error)}") from None
     return path
 
 
@@ -433,13 +437,49 @@ def save_checkpoint(folder: str | Path, model, tokenizer, state: dict[str, Any],
         if tokenizer is not None:
             tokenizer.save_pretrained(temp)
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), temp / "optimizer.pt")
+            _torch_save(optimizer.state_dict(), temp / "optimizer.pt")
         if scheduler is not None:
-            torch.save(scheduler.state_dict(), temp / "scheduler.pt")
+            _torch_save(scheduler.state_dict(), temp / "scheduler.pt")
         for rank, process_rng in enumerate([rng] if isinstance(rng, dict) else rng or []):
             write_new_file(temp / rng_file(rank), json.dumps(process_rng))
         write_new_file(temp / TRAINER_STATE, json.dumps(state, indent=2, ensure_ascii=False) + "\n")
     return folder
+
+
+class _KeepWriteError:
+    """A binary file whose write errors are kept: torch's writer turns them into an opaque RuntimeError."""
+
+    def __init__(self, stream, path: Path):
+        self.stream, self.name, self.error = stream, str(path), None
+
+    def __str__(self) -> str:
+        return self.name
+
+    def write(self, data) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _torch_save(obj, path: Path) -> None:
+    """``torch.save`` into a new file; a failed write raises its own OSError (ENOSPC, EDQUOT, EIO, ...)."""
+    import torch
+
+    from srsum.locks import open_no_follow
+
+    with os.fdopen(open_no_follow(path, os.O_WRONLY, "new file", new=True), "wb") as stream:
+        target = _KeepWriteError(stream, path)
+        try:
+            torch.save(obj, target)
+        except RuntimeError:
+            if target.error is not None:
+                raise target.error from None
+            raise
 
 
 def load_torch_file(path: Path):

@@ -85,13 +85,14 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
                              limit=limit)
     columns = {"text_column": getattr(examples, "text_column", None),
                "summary_column": getattr(examples, "summary_column", None)}
-    missing = [example for example in examples if example.summary is None]
+    missing = [example for example in examples if not _has_reference(example)]
     if len(missing) == len(examples):
         raise SrsumError(f"dataset {dataset!r} has no reference summaries (split {split!r}); name the column with "
                          "--summary-column")
     if missing:
-        reporter.warn(f"{len(missing)} of {len(examples)} examples have no reference summary and are skipped")
-        examples = [example for example in examples if example.summary is not None]
+        reporter.warn(f"{len(missing)} of {len(examples)} examples have no reference summary (missing, null or "
+                      "empty) and are skipped")
+        examples = [example for example in examples if _has_reference(example)]
     empty = [example.id for example in examples if not example.text.strip()]
     if empty:
         reporter.warn(f"{len(empty)} examples have an empty article and are skipped: {', '.join(empty[:5])}")
@@ -126,6 +127,8 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
         "summary_column": columns["summary_column"],
         "limit": limit,
         "n_examples": len(examples),
+        "skipped_no_reference": len(missing),
+        "skipped_empty_article": len(empty),
         "mean_prediction_words": round(sum(len(p.split()) for p in predictions) / len(predictions), 2),
         "gen_len": None if summarizer is None else _mean_tokens(summarizer.tokenizer, predictions),
         "mean_reference_words": round(sum(len(r.split()) for r in references) / len(references), 2),
@@ -151,6 +154,11 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
         metrics["metrics_file"] = str(output_dir / "metrics.json")
         (output_dir / PARTIAL_PREDICTIONS).unlink(missing_ok=True)  # an earlier interrupted run's
     return metrics
+
+
+def _has_reference(example) -> bool:
+    """A reference summary to score against: present, not null, not empty (nor only white space)."""
+    return example.summary is not None and bool(example.summary.strip())
 
 
 def launched_processes() -> int:

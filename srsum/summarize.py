@@ -15,6 +15,7 @@ warnings, which it emits with ``warnings.warn`` as :class:`srsum.data.DataWarnin
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -438,50 +439,95 @@ class OutputFile:
     """``--output``: every finished summary is appended at once to ``<output>.partial`` (one flushed JSON
     line each), so even a killed run loses nothing; :meth:`finish` then writes ``<output>`` atomically, in
     input order, and removes the journal. With ``skip_done`` the rows already in ``<output>`` and in a
-    journal left by a killed run are kept and their ids are not summarized again."""
+    journal left by a killed run are kept and their ids are not summarized again.
+
+    One process at a time: ``<output>.lock`` is locked (:class:`srsum.locks.Lock`, the holder's pid in it) until
+    :meth:`close`. The journal is opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when it is new): a symbolic link
+    planted there is refused. ``<output>`` itself may be a link the user made: the file it points to is written
+    (the journal and the lock sit beside that file). A write error is a RuntimeFailure naming the file."""
 
     def __init__(self, path: str | Path, skip_done: bool = False):
-        self.path = Path(path).expanduser()
+        from srsum.locks import Lock
+
+        given = Path(path).expanduser()
+        self.path = Path(os.path.realpath(given)) if given.is_symlink() else given
         self.journal = self.path.with_name(self.path.name + ".partial")
         self.done: dict[str, dict[str, Any]] = {}
+        self._handle = None
+        self.fresh = not skip_done  # the journal is new (O_EXCL), an older run's being removed
+        self.lock = Lock(self.path.with_name(self.path.name + ".lock"), f"--output {given}").acquire()
+        try:
+            self._start(skip_done)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(self, skip_done: bool) -> None:
+        from srsum.locks import planted_link_error
+
+        if self.journal.is_symlink():
+            raise planted_link_error(self.journal, "the journal of --output")
         if not skip_done:
             self.journal.unlink(missing_ok=True)  # an older run's: its rows are not this run's
-        if skip_done:
-            for source in (self.path, self.journal):
-                for row in _readable_rows(source):
-                    self.done[row["id"]] = row
-        self._handle = None
+            return
+        for row in _readable_rows(self.path) + _readable_rows(self.journal, follow=False):
+            self.done[row["id"]] = row
 
     def todo(self, examples: Sequence[Example]) -> list[Example]:
         """The examples whose ids have no summary yet."""
         return [example for example in examples if example.id not in self.done]
 
     def add(self, row: dict[str, Any]) -> None:
+        from srsum.checkpoints import write_errors
+        from srsum.locks import open_no_follow
+
         if self._handle is None:
-            self._handle = open(self.journal, "a", encoding="utf-8")
-        self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._handle.flush()
+            flags = os.O_WRONLY | os.O_APPEND | (0 if self.fresh else os.O_CREAT)
+            handle = open_no_follow(self.journal, flags, "the journal of --output", new=self.fresh)
+            self._handle = os.fdopen(handle, "a", encoding="utf-8")
+        with write_errors(self.journal):
+            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._handle.flush()
         self.done[row["id"]] = row
 
     def finish(self, examples: Sequence[Example]) -> int:
         """Write every summary held (those of ``examples`` in their order, then any others kept from before)
         atomically to the output; returns how many rows it holds."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        self._close_journal()
         order = {example.id: i for i, example in enumerate(examples)}
         rows = sorted(self.done.values(), key=lambda row: order.get(row["id"], len(order)))
         write_jsonl(self.path, rows)
         self.journal.unlink(missing_ok=True)
         return len(rows)
 
+    def _close_journal(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            try:
+                handle.close()
+            except OSError:  # a flush the full disk refused: the lines written so far are in the journal
+                pass
 
-def _readable_rows(path: Path) -> list[dict[str, Any]]:
-    """The ``{id, summary}`` rows of a JSON Lines file; a line cut short by a killed write is skipped."""
+    def close(self) -> None:
+        """Close the journal and release the lock (the journal stays when :meth:`finish` was not reached)."""
+        self._close_journal()
+        self.lock.release()
+
+
+def _readable_rows(path: Path, follow: bool = True) -> list[dict[str, Any]]:
+    """The ``{id, summary}`` rows of a JSON Lines file; a line cut short by a killed write is skipped.
+    ``follow=False``: a symbolic link at ``path`` is refused (srsum's own files)."""
     if not path.is_file():
         return []
+    if follow:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    else:
+        from srsum.locks import open_no_follow
+
+        with os.fdopen(open_no_follow(path, os.O_RDONLY, "the journal of --output"), "rb") as stream:
+            text = stream.read().decode("utf-8", errors="replace")
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -86,36 +86,40 @@ def summarize(
         if not examples:
             raise typer.Exit(EXIT_BAD_INPUT)
         target = OutputFile(output, skip_done) if output is not None else None
-        todo = target.todo(examples) if target is not None else examples
-        if len(todo) < len(examples):
-            reporter.info(f"{len(examples) - len(todo)} of {len(examples)} articles already have a summary in "
-                          f"{output}: skipped")
-        if todo:
-            summarizer = load_summarizer(model, device, dtype, reporter=reporter,
-                                         encoder_block="default" if encoder_block is None else encoder_block)
-            printer = _Printer(as_json, headers=len(todo) > 1)
-            results = InOrder(todo, (lambda rows: None) if target is not None else printer.print)
+        try:
+            todo = target.todo(examples) if target is not None else examples
+            if len(todo) < len(examples):
+                reporter.info(f"{len(examples) - len(todo)} of {len(examples)} articles already have a summary in "
+                              f"{output}: skipped")
+            if todo:
+                summarizer = load_summarizer(model, device, dtype, reporter=reporter,
+                                             encoder_block="default" if encoder_block is None else encoder_block)
+                printer = _Printer(as_json, headers=len(todo) > 1)
+                results = InOrder(todo, (lambda rows: None) if target is not None else printer.print)
 
-            def finished(index: int, summary: str) -> None:
-                results.add(index, summary)
-                if target is not None:
-                    target.add({"id": todo[index].id, "summary": summary})
+                def finished(index: int, summary: str) -> None:
+                    results.add(index, summary)
+                    if target is not None:
+                        target.add({"id": todo[index].id, "summary": summary})
 
-            try:
-                summarize_examples(summarizer, todo, settings, reporter, on_summary=finished)
-            except KeyboardInterrupt:
-                if target is not None:
-                    kept = target.finish(examples)
-                    reporter.warn(f"interrupted: {output} holds the {kept} of {len(examples)} summaries finished")
-                else:
-                    printer.print(results.rest())
-                raise
-        if target is not None:
-            kept = target.finish(examples)
-            reporter.info(f"wrote {kept} summaries to {output}")
-        if failures:
-            print_error(f"{len(failures)} input(s) could not be summarized; the other {len(examples)} were")
-            raise typer.Exit(EXIT_BAD_INPUT)
+                try:
+                    summarize_examples(summarizer, todo, settings, reporter, on_summary=finished)
+                except KeyboardInterrupt:
+                    if target is not None:
+                        kept = target.finish(examples)
+                        reporter.warn(f"interrupted: {output} holds the {kept} of {len(examples)} summaries finished")
+                    else:
+                        printer.print(results.rest())
+                    raise
+            if target is not None:
+                kept = target.finish(examples)
+                reporter.info(f"wrote {kept} summaries to {output}")
+            if failures:
+                print_error(f"{len(failures)} input(s) could not be summarized; the other {len(examples)} were")
+                raise typer.Exit(EXIT_BAD_INPUT)
+        finally:
+            if target is not None:
+                target.close()  # the lock released, a journal kept when the output was not written
 
 
 class _Printer:
