@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrain-lr", type=float)
     p.add_argument("--finetune-lr", type=float)
     p.add_argument("--threshold-init", type=float, help="initial RAF threshold θ (default: the SPEC's 0.1)")
+    p.add_argument("--leak-init", type=float, help="initial RAF leak λ (default: the family's, T5 0.1, BART 0.5)")
     p.add_argument("--memory-ratio", type=float,
                    help="calibrated ||rec|| / ||local|| at conversion (default: the engine's, 0.05)")
     p.add_argument("--new-param-lr-scale", type=float,
@@ -97,6 +98,7 @@ def config_from(args: argparse.Namespace):
                  "pretrain_batch_size": args.pretrain_batch_size, "finetune_steps": args.finetune_steps,
                  "batch_size": args.batch_size, "pretrain_lr": args.pretrain_lr, "finetune_lr": args.finetune_lr,
                  "eval_limit": args.eval_limit, "threshold_init": args.threshold_init,
+                 "leak_init": args.leak_init,
                  "memory_ratio": args.memory_ratio, "new_param_lr_scale": args.new_param_lr_scale,
                  "freeze_encoder": args.freeze_encoder, "transfer_steps": args.transfer_steps,
                  "transfer_lr": args.transfer_lr, "transfer_batches": args.transfer_batches,
@@ -113,6 +115,11 @@ def config_from(args: argparse.Namespace):
 
         config = replace(config, clamp=clamp_from_text(args.clamp))
         tags.append(f"clamp-{args.clamp}")
+    # every other non-default conversion or fine-tuning of the new parameters is a report section of its own
+    for value, tag in ((args.leak_init, "leak-{}"), (args.threshold_init, "threshold-{}"),
+                       (args.memory_ratio, "ratio-{}"), (args.new_param_lr_scale, "new-lr-x{}")):
+        if value:
+            tags.append(tag.format(value))
     if config.finetune_steps == 0:
         tags.append(NOT_FINE_TUNED)
     return replace(config, conversion_tag="+".join(tags)) if tags else config

@@ -119,7 +119,7 @@ def engine_convert():
 
 def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, converter=None,
                threshold_init: float | None = None, memory_ratio: float | None = None,
-               calibration_batch=None, clamp: float | str | None = "default"):
+               calibration_batch=None, clamp: float | str | None = "default", leak_init: float | None = None):
     """Convert the pretrained model's cross-attention to ``variant`` with srsum's own conversion.
     ``threshold_init`` (θ's initial value, SPEC default 0.1), ``memory_ratio`` (the calibrated W's
     ||rec|| / ||local||, engine default) and ``clamp`` (the products' clamp, family default) are passed only
@@ -131,6 +131,8 @@ def to_variant(model, variant: str, seg_size: int | None, schedule_length: int, 
     variant = split_transfer(variant)[0]  # the transfer itself needs batches: run_finetune does it
     convert = converter or engine_convert()
     extra = {"threshold_init": threshold_init} if threshold_init is not None else {}
+    if leak_init is not None:  # λ's initial value (the family's by default: T5 0.1, BART 0.5)
+        extra["leak_init"] = leak_init
     if clamp != "default":  # the products' clamp (BART's ±2 by default): None turns it off
         extra["clamp"] = clamp
     if variant == PAPER_INIT:

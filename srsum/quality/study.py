@@ -49,6 +49,7 @@ class StudyConfig:
     ramp_fraction: float = 0.5
     finetune_lr: float = 1e-3
     threshold_init: float | None = None  # None: the SPEC's θ = 0.1
+    leak_init: float | None = None       # None: the family's λ (T5 0.1, BART 0.5)
     clamp: float | str | None = "default"  # the products' clamp: the family's default (BART ±2), None (off) or a bound
     memory_ratio: float | None = None    # None: the engine's default ||rec|| / ||local|| after calibration
     new_param_lr_scale: float = 1.0      # W, λ, θ train at finetune_lr times this
@@ -251,7 +252,7 @@ def run_finetune(job: Job, config: StudyConfig, work_dir: str, converter=None) -
     model.to(config.device)
     torch.manual_seed(2_000 + job.seed)  # the new SRformer parameters' initialisation
     model = to_variant(model, job.variant, seg_size, task.max_target_len, converter, config.threshold_init,
-                       config.memory_ratio, calibration_batch, config.clamp)
+                       config.memory_ratio, calibration_batch, config.clamp, config.leak_init)
     calibration = calibration_of(model)
     moved = transfer(model, task, job, config) if split_transfer(job.variant)[1] else {}
     if config.freeze_encoder:
@@ -371,8 +372,11 @@ def _report(progress, runs: list[dict], total: int, record: dict) -> None:
     else:
         generated = record.get("generated_score")
         also = "" if generated is None else f", generated {generated:.3f}"
+        loss = "" if record.get("final_loss") is None else f"loss {record['final_loss']:.3f}, "
+        moved = "" if not record.get("transfer_layers") else "transfer error " + " · ".join(
+            f"{row['error_before']:.3f}->{row['error_after']:.3f}" for row in record["transfer_layers"]) + ", "
         progress(f"[{len(runs)}/{total}] {what}: score {record['score']:.3f}{also} "
-                 f"(loss {record['final_loss']:.3f}, {record['wall_seconds']:.0f}s)")
+                 f"({moved}{loss}{record['wall_seconds']:.0f}s)")
 
 
 def _run_inline(pretrains, followers, config, work, converter, progress, total) -> list[dict]:
