@@ -94,6 +94,7 @@ def se_text(z: float | None) -> str:
 
 
 SECONDARY = {"lookup": ("local_accuracy", "remote_accuracy", "first_loss", "final_loss"),
+             "lookup_shuffled": ("local_accuracy", "remote_accuracy", "first_loss", "final_loss"),
              "recall": ("first_loss", "final_loss"),
              "entities": ("order_f1", "token_accuracy", "first_loss", "final_loss")}
 SECONDARY_NOTES = {
@@ -389,6 +390,7 @@ def preserved_notes(existing: Path) -> str:
 
 GENERATED_NOTE = {
     "lookup": "forced-marker greedy: the given markers are fed, the model's own argmax digits are fed back",
+    "lookup_shuffled": "forced-marker greedy: the given markers are fed, the model's own argmax digits are fed back",
     "recall": "forced-key greedy: the given keys are fed, the model's own argmax values are fed back",
 }
 

@@ -135,10 +135,15 @@ class LookupTask(ChunkTask):
     generation = "forced"  # srsum's decoder is fed the given markers and its own argmax digits
     pretrain_steps = 5000  # a CPU probe: step accuracy 0.30 after 1,600 steps, 0.75 after 3,000
 
-    def __init__(self, n_chunks: int = 32, chunk_len: int = 8, eval_size: int = 256):
+    def __init__(self, n_chunks: int = 32, chunk_len: int = 8, eval_size: int = 256, shuffled: bool = False):
         if chunk_len < 1 or n_chunks < 2:
             raise SrsumError("lookup task: needs at least 2 chunks of at least 1 token")
         self.n_chunks, self.chunk_len, self.eval_size = n_chunks, chunk_len, eval_size
+        # shuffled: the markers stand in a new random order in every example, so where M_r's chunk lies is known
+        # only from the input's content, never from r (a trainable encoder cannot route "chunk r" by position)
+        self.shuffled = shuffled
+        if shuffled:
+            self.name = "lookup_shuffled"
         self.digit0 = N_SPECIAL                   # the 10 digits, as the decoder writes them
         self.marker0 = self.digit0 + 10           # M_0 .. M_{n_chunks-1}, as the decoder reads them
         self.local0 = self.marker0 + n_chunks     # one input token per (marker, digit): "M_t holds x"
@@ -157,6 +162,8 @@ class LookupTask(ChunkTask):
             markers = list(range(self.n_chunks))
         else:
             markers = sorted(rng.sample(range(self.n_chunks), chunks))
+        if self.shuffled:
+            rng.shuffle(markers)
         xs = [rng.randrange(10) for _ in markers]
         ys = [rng.randrange(10) for _ in markers]
         source: list[int] = []
@@ -514,7 +521,7 @@ def lcs_f1(predicted: list, gold: list) -> float:
 
 # --------------------------------------------------------------------------------------------------
 
-TASK_NAMES = ("lookup", "recall", "entities")
+TASK_NAMES = ("lookup", "lookup_shuffled", "recall", "entities")
 DEFAULT_TASKS = ("lookup", "recall")
 
 
@@ -523,6 +530,8 @@ def build_task(name: str, data_dir: str):
     """The task by name, cached per process (workers build each task once)."""
     if name == "lookup":
         return LookupTask()
+    if name == "lookup_shuffled":
+        return LookupTask(shuffled=True)
     if name == "recall":
         return RecallTask()
     if name == "entities":
