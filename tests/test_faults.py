@@ -339,6 +339,21 @@ def test_data_fingerprints_name_what_changed():
     assert describe_change(local, touched) == "changed: /d/a.txt (modification time changed)"
 
 
+def test_a_text_folders_fingerprint_covers_its_articles_and_summaries_only(tmp_path):
+    from srsum.training.fingerprint import data_fingerprint
+
+    (tmp_path / "a.txt").write_text("An article.")
+    (tmp_path / "a.summary.txt").write_text("Its summary.")
+    (tmp_path / "notes.md").write_text("not data")
+    before = data_fingerprint(str(tmp_path), "train", 1)
+    assert sorted(Path(item["path"]).name for item in before["files"]) == ["a.summary.txt", "a.txt"]
+    (tmp_path / "notes.md").write_text("edited notes")
+    assert describe_change(before, data_fingerprint(str(tmp_path), "train", 1)) is None
+    (tmp_path / "a.summary.txt").write_text("Another summary!")
+    change = describe_change(before, data_fingerprint(str(tmp_path), "train", 1))
+    assert change.startswith(f"changed: {(tmp_path / 'a.summary.txt').resolve()} (size 12 -> 16 bytes, content")
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. evaluate's references
 

@@ -38,8 +38,13 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
 
 
 def _local_files(path: Path) -> list[Path]:
+    """The files a local dataset is read from: the file; or a folder's .txt files (articles and summaries)."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".txt")
+    if path.suffix.lower() == ".txt":
+        from srsum.data import _summary_path
+
+        return [path] + [summary for summary in [_summary_path(path)] if summary.is_file()]
     return [path]
 
 

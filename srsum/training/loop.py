@@ -207,6 +207,8 @@ class _Run:
         resolve_max_source_length(SimpleNamespace(config=source_config), config.max_source_length)
         train_examples = load_split(config, config.train_split, config.train_limit, "training")
         self.data = data_fingerprint(config.dataset, config.train_split, len(train_examples))
+        if self.resume_from is not None:  # before the model is loaded: a refusal costs little
+            self._check_data(read_trainer_state(self.resume_from).get("data"))
         self.eval_examples = (load_split(config, config.validation_split, config.eval_samples, "validation")
                               if config.eval_samples > 0 else [])
         self.train_rows = tokenize_split(self.tokenizer, source_config, train_examples, config, reporter, "training")
@@ -311,7 +313,6 @@ class _Run:
             raise SrsumError(f"--resume: {self.resume_from} was trained on {saved_processes} process"
                              f"{'es' if saved_processes > 1 else ''}, this run has {self.processes}; launch it with "
                              f"{saved_processes} (the data order of a step depends on the number of processes)")
-        self._check_data(state.get("data"))
         self.saved_rng = read_rng_state(self.resume_from, self.accelerator.process_index)
         if self.saved_rng is None:
             self.reporter.warn(f"{self.resume_from} has no random state for this process (an older srsum wrote a "
