@@ -3,6 +3,7 @@
 its RESULTS.md and plot: for a study run as several grids (say a full T5 grid and a smaller BART one).
 
     python benchmarks/merge_quality.py out/a/results.json out/b/results.json --output-dir docs/quality-calibrated
+    python benchmarks/merge_quality.py out/new/results.json --before-clamp-change docs/results.json --output-dir docs
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ import sys
 from pathlib import Path
 
 from srsum.errors import SrsumError
+
+
+def retag_bart_clamp(results: dict) -> dict:
+    """Results written while BART's default clamp was the paper's ±2 (before srsum's default turned it off): a
+    BART fine-tuning with the default conversion is tagged "clamp-2", one tagged "clamp-off" becomes the
+    default, so each lands in the section of the settings it really had."""
+    for run in results["runs"]:
+        if run.get("family") != "bart" or run.get("variant") == "pretrained":
+            continue
+        tags = [t for t in (run.get("conversion_tag") or "").split("+") if t]
+        tags = ["clamp-2"] + tags if not any(t.startswith("clamp-") for t in tags) else \
+            [t for t in tags if t != "clamp-off"]
+        run["conversion_tag"] = "+".join(tags)
+    return results
 
 
 def merge(results: list[dict]) -> dict:
@@ -51,11 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", nargs="+", type=Path, help="results.json files of the sweeps")
     parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument("--before-clamp-change", type=Path, nargs="*", default=[],
+                        help="results.json files written while BART's default clamp was ±2 (merged first, retagged)")
     args = parser.parse_args(argv)
     try:
         from srsum.quality.report import load_results, write_report
 
-        merged = merge([load_results(path) for path in args.results])
+        older = [retag_bart_clamp(load_results(path)) for path in args.before_clamp_change]
+        merged = merge(older + [load_results(path) for path in args.results])
         args.output_dir.mkdir(parents=True, exist_ok=True)
         target = args.output_dir / "results.json"
         tmp = target.with_suffix(".json.tmp")
