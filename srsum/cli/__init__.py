@@ -6,7 +6,7 @@ options) is in :mod:`srsum.cli.common`.
 from __future__ import annotations
 
 from srsum.cli.common import app
-from srsum.cli import summarize, evaluate, train, convert  # noqa: F401,I001  (each registers its command on app, in help order)
+from srsum.cli import summarize, evaluate, train, convert, presets  # noqa: F401,I001  (each registers its command on app, in help order)
 from srsum.cli.profile import profile_command
 
 app.command("profile", epilog="""[bold]Examples[/bold]

@@ -15,16 +15,23 @@ CONVERT_EPILOG = """[bold]Examples[/bold]
   srsum convert facebook/bart-large-cnn --seg-size 16 --data cnn_dailymail --limit 200 --transfer-steps 300 --output models/bart-sr16
 
   srsum convert ./my-bart --attention segmented --seg-size 64 --output models/my-bart-seg64
+
+  srsum convert --preset bart-base --data articles.jsonl --transfer-steps 200 --output models/bart-base-sr64
 """
 
 
 @app.command(epilog=CONVERT_EPILOG)
 def convert(
-    model: str = typer.Argument(..., metavar="MODEL", help="Pretrained T5/BART (Hub name or local folder)."),
+    model: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Pretrained T5/BART (Hub name or local "
+                                          "folder); default: the --preset's model."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A preset of models/presets (srsum presets lists "
+                                         "them): its model, variant, --seg-size, G, --memory-ratio and --clamp, each "
+                                         "unless given."),
     output: str = typer.Option(..., "--output", "-o", help="Folder the SRformer checkpoint is written to "
                                "(atomically: model, tokenizer, transfer.json)."),
-    attention: str = typer.Option("srformer", "--attention", help="srformer, segmented, full or an ablation."),
-    seg_size: int = typer.Option(64, "--seg-size", help="Segment size s."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="srformer (default), segmented, full or an "
+                                            "ablation."),
+    seg_size: Optional[int] = typer.Option(None, "--seg-size", help="Segment size s (default 64)."),
     schedule_length: Optional[int] = typer.Option(None, "--schedule-length", help="Segment schedule length G "
                                                   "(default: --max-target-length)."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Articles to calibrate W on and to transfer on: a "
@@ -62,11 +69,22 @@ def convert(
     """
     from srsum.conversion import ConvertSettings, convert_model
     from srsum.engine.settings import clamp_from_text
+    from srsum.errors import UsageError
+    from srsum.presets import load_preset
 
     reporter = RichReporter(quiet)
     with handled(reporter):
+        if preset is not None:
+            chosen = load_preset(preset)
+            model, attention = model or chosen.model, attention or chosen.attention
+            seg_size, schedule_length = seg_size or chosen.seg_size, schedule_length or chosen.schedule_length
+            memory_ratio = chosen.memory_ratio if memory_ratio is None else memory_ratio
+            clamp = clamp or chosen.clamp
+        if model is None:
+            raise UsageError("MODEL or --preset required, e.g. srsum convert t5-small --output models/t5-small-sr64")
         settings = ConvertSettings(
-            model=model, output=output, attention=attention, seg_size=seg_size, schedule_length=schedule_length,
+            model=model, output=output, attention=attention or "srformer", seg_size=seg_size or 64,
+            schedule_length=schedule_length,
             clamp=None if clamp is None else clamp_from_text(clamp), memory_ratio=memory_ratio, data=data,
             split=split, text_column=text_column, summary_column=summary_column, limit=limit,
             transfer_steps=transfer_steps, transfer_lr=transfer_lr, batch_size=batch_size,

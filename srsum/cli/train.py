@@ -14,6 +14,10 @@ from srsum.errors import RuntimeFailure, SrsumError, UsageError
 
 TRAIN_EPILOG = """[bold]Examples[/bold]
 
+  srsum train --dataset cnn_dailymail                       [dim]# t5-small, SRformer, s 64: the paper's setting[/dim]
+
+  srsum train --preset bart-base --dataset xsum --seg-size 16
+
   srsum train --model t5-small --dataset cnn_dailymail --seg-size 64 --epochs 25
 
   srsum train --model facebook/bart-base --dataset xsum --attention segmented --bf16
@@ -83,6 +87,9 @@ def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cnn_dailymail, xsum, arxiv, mediasum, a Hub "
                                           "dataset name (owner/name[:config]), or a local .jsonl/.json/.csv/.parquet "
                                           "file or folder of .txt files.", rich_help_panel=DATA_PANEL),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Start from a preset of models/presets (srsum presets "
+                                         "lists them): its model, variant, --seg-size, G, --memory-ratio and --clamp, "
+                                         "each unless given. Without --model: t5-small, the paper's setting."),
     attention: Optional[str] = typer.Option(None, "--attention", help="Cross-attention variant: srformer (default), "
                                             "full, segmented, no_local, no_norm, no_raf, full_product, xl, global."),
     seg_size: Optional[int] = typer.Option(None, "--seg-size", help="Segment size s (default 64)."),
@@ -166,17 +173,29 @@ def train(
 
     The model is converted to --attention with --seg-size, trained with AdamW and a linear schedule, scored on the validation split after every epoch, and saved atomically to --output-dir/checkpoint-STEP (model, tokenizer, optimizer, scheduler, RNG, trainer_state.json); best/ holds the best validation score. Ctrl-C stops cleanly and --resume continues. Under 'accelerate launch' or 'torchrun' it trains data-parallel: --batch-size is per process, the validation is shared out, only the main process writes.
     """
+    from srsum.presets import DEFAULT_PRESET, load_preset
     from srsum.training import TrainingConfig
     from srsum.training import train as run_training
 
     rank = _launch_rank()
     reporter = RichReporter(quiet) if rank == 0 else _OtherProcessReporter()
     with handled(reporter), _silent_errors_off_main(rank):
-        if not resume and ((model is None and model_config is None) or dataset is None):
-            missing = " and ".join(name for name, value in (("--model", model or model_config), ("--dataset", dataset))
-                                   if value is None)
-            raise UsageError(f"{missing} required, e.g. srsum train --model t5-small --dataset cnn_dailymail "
-                             "(or --resume to continue a run)")
+        if not resume and dataset is None:
+            raise UsageError("--dataset required, e.g. srsum train --dataset cnn_dailymail (or --resume to continue "
+                             "a run)")
+        if resume and preset is not None:
+            raise UsageError("--preset starts a new run; --resume continues one with the settings it was started with")
+        if not resume and preset is None and model is None and model_config is None:
+            preset = DEFAULT_PRESET
+            reporter.info(f"no --model: the paper's setting, preset {preset} (t5-small, SRformer, s 64); "
+                          "srsum presets lists the others")
+        if preset is not None:
+            chosen = load_preset(preset)
+            model = model or (None if model_config else chosen.model)
+            attention, seg_size = attention or chosen.attention, seg_size or chosen.seg_size
+            schedule_length = schedule_length or chosen.schedule_length
+            memory_ratio = chosen.memory_ratio if memory_ratio is None else memory_ratio
+            clamp = clamp or chosen.clamp
         config = TrainingConfig(
             model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,
             schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, clamp=clamp,
