@@ -31,6 +31,7 @@ import contextlib
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .quantization import step_linears as step_linear_names
@@ -79,8 +80,16 @@ def _packed_linear_shape(x, weight, bias, rows):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def by_columns_forward(copy: torch.Tensor, bias: torch.Tensor | None):
+def mixed_precision(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True under CPU autocast or for an input of another dtype than the weight (a bf16 activation of mixed-
+    precision validation): the copies are float32, so the step takes the plain, autocast-aware F.linear."""
+    return x.dtype != weight.dtype or torch.is_autocast_enabled("cpu")
+
+
+def by_columns_forward(module: nn.Linear, copy: torch.Tensor, bias: torch.Tensor | None):
     def forward(x: torch.Tensor) -> torch.Tensor:  # (.., in) -> (.., out), as nn.Linear
+        if mixed_precision(x, copy):
+            return F.linear(x, module.weight, module.bias)
         out = x @ copy
         return out if bias is None else out + bias
     return forward
@@ -88,6 +97,8 @@ def by_columns_forward(copy: torch.Tensor, bias: torch.Tensor | None):
 
 def packed_forward(module: nn.Linear, rows: int):
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if mixed_precision(x, module.weight):
+            return F.linear(x, module.weight, module.bias)
         return torch.ops.srsum.packed_linear(x, module.weight, module.bias, rows)
     return forward
 
@@ -106,7 +117,7 @@ def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object
             plan.append((module, packed_forward(module, rows)))
         elif module is head and rows <= BY_COLUMNS_MAX_ROWS:
             bias = None if module.bias is None else module.bias.detach()
-            plan.append((module, by_columns_forward(copy_of(module.weight, "by_columns", rows), bias)))
+            plan.append((module, by_columns_forward(module, copy_of(module.weight, "by_columns", rows), bias)))
     return plan
 
 

@@ -152,3 +152,19 @@ def test_a_compiled_step_reads_the_packed_copies_through_the_operator(monkeypatc
     assert len(packs) == len(names) + 1  # the head again
     torch._dynamo.reset()
 
+
+
+def test_mixed_precision_steps_take_the_plain_linear():
+    """Validation under `srsum train --bf16` decodes inside CPU autocast: the float32 copies must not meet bf16
+    activations (oneDNN refused them: "could not create a primitive descriptor")."""
+    from srsum.step_linears import mixed_precision
+
+    weight = torch.zeros(3, 3)
+    assert not mixed_precision(torch.zeros(2, 3), weight) and mixed_precision(torch.zeros(2, 3, dtype=torch.bfloat16), weight)
+    model = convert(tiny_model("t5"), seg_size=8, schedule_length=16)
+    ids, mask = padded_batch("t5", lengths=(40, 29))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mixed_precision(torch.zeros(2, 3), weight)
+        mixed = generate(model, ids, mask, max_new_tokens=5, num_beams=2)
+    plain = generate(model, ids, mask, max_new_tokens=5, num_beams=2)
+    assert mixed.shape == plain.shape
