@@ -177,7 +177,7 @@ def gap_table(results: dict, task: str, family: str = "t5") -> str:
             g = recovered(results, task, s, family, variant)
             if g is None:
                 continue
-            frac = "no gap to recover" if g["fraction"] is None else f"{100 * g['fraction']:.0f}%"
+            frac = "no gap to recover" if g["fraction"] is None else f"{round(100 * g['fraction'])}%"  # never "-0%"
             lines.append(f"| {s} | {LABELS[variant]} | {g['full']:.3f} | {g['segmented']:.3f} | {g['srformer']:.3f} | "
                          f"{g['gap']:+.3f} | {frac} | {se_text(g['se'])} |")
     return "\n".join(lines)
