@@ -8,8 +8,8 @@ from conftest import CNN_SAMPLE, padded_batch, tiny_model
 
 from srsum.engine import convert, load_model
 from srsum.engine.calibration import srformer_layers
-from srsum.engine.transfer import (as_full_attention, layer_errors, memory_parameters, model_inputs, teacher_labels,
-                                   teaching, transfer_attention, _prepare)
+from srsum.engine.transfer import (_Cache, _prepare, as_full_attention, layer_errors, memory_parameters, model_inputs,
+                                   teacher_labels, teaching, transfer_attention)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -84,8 +84,26 @@ def test_transfer_trains_only_the_memory_and_lowers_the_error(family):
     assert result.decoder_inputs == "greedy output of the full model" and result.examples == 2
     assert len(result.losses) == 40 and sum(result.layer_error_after) < sum(result.layer_error_before)
     # the errors reported are the root mean relative squared errors of a fresh measurement
-    prepared = _prepare(model, [batch], 12, 0)
+    prepared = _prepare(model, [batch], 12)
     assert layer_errors(model, prepared) == pytest.approx(result.layer_error_after, rel=1e-5)
+    # a batch's kept teacher pass scores it as a fresh pass does
+    cache = _Cache(1 << 30)
+    fresh = layer_errors(model, prepared, cache)
+    assert prepared[0].layers is not None and len(prepared[0].layers) == 2
+    assert layer_errors(model, prepared, cache) == pytest.approx(fresh, rel=1e-6)
+
+
+def test_a_cached_teacher_pass_trains_like_a_fresh_one(family):
+    runs = []
+    for cache_bytes in (0, 1 << 30):
+        model, ids, mask = converted(family)
+        batches = [{"input_ids": ids, "attention_mask": mask}]
+        result = transfer_attention(model, batches, steps=5, learning_rate=0.05, max_new_tokens=12,
+                                    cache_bytes=cache_bytes)
+        runs.append((result.losses, [p.detach().clone() for p in memory_parameters(model)]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for fresh, cached in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(fresh, cached, rtol=1e-5, atol=1e-7)
 
 
 def test_transfer_refuses_a_model_without_memory():

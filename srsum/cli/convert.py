@@ -77,13 +77,15 @@ def convert(
         if preset is not None:
             chosen = load_preset(preset)
             model, attention = model or chosen.model, attention or chosen.attention
-            seg_size, schedule_length = seg_size or chosen.seg_size, schedule_length or chosen.schedule_length
+            seg_size = chosen.seg_size if seg_size is None else seg_size
+            schedule_length = chosen.schedule_length if schedule_length is None else schedule_length
             memory_ratio = chosen.memory_ratio if memory_ratio is None else memory_ratio
             clamp = clamp or chosen.clamp
         if model is None:
             raise UsageError("MODEL or --preset required, e.g. srsum convert t5-small --output models/t5-small-sr64")
         settings = ConvertSettings(
-            model=model, output=output, attention=attention or "srformer", seg_size=seg_size or 64,
+            model=model, output=output, attention=attention or "srformer",
+            seg_size=64 if seg_size is None else seg_size,
             schedule_length=schedule_length,
             clamp=None if clamp is None else clamp_from_text(clamp), memory_ratio=memory_ratio, data=data,
             split=split, text_column=text_column, summary_column=summary_column, limit=limit,

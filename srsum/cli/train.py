@@ -192,8 +192,9 @@ def train(
         if preset is not None:
             chosen = load_preset(preset)
             model = model or (None if model_config else chosen.model)
-            attention, seg_size = attention or chosen.attention, seg_size or chosen.seg_size
-            schedule_length = schedule_length or chosen.schedule_length
+            attention = attention or chosen.attention
+            seg_size = chosen.seg_size if seg_size is None else seg_size
+            schedule_length = chosen.schedule_length if schedule_length is None else schedule_length
             memory_ratio = chosen.memory_ratio if memory_ratio is None else memory_ratio
             clamp = clamp or chosen.clamp
         config = TrainingConfig(

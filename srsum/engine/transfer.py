@@ -34,6 +34,7 @@ from .calibration import srformer_layers
 # Adam step. W is calibrated to a scale that differs by orders of magnitude between layers and models, so
 # one absolute rate fits none of them.
 DEFAULT_TRANSFER_LR = 1e-2
+DEFAULT_CACHE_BYTES = 4 << 30  # teacher passes kept for later steps (t5-small, batch 8 x 1024 tokens: ~220 MB each)
 EPS = 1e-12
 
 
@@ -44,38 +45,65 @@ def memory_parameters(model) -> list[torch.nn.Parameter]:
 
 
 # --------------------------------------------------------------------------- the teacher inside the student
-class _Recorder:
-    """Per layer, the relative squared error of each decoder position: (B, T) tensors, in decoder order."""
+@dataclass
+class LayerInputs:
+    """What one layer saw in the teacher's pass, and the full output it must reproduce. None of it depends on
+    W, λ, θ, so a batch seen once can be scored again from these alone (no encoder or decoder pass)."""
 
-    def __init__(self, own: dict[SRformerCrossAttention, object], with_grad: bool):
+    layer: SRformerCrossAttention
+    query: torch.Tensor  # (B, H, T, d), scaled
+    keys: torch.Tensor  # (B, H, n, d)
+    values: torch.Tensor
+    key_valid: torch.Tensor | None  # (B, n)
+    target: torch.Tensor  # (B, T, D): the full cross-attention output, after the output projection
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.query, self.keys, self.values, self.target))
+
+
+def layer_error(inputs: LayerInputs, settings, with_grad: bool) -> torch.Tensor:
+    """(B, T) relative squared error of the layer's own output under ``settings`` against the full output."""
+    layer = inputs.layer
+    with torch.set_grad_enabled(with_grad):
+        pred = parallel_attention(inputs.query, inputs.keys, inputs.values, inputs.key_valid, settings, layer)
+        pred = layer.output_proj(layer._merge(pred, inputs.query.dtype)).float()
+        return (pred - inputs.target).pow(2).sum(-1) / (inputs.target.pow(2).sum(-1) + EPS)
+
+
+class _Recorder:
+    """Per layer, the relative squared error of each decoder position: (B, T) tensors, in decoder order; with
+    ``keep``, also each layer's ``LayerInputs``."""
+
+    def __init__(self, own: dict[SRformerCrossAttention, object], with_grad: bool, keep: bool = False):
         self.own = own  # each layer's real (SRformer) settings
-        self.with_grad = with_grad
+        self.with_grad, self.keep = with_grad, keep
         self.errors: list[torch.Tensor] = []
+        self.kept: list[LayerInputs] = []
 
     def __call__(self, layer: SRformerCrossAttention, query, keys, values, key_valid) -> None:
         valid = torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None else key_valid
         rows = query.shape[0] // keys.shape[0]
         if rows != 1:  # beams: one key row per example (never in teacher forcing)
             keys, values = keys.repeat_interleave(rows, 0), values.repeat_interleave(rows, 0)
-            valid = valid.repeat_interleave(rows, 0)
+            valid = key_valid = valid.repeat_interleave(rows, 0)
         with torch.no_grad():
             target = ops.softmax_attention(query, keys, values, valid[:, None, None, :])  # (B, H, T, d)
             target = layer.output_proj(layer._merge(target, query.dtype)).float()  # (B, T, D)
-        with torch.set_grad_enabled(self.with_grad):
-            pred = parallel_attention(query.detach(), keys.detach(), values.detach(), key_valid,
-                                      self.own[layer], layer)
-            pred = layer.output_proj(layer._merge(pred, query.dtype)).float()
-            error = (pred - target).pow(2).sum(-1) / (target.pow(2).sum(-1) + EPS)  # (B, T)
-        self.errors.append(error)
+        inputs = LayerInputs(layer, query.detach(), keys.detach(), values.detach(), key_valid, target)
+        if self.keep:
+            self.kept.append(inputs)
+        self.errors.append(layer_error(inputs, self.own[layer], self.with_grad))
 
 
 @contextmanager
-def teaching(model, with_grad: bool = True):
+def teaching(model, with_grad: bool = True, keep: bool = False):
     """Run ``model`` as the original full-attention model while each SRformer layer records its own output's
-    error against the full output; yields the recorder (``.errors``: one (B, T) tensor per layer call)."""
+    error against the full output; yields the recorder (``.errors``: one (B, T) tensor per layer call; with
+    ``keep``, ``.kept``: each layer's inputs and target)."""
     layers = srformer_layers(model)
     own = {layer: layer.settings for layer in layers}
-    recorder = _Recorder(own, with_grad)
+    recorder = _Recorder(own, with_grad, keep)
     for layer in layers:
         layer.settings = replace(layer.settings, attention="full")
         layer.observer = recorder
@@ -157,35 +185,35 @@ def model_inputs(model, batch, max_new_tokens: int) -> tuple[dict, torch.Tensor]
 class _Prepared:
     inputs: dict
     scored: torch.Tensor  # (B, T) bool
-    encoder_outputs: object | None = None
+    layers: list[LayerInputs] | None = None  # kept after the first teacher pass, while the budget allows
 
 
-def _prepare(model, batches: Iterable, max_new_tokens: int, keep_encoder_bytes: int) -> list[_Prepared]:
-    """Every batch's inputs, with its encoder output kept while they fit in ``keep_encoder_bytes`` (the
-    encoder is frozen and runs once per batch instead of once per step)."""
-    prepared, kept = [], 0
-    for batch in batches:
-        inputs, scored = model_inputs(model, batch, max_new_tokens)
-        item = _Prepared(inputs, scored)
-        size = inputs["input_ids"].numel() * model.config.d_model * 4
-        if kept + size <= keep_encoder_bytes:
-            with torch.no_grad():
-                item.encoder_outputs = model.get_encoder()(input_ids=inputs["input_ids"],
-                                                           attention_mask=inputs.get("attention_mask"))
-            kept += size
-        prepared.append(item)
-    return prepared
+class _Cache:
+    """The teacher passes' LayerInputs kept within ``budget`` bytes: a batch seen again costs only the SRformer
+    branch of each layer, not the encoder and decoder passes."""
+
+    def __init__(self, budget: int):
+        self.left = budget
+
+    def layer_errors(self, model, item: _Prepared, with_grad: bool) -> list[torch.Tensor]:
+        """Per layer, the mean relative squared error over the scored positions of one batch."""
+        if item.layers is not None:
+            errors = [layer_error(inputs, inputs.layer.settings, with_grad) for inputs in item.layers]
+        else:
+            with teaching(model, with_grad, keep=self.left > 0) as recorder, warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # schedule warnings belong to the user's real run
+                with torch.no_grad():  # everything but the recorder's SRformer branch
+                    model(**item.inputs, use_cache=False)
+            errors, size = recorder.errors, sum(inputs.nbytes for inputs in recorder.kept)
+            if recorder.kept and size <= self.left:
+                item.layers, self.left = recorder.kept, self.left - size
+        weight = item.scored.float()
+        return [(error * weight).sum() / weight.sum().clamp_min(1) for error in errors]
 
 
-def _layer_errors(model, item: _Prepared, with_grad: bool) -> list[torch.Tensor]:
-    """Per layer, the mean relative squared error over the scored positions of one batch."""
-    extra = {} if item.encoder_outputs is None else {"encoder_outputs": item.encoder_outputs}
-    with teaching(model, with_grad) as recorder, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # schedule warnings belong to the user's real run
-        with torch.no_grad():  # everything but the recorder's SRformer branch
-            model(**item.inputs, **extra, use_cache=False)
-    weight = item.scored.float()
-    return [(error * weight).sum() / weight.sum().clamp_min(1) for error in recorder.errors]
+def _prepare(model, batches: Iterable, max_new_tokens: int) -> list[_Prepared]:
+    """Every batch's model inputs and the positions that count."""
+    return [_Prepared(*model_inputs(model, batch, max_new_tokens)) for batch in batches]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -208,11 +236,12 @@ class TransferResult:
 
 
 @torch.no_grad()
-def layer_errors(model, prepared: Sequence[_Prepared]) -> list[float]:
+def layer_errors(model, prepared: Sequence[_Prepared], cache: _Cache | None = None) -> list[float]:
     """Per layer, root of the mean relative squared error over ``prepared`` batches."""
+    cache = cache or _Cache(0)
     totals = None
     for item in prepared:
-        errors = [e.item() for e in _layer_errors(model, item, with_grad=False)]
+        errors = [e.item() for e in cache.layer_errors(model, item, with_grad=False)]
         totals = errors if totals is None else [a + b for a, b in zip(totals, errors)]
     return [math.sqrt(t / max(len(prepared), 1)) for t in totals or []]
 
@@ -228,13 +257,15 @@ def relative_groups(params, learning_rate: float) -> list[dict]:
 
 def transfer_attention(model, batches: Iterable, steps: int, learning_rate: float = DEFAULT_TRANSFER_LR,
                        eval_batches: Iterable | None = None, max_new_tokens: int = 128,
-                       keep_encoder_bytes: int = 1 << 30,
+                       cache_bytes: int = DEFAULT_CACHE_BYTES,
                        advance: Callable[..., None] | None = None) -> TransferResult:
     """Train W, λ and θ of every SRformer layer for ``steps`` steps at ``learning_rate`` relative to each one's size
     (DEFAULT_TRANSFER_LR) with a cosine decay (cycling over ``batches``) so that each layer's
     output matches the full cross-attention output of the original model (module docstring). The model is
     changed in place; every other weight is left as it was. ``eval_batches`` (default: the first two training
-    batches) measure the per-layer error before and after. ``advance(1, loss=...)`` is called after each step.
+    batches) measure the per-layer error before and after. Each batch's teacher pass is kept (``LayerInputs``)
+    while ``cache_bytes`` allow, so later steps on it skip the encoder and decoder. ``advance(1, loss=...)`` is
+    called after each step.
     """
     params = memory_parameters(model)
     if not params:
@@ -252,14 +283,15 @@ def transfer_attention(model, batches: Iterable, steps: int, learning_rate: floa
             p.requires_grad_(True)
         batches = list(batches)
         labelled = [_get(b, "labels") is not None or _get(b, "decoder_input_ids") is not None for b in batches]
-        train = _prepare(model, batches, max_new_tokens, keep_encoder_bytes)
-        held_out = train[:2] if eval_batches is None else _prepare(model, eval_batches, max_new_tokens, 0)
-        before = layer_errors(model, held_out)
+        cache = _Cache(cache_bytes)
+        train = _prepare(model, batches, max_new_tokens)
+        held_out = train[:2] if eval_batches is None else _prepare(model, eval_batches, max_new_tokens)
+        before = layer_errors(model, held_out, cache)
         optimizer = torch.optim.Adam(relative_groups(params, learning_rate))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
         losses = []
         for _, item in zip(range(steps), cycle(train)):
-            loss = torch.stack(_layer_errors(model, item, with_grad=True)).sum()
+            loss = torch.stack(cache.layer_errors(model, item, with_grad=True)).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -271,7 +303,7 @@ def transfer_attention(model, batches: Iterable, steps: int, learning_rate: floa
             losses.append(loss.item())
             if advance is not None:
                 advance(1, loss=loss.item())
-        after = layer_errors(model, held_out)
+        after = layer_errors(model, held_out, cache)
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
