@@ -34,7 +34,19 @@ from .calibration import srformer_layers
 # Adam step. W is calibrated to a scale that differs by orders of magnitude between layers and models, so
 # one absolute rate fits none of them.
 DEFAULT_TRANSFER_LR = 1e-2
-DEFAULT_CACHE_BYTES = 4 << 30  # teacher passes kept for later steps (t5-small, batch 8 x 1024 tokens: ~220 MB each)
+# Teacher passes kept for later steps (t5-small, batch 8 x 1024 tokens: ~220 MB each): at most this much, and at
+# most a quarter of the memory the system has available (cache_budget)
+DEFAULT_CACHE_BYTES = 4 << 30
+
+
+def cache_budget(ceiling: int = DEFAULT_CACHE_BYTES) -> int:
+    """``ceiling``, or a quarter of the memory available now if that is less (Linux; elsewhere the ceiling)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return ceiling
+    return min(ceiling, available // 4)
 EPS = 1e-12
 
 
@@ -257,14 +269,14 @@ def relative_groups(params, learning_rate: float) -> list[dict]:
 
 def transfer_attention(model, batches: Iterable, steps: int, learning_rate: float = DEFAULT_TRANSFER_LR,
                        eval_batches: Iterable | None = None, max_new_tokens: int = 128,
-                       cache_bytes: int = DEFAULT_CACHE_BYTES,
+                       cache_bytes: int | None = None,
                        advance: Callable[..., None] | None = None) -> TransferResult:
     """Train W, λ and θ of every SRformer layer for ``steps`` steps at ``learning_rate`` relative to each one's size
     (DEFAULT_TRANSFER_LR) with a cosine decay (cycling over ``batches``) so that each layer's
     output matches the full cross-attention output of the original model (module docstring). The model is
     changed in place; every other weight is left as it was. ``eval_batches`` (default: the first two training
     batches) measure the per-layer error before and after. Each batch's teacher pass is kept (``LayerInputs``)
-    while ``cache_bytes`` allow, so later steps on it skip the encoder and decoder. ``advance(1, loss=...)`` is
+    while ``cache_bytes`` (default ``cache_budget()``) allow, so later steps on it skip the encoder and decoder. ``advance(1, loss=...)`` is
     called after each step.
     """
     params = memory_parameters(model)
@@ -283,7 +295,7 @@ def transfer_attention(model, batches: Iterable, steps: int, learning_rate: floa
             p.requires_grad_(True)
         batches = list(batches)
         labelled = [_get(b, "labels") is not None or _get(b, "decoder_input_ids") is not None for b in batches]
-        cache = _Cache(cache_bytes)
+        cache = _Cache(cache_budget() if cache_bytes is None else cache_bytes)
         train = _prepare(model, batches, max_new_tokens)
         held_out = train[:2] if eval_batches is None else _prepare(model, eval_batches, max_new_tokens)
         before = layer_errors(model, held_out, cache)
