@@ -382,7 +382,8 @@ def test_ctrl_c_during_training_then_resume(tiny_t5_dir, tmp_path, monkeypatch):
 
 
 def test_train_bad_input(tiny_t5_dir, tmp_path):
-    assert_one_line_error(run("train", "--dataset", CNN_SAMPLE), "--model required", code=2)
+    assert_one_line_error(run("train", "--model", str(tiny_t5_dir)), "--dataset required", code=2)
+    assert_one_line_error(run("train", "--preset", "t5-huge", "--dataset", CNN_SAMPLE), "no preset 't5-huge'", code=2)
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--attention", "sparse")),
                           "unknown variant 'sparse'", code=2)
     assert_one_line_error(run(*_train_args(tiny_t5_dir, tmp_path / "r", "--text-column", "body")),
