@@ -28,7 +28,7 @@ import torch
 
 from . import ops
 from .attention import SRformerCrossAttention, parallel_attention
-from .calibration import srformer_layers
+from .calibration import observing, srformer_layers
 
 # Relative learning rate: each of W, λ, θ moves by about this share of its own size (RMS at the start) per
 # Adam step. W is calibrated to a scale that differs by orders of magnitude between layers and models, so
@@ -114,17 +114,9 @@ def teaching(model, with_grad: bool = True, keep: bool = False):
     error against the full output; yields the recorder (``.errors``: one (B, T) tensor per layer call; with
     ``keep``, ``.kept``: each layer's inputs and target)."""
     layers = srformer_layers(model)
-    own = {layer: layer.settings for layer in layers}
-    recorder = _Recorder(own, with_grad, keep)
-    for layer in layers:
-        layer.settings = replace(layer.settings, attention="full")
-        layer.observer = recorder
-    try:
+    recorder = _Recorder({layer: layer.settings for layer in layers}, with_grad, keep)
+    with as_full_attention(model), observing(layers, recorder):
         yield recorder
-    finally:
-        for layer in layers:
-            layer.settings = own[layer]
-            layer.observer = None
 
 
 @contextmanager
