@@ -193,7 +193,8 @@ def test_bart_counts_match_analytic(tmp_path):
     report = profiling.profile(model=config, n=48, m=8, seg_size=16, bandwidth="100", measure=False,
                                variants=("full", "srformer"))
     assert report.shape.head_dim == 16
-    assert "P_σ·Wᵀ" in report.variants["srformer"].products  # BART clamps: P_σ first, then d³ per step
+    # BART's products are not clamped by default (SPEC section 5): X_σ = P·Wᵀ − K_σᵀ·(V_σ·Wᵀ), as for T5
+    assert "P_σ·Wᵀ" not in report.variants["srformer"].products
     for result in report.variants.values():
         assert result.counted_teacher_forced.products == _whole(result, report), result.variant
         assert result.counted_decode.products == _whole(result, report, decode=True), result.variant

@@ -135,7 +135,9 @@ def test_entities_split_by_article_and_targets_fit():
     ({"ablations": ("no_leak",)}, "unknown variant"),
     ({"seg_sizes": (8, 512)}, "segment size 512"),
     ({"ablation_seg_size": 300}, "segment size 300"),
-    ({"finetune_steps": 0}, "fine-tune steps must be at least 1"),
+    ({"finetune_steps": -1}, "fine-tune steps must be at least 0"),
+    ({"transfer_steps": 0}, "transfer steps and transfer batches must be at least 1"),
+    ({"transfer_lr": -0.1}, "transfer learning rate must be positive"),
     ({"pretrain_steps": 0}, "pretrain steps must be at least 1"),
     ({"seeds": 0}, "seeds must be at least 1"),
     ({"first_seed": -1}, "first seed must be at least 0"),
@@ -169,7 +171,8 @@ def test_full_sweep_plan_has_every_variant_seed_and_ablation():
     pretrains, followers = plan(StudyConfig())
     assert len(pretrains) == 2  # one pretrained model per task (lookup, recall), fine-tuned with 3 seeds
     jobs = [j for v in followers.values() for j in v]
-    assert len(jobs) == 2 * 3 * (1 + 4 * 3 + 5)  # full, 4 variants x 3 sizes, paper init + ablations I-IV
+    # full, 5 variants (segmented, srformer, srformer+transfer, xl, global) x 3 sizes, paper init + ablations I-IV
+    assert len(jobs) == 2 * 3 * (1 + 5 * 3 + 5)
     assert len(plan(StudyConfig(pretrain_per_seed=True))[0]) == 6
     assert {(j.variant, j.seg_size) for j in jobs if j.variant in ("no_local", "no_raf", "srformer_paper")} == {
         ("no_local", 16), ("no_raf", 16), ("srformer_paper", 16)}
@@ -288,7 +291,7 @@ def test_smoke_cli_runs_the_real_conversion_and_writes_the_report(tmp_path):
     assert all(r["memory_after"] is None for r in full)
     assert all(0.0 <= r["generated_score"] <= 1.0 for r in runs if r["kind"] == "finetune")
     page = (out / "RESULTS.md").read_text()
-    assert "like the paper's Fig. 4" in page and "recovered by SRformer" in page and "Table 3" in page
+    assert "like the paper's Fig. 4" in page and "Share of the full-vs-segmented gap" in page and "Table 3" in page
     assert "Task `recall`, BART" in page and "Task `lookup`, T5" in page and "SRformer, paper init" in page
     assert "Generated score" in page and "Is the memory alive?" in page
     assert (out / "quality_vs_segment_size.png").stat().st_size > 1000
@@ -337,3 +340,23 @@ def test_frozen_encoder_fine_tuning_keeps_the_encoder_and_reports_a_section_of_i
     page = document(results, "notes")
     assert "Task `lookup`, BART, encoder frozen in fine-tuning" in page
     assert "## Task `recall`" not in page and "## Task `lookup`, BART:" not in page
+
+
+def test_not_fine_tuned_and_transfer_rows_have_sections_of_their_own(tmp_path):
+    """--finetune-steps 0: scored right after conversion (and transfer), reported as "(not fine tuned)"; the
+    '+transfer' variants record the transfer's per-layer errors, shown in the report's transfer table."""
+    out = tmp_path / "out"
+    assert quality_cli.main(["--smoke", "--families", "t5", "--tasks", "lookup", "--variants",
+                             "full,segmented,srformer,srformer+transfer", "--ablations", "no_raf+transfer",
+                             "--finetune-steps", "0", "--transfer-steps", "2", "--transfer-batches", "1",
+                             "--output-dir", str(out)]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    tuned = [r for r in runs if r["kind"] == "finetune"]
+    assert {r["variant"] for r in tuned} == {"full", "segmented", "srformer", "srformer+transfer", "no_raf+transfer"}
+    assert all(r["steps"] == 0 and r["conversion_tag"] == "not-fine-tuned" for r in tuned)
+    moved = [r for r in tuned if r["variant"].endswith("+transfer")]
+    assert all(r["transfer_steps"] == 2 and len(r["transfer_layers"]) == 2 for r in moved)
+    assert all("transfer_layers" not in r for r in tuned if not r["variant"].endswith("+transfer"))
+    page = (out / "RESULTS.md").read_text()
+    assert "Task `lookup`, T5 (not fine tuned)" in page and "### Attention transfer" in page
+    assert "| SRformer + transfer |" in page and "III: no RAF neuron + transfer" in page

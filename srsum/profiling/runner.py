@@ -94,7 +94,10 @@ def profile_with(setup: ProfileSetup, *, n: int, m: int, seg_size: int, batch: i
     dims = attention_shape(setup.config)
     shape = CostShape(head_dim=dims["head_dim"], heads=dims["heads"], layers=dims["layers"],
                       d_model=dims["d_model"], **lengths)
-    clamp = host_model_type(setup.config) == "bart"
+    from srsum.engine.settings import make_settings
+
+    # the RAF inputs are clamped where the family's default clamps them (the variant models are converted so)
+    clamp = make_settings(host_model_type(setup.config)).clamp is not None
     report = ProfileReport(
         shape=shape, model=setup.model_name, device=str(setup.device), dtype=setup.dtype,
         bandwidth_gbps=setup.bandwidth_gbps, bandwidth_source=setup.bandwidth_source, schedule_length=G,
