@@ -37,7 +37,6 @@ LOCAL_VARIANTS = ("segmented", "srformer", "no_norm", "no_raf", "full_product", 
 FAMILIES = ("t5", "bart")
 # Per-family defaults (SPEC sections 5 and 9). Neither family clamps the products by default: the paper's
 # ±2 for BART saturates 98-99% of a pretrained BART's P (docs/RESULTS.md); ``clamp=2`` reproduces the paper.
-PAPER_CLAMP = 2.0
 FAMILY_DEFAULTS = {
     "t5": {"clamp": None, "leak_init": 0.1, "threshold_init": 0.1},
     "bart": {"clamp": None, "leak_init": 0.5, "threshold_init": 0.1},
