@@ -91,7 +91,7 @@ def convert_model(settings: ConvertSettings, reporter: Reporter | None = None) -
     """Convert ``settings.model`` to ``settings.attention`` and save it to ``settings.output`` (see module)."""
     import torch
 
-    from srsum.checkpoints import atomic_dir, atomic_write_json
+    from srsum.checkpoints import atomic_dir, write_new_file
     from srsum.engine import load_config, load_model
     from srsum.engine.transfer import DEFAULT_TRANSFER_LR, memory_parameters, transfer_attention
     from srsum.tokenization import load_tokenizer
@@ -117,8 +117,7 @@ def convert_model(settings: ConvertSettings, reporter: Reporter | None = None) -
             result = transfer_attention(model, batches, settings.transfer_steps,
                                         settings.transfer_lr or DEFAULT_TRANSFER_LR,
                                         max_new_tokens=settings.max_target_length, advance=advance)
-        transfer = {key: value for key, value in result.to_dict().items() if key != "losses"}
-        transfer.update(first_loss=result.losses[0], final_loss=result.losses[-1], data=settings.data)
+        transfer = {**result.summary(), "data": settings.data}
     output = Path(settings.output)
     if output.exists() and not output.is_dir():
         raise SrsumError(f"--output {output} exists and is not a folder")
@@ -126,12 +125,7 @@ def convert_model(settings: ConvertSettings, reporter: Reporter | None = None) -
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         if transfer is not None:
-            atomic_write_json(folder / TRANSFER_FILE, transfer)
+            write_new_file(folder / TRANSFER_FILE, json.dumps(transfer, indent=2) + "\n")
     return ConvertResult(output=output, attention=model.config.srformer_attention, seg_size=settings.seg_size,
                          articles=articles, transfer=transfer, calibration=model.config.srformer_calibration)
 
-
-def read_transfer(folder: str | Path) -> dict[str, Any] | None:
-    """The ``transfer.json`` saved beside a converted model, or None."""
-    path = Path(folder) / TRANSFER_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

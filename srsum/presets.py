@@ -32,6 +32,11 @@ class Preset:
         return {"attention": self.attention, "seg_size": self.seg_size, "schedule_length": self.schedule_length,
                 "memory_ratio": self.memory_ratio, "clamp": self.clamp}
 
+    def fill(self, **given) -> dict:
+        """The model and conversion settings: each one ``given`` (None: not given) wins over the preset's."""
+        own = {"model": self.model, **self.settings()}
+        return {name: value if given.get(name) is None else given[name] for name, value in own.items()}
+
 
 def _read(path: Path, name: str) -> Preset:
     try:

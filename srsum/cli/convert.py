@@ -75,12 +75,10 @@ def convert(
     reporter = RichReporter(quiet)
     with handled(reporter):
         if preset is not None:
-            chosen = load_preset(preset)
-            model, attention = model or chosen.model, attention or chosen.attention
-            seg_size = chosen.seg_size if seg_size is None else seg_size
-            schedule_length = chosen.schedule_length if schedule_length is None else schedule_length
-            memory_ratio = chosen.memory_ratio if memory_ratio is None else memory_ratio
-            clamp = clamp or chosen.clamp
+            filled = load_preset(preset).fill(model=model, attention=attention, seg_size=seg_size,
+                                              schedule_length=schedule_length, memory_ratio=memory_ratio, clamp=clamp)
+            model, attention, seg_size, clamp = filled["model"], filled["attention"], filled["seg_size"], filled["clamp"]
+            schedule_length, memory_ratio = filled["schedule_length"], filled["memory_ratio"]
         if model is None:
             raise UsageError("MODEL or --preset required, e.g. srsum convert t5-small --output models/t5-small-sr64")
         settings = ConvertSettings(

@@ -190,13 +190,11 @@ def train(
             reporter.info(f"no --model: the paper's setting, preset {preset} (t5-small, SRformer, s 64); "
                           "srsum presets lists the others")
         if preset is not None:
-            chosen = load_preset(preset)
-            model = model or (None if model_config else chosen.model)
-            attention = attention or chosen.attention
-            seg_size = chosen.seg_size if seg_size is None else seg_size
-            schedule_length = chosen.schedule_length if schedule_length is None else schedule_length
-            memory_ratio = chosen.memory_ratio if memory_ratio is None else memory_ratio
-            clamp = clamp or chosen.clamp
+            filled = load_preset(preset).fill(model=model, attention=attention, seg_size=seg_size,
+                                              schedule_length=schedule_length, memory_ratio=memory_ratio, clamp=clamp)
+            model = model if model_config else filled["model"]  # --config builds a new model: no preset model
+            attention, seg_size, clamp = filled["attention"], filled["seg_size"], filled["clamp"]
+            schedule_length, memory_ratio = filled["schedule_length"], filled["memory_ratio"]
         config = TrainingConfig(
             model=model or "", dataset=dataset or "", attention=attention, seg_size=seg_size,
             schedule_length=schedule_length, w_init=w_init, memory_ratio=memory_ratio, clamp=clamp,

@@ -95,11 +95,7 @@ class _Recorder:
 
     def __call__(self, layer: SRformerCrossAttention, query, keys, values, key_valid) -> None:
         valid = torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None else key_valid
-        rows = query.shape[0] // keys.shape[0]
-        if rows != 1:  # beams: one key row per example (never in teacher forcing)
-            keys, values = keys.repeat_interleave(rows, 0), values.repeat_interleave(rows, 0)
-            valid = key_valid = valid.repeat_interleave(rows, 0)
-        with torch.no_grad():
+        with torch.no_grad():  # teacher forcing: one query row per example, as keys
             target = ops.softmax_attention(query, keys, values, valid[:, None, None, :])  # (B, H, T, d)
             target = layer.output_proj(layer._merge(target, query.dtype)).float()  # (B, T, D)
         inputs = LayerInputs(layer, query.detach(), keys.detach(), values.detach(), key_valid, target)
@@ -237,6 +233,11 @@ class TransferResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> dict:
+        """What a run records of it: everything but the loss curve, whose first and last values stand in."""
+        return {**{k: v for k, v in self.to_dict().items() if k != "losses"},
+                "first_loss": self.losses[0], "final_loss": self.losses[-1]}
 
 
 @torch.no_grad()

@@ -273,8 +273,7 @@ class _Run:
                                         max_new_tokens=config.max_target_length, advance=advance)
         for layer, (before, after) in enumerate(zip(result.layer_error_before, result.layer_error_after)):
             self.reporter.info(f"attention transfer: layer {layer} relative error {before:.3f} -> {after:.3f}")
-        summary = {key: value for key, value in result.to_dict().items() if key != "losses"}
-        return {**summary, "first_loss": result.losses[0], "final_loss": result.losses[-1]}
+        return result.summary()
 
     def _build_optimizer(self) -> None:
         import torch
