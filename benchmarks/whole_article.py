@@ -76,12 +76,13 @@ def hf_square_bytes(model_name: str, n: int) -> int:
 
 def build(cell: dict):
     from srsum.engine import convert
+    from srsum.precision import cast_model
 
     model = random_model(cell["model"])
     if cell["system"] != "hf":
         model = convert(model, cell["system"], seg_size=cell["seg_size"], schedule_length=cell["max_new_tokens"],
                         encoder_block=cell["encoder_block"]).eval()
-    return model
+    return cast_model(model, cell.get("dtype", "float32"))
 
 
 def run_ct2_cell(cell: dict) -> list[dict]:
@@ -210,6 +211,9 @@ def main() -> None:
     parser.add_argument("--hf-limit-gb", type=float, default=8.0,
                         help="skip Hugging Face where its encoder's n x n tensors would exceed this")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--dtype", default="float32",
+                        help="srsum systems' number format: float32, bfloat16, int8 or auto (srsum.precision); "
+                             "hf always runs float32")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per (model, n, system) process")
     parser.add_argument("--json", type=Path, help="write all figures here (with the command line)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
@@ -226,7 +230,8 @@ def main() -> None:
             for system in parse_list(args.systems, str):
                 cell = dict(model=model_name, n=n, system=system, beams=beams, max_new_tokens=args.max_new_tokens,
                             seg_size=args.seg_size, encoder_block=None if system == "hf" else args.encoder_block or None,
-                            threads=args.threads, load=os.getloadavg()[0])
+                            threads=args.threads, load=os.getloadavg()[0],
+                            dtype="float32" if system in ("hf", "ctranslate2") else args.dtype)
                 if system == "ctranslate2" and ctranslate2_note():
                     rows = [dict(cell, beams=b, skipped=ctranslate2_note()) for b in beams]
                 elif system == "hf" and hf_square_bytes(model_name, n) > args.hf_limit_gb * 1e9:

@@ -14,7 +14,11 @@ weight through MKL's sgemm; on CPU two other layouts of the same weight read fas
 * the LM head at one row, and at two where there are no packed copies (no oneDNN): a plain (in, out)
   copy, ``x @ copy`` (1 row: 6.2 -> 2.8 ms; 2 rows 14.3 -> 5.3).
 
-``fast_step_linears`` swaps those forwards in for the length of a decoding, float32 on CPU only, for eager and
+bfloat16 weights (``--dtype bfloat16``/``auto`` on a CPU with AMX or AVX512-BF16) read packed copies from
+one row on: there oneDNN's packed bfloat16 product beats ``nn.Linear`` at every shape and row count measured
+(``benchmarks/step_linears.py --dtype bfloat16``), the LM head included.
+
+``fast_step_linears`` swaps those forwards in for the length of a decoding, on CPU only, for eager and
 compiled steps alike: a packed copy is read through the operator ``srsum::packed_linear`` (the input, the
 weight itself, the rows), which finds the copy kept on the weight, so ``torch.compile`` traces the step's
 weights as they are (no freezing: nothing is baked into the compiled step) and calls oneDNN for the product.
@@ -37,14 +41,24 @@ from torch import nn
 from .quantization import step_linears as step_linear_names
 
 COPY_ATTRIBUTE = "_srsum_step_weight"  # on a weight tensor: ((how, rows, what it was made from), the copy)
-PACKED_MIN_ROWS = 2  # every step linear reads a packed copy from this many rows on
-BY_COLUMNS_MAX_ROWS = 2  # below that, or without packed copies, the LM head reads an (in, out) copy up to here
+PACKED_MIN_ROWS = {torch.float32: 2, torch.bfloat16: 1}  # per weight dtype: packed copies from this many rows on
+BY_COLUMNS_MAX_ROWS = 2  # float32 below that, or without packed copies: the LM head reads an (in, out) copy
 
 
 def packing_available() -> bool:
     """Whether this torch build packs linear weights with oneDNN (x86 CPU builds do)."""
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def packs(dtype: torch.dtype) -> bool:
+    """Whether step linears of this weight dtype get packed copies here: float32 wherever oneDNN packs,
+    bfloat16 only on a CPU with bfloat16 dot products (elsewhere oneDNN emulates them)."""
+    if dtype == torch.bfloat16:
+        from .precision import cpu_features
+
+        return packing_available() and cpu_features().fast_bfloat16
+    return dtype == torch.float32 and packing_available()
 
 
 def pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
@@ -104,18 +118,20 @@ def packed_forward(module: nn.Linear, rows: int):
 
 
 def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object]]:
-    """(module, its forward for this decoding) for the step linears that get a copy."""
+    """(module, its forward for this decoding) for the step linears that get a copy; ``packed_ok``: whether
+    oneDNN packs this model's weight dtype here (``packs``)."""
     modules = dict(model.named_modules())
     head = model.get_output_embeddings()
     plan = []
     for name in step_linear_names(model):
         module = modules[name]
-        if module.weight.device.type != "cpu" or module.weight.dtype != torch.float32 or "forward" in vars(module):
+        dtype = module.weight.dtype
+        if module.weight.device.type != "cpu" or dtype not in PACKED_MIN_ROWS or "forward" in vars(module):
             continue
-        if packed_ok and rows >= PACKED_MIN_ROWS:
+        if packed_ok and rows >= PACKED_MIN_ROWS[dtype]:
             copy_of(module.weight, "packed", rows)  # made now, before the first step
             plan.append((module, packed_forward(module, rows)))
-        elif module is head and rows <= BY_COLUMNS_MAX_ROWS:
+        elif module is head and rows <= BY_COLUMNS_MAX_ROWS and dtype == torch.float32:
             bias = None if module.bias is None else module.bias.detach()
             plan.append((module, by_columns_forward(module, copy_of(module.weight, "by_columns", rows), bias)))
     return plan
@@ -126,7 +142,7 @@ def fast_step_linears(model, rows: int):
     """While the block runs, ``model``'s step linears read the copies above (see the module doc); ``rows``:
     the rows a step multiplies (batch x beams). Their own forwards come back afterwards, also when the block
     raises."""
-    plan = step_plan(model, rows, packing_available())
+    plan = step_plan(model, rows, packs(next(model.parameters()).dtype))
     for module, forward in plan:
         module.forward = forward
     try:

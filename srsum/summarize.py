@@ -33,8 +33,6 @@ NO_MODEL_HELP = (
     "`srsum train --model t5-small --dataset cnn_dailymail`, or pass --model t5-small (or a local model "
     "folder) to summarize with a plain pretrained model"
 )
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,19 +172,6 @@ def resolve_device(name: str | None):
     return device
 
 
-def resolve_dtype(name: str | None):
-    """``float32`` (default), ``bfloat16`` or ``float16`` as a torch dtype; ``int8`` loads float32 (the
-    step's linear layers are then quantised, see :func:`wants_int8`)."""
-    import torch
-
-    if name is None or wants_int8(name):
-        return torch.float32
-    key = DTYPES.get(str(name).lower())
-    if key is None:
-        raise UsageError(f"--dtype: unknown dtype {name!r}; use float32, bfloat16, float16 or int8 (CPU)")
-    return getattr(torch, key)
-
-
 def wants_int8(name: str | None) -> bool:
     """``--dtype int8``: float32 weights with the decode step's linear layers in int8 (srsum.quantization)."""
     return str(name).lower() == "int8"
@@ -204,6 +189,7 @@ class Summarizer:
     tokenizer: Any
     source: str
     trainer_state: dict[str, Any] = field(default_factory=dict)
+    number_format: str = ""  # what the weights run in and why, e.g. "bfloat16 (auto: this CPU has AVX512-BF16)"
 
     @property
     def model_type(self) -> str:
@@ -239,6 +225,7 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
     """Load a model and its tokenizer for generation (``model=None``: newest checkpoint under models/).
     ``encoder_block``: queries per block of the encoder's self-attention (0/None: Hugging Face's
     unblocked path; "default": the checkpoint's ``srformer_encoder_block``)."""
+    from srsum import precision
     from srsum.engine import load_model
     from srsum.tokenization import load_tokenizer
 
@@ -252,7 +239,7 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
             raise UsageError(f"--encoder-block must be a positive number of queries, or 0 for off; got "
                              f"{encoder_block}") from None
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = precision.resolve_dtype(dtype, torch_device)
     if wants_int8(dtype) and torch_device.type != "cpu":
         raise UsageError(f"--dtype int8 runs on CPU only (torch's dynamic quantisation), not on {torch_device}")
     if model is None:
@@ -275,7 +262,7 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
         quantize_for_decoding(loaded)
     tokenizer = load_tokenizer(model)
     state = read_trainer_state(model) if Path(model).is_dir() else {}
-    return Summarizer(loaded, tokenizer, model, state)
+    return Summarizer(loaded, tokenizer, model, state, precision.why(dtype, torch_dtype, torch_device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,7 +308,7 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     elif cut:
         reporter.warn(f"{len(cut)} of {len(examples)} articles are longer than the max source length {max_source} "
                       f"tokens (longest {max(length for _, length in cut)}) and were truncated to {max_source} tokens")
-    stats = GenerationStats()
+    stats = GenerationStats(number_format=summarizer.number_format)
     summaries = generate_summaries(model, tokenizer, [row.input_ids for row in encoded], settings, reporter,
                                    on_summary=on_summary, stats=stats)
     reporter.info(stats.describe())
@@ -336,12 +323,15 @@ class GenerationStats:
     source_tokens: int = 0
     summary_tokens: int = 0
     seconds: float = 0.0
+    number_format: str = ""  # Summarizer.number_format, named in the note when known
 
     def describe(self) -> str:
         rate = (lambda tokens: f"{tokens / self.seconds:,.0f}") if self.seconds > 0 else (lambda tokens: "-")
-        return (f"summarized {self.articles} article(s) in {self.seconds:.1f} s: {self.source_tokens:,} source "
-                f"tokens ({rate(self.source_tokens)}/s), {self.summary_tokens:,} summary tokens "
-                f"({rate(self.summary_tokens)}/s)")
+        per_minute = f"{self.articles * 60 / self.seconds:,.1f}" if self.seconds > 0 else "-"
+        text = (f"summarized {self.articles} article(s) in {self.seconds:.1f} s ({per_minute} articles/min): "
+                f"{self.source_tokens:,} source tokens ({rate(self.source_tokens)}/s), {self.summary_tokens:,} "
+                f"summary tokens ({rate(self.summary_tokens)}/s)")
+        return f"{text}; weights in {self.number_format}" if self.number_format else text
 
 
 def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], settings: SummarizeSettings,

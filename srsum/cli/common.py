@@ -302,6 +302,8 @@ EncoderBlockOption = typer.Option(None, "--encoder-block", help="Encoder self-at
                                   "checkpoint's srformer_encoder_block (512).", rich_help_panel=GENERATION_HELP,
                                   show_default=False)
 DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N, mps (default: cuda if available).")
-DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16 (not for T5), or int8: "
-                           "float32 with the decode step's linear layers quantised to int8 (CPU only).")
+DtypeOption = typer.Option("auto", "--dtype", help="auto (bfloat16 on a CPU with AMX or AVX512-BF16 and on a "
+                           "GPU with bfloat16, else float32; the closing note says which), float32, bfloat16, "
+                           "float16 (not for T5), or int8: float32 with the decode step's linear layers quantised "
+                           "to int8 (CPU only).")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")
