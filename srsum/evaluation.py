@@ -137,10 +137,12 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
             "max_source_length": _effective_max_source(summarizer, generation),
             "device": str(next(summarizer.model.parameters()).device),
             "dtype": str(next(summarizer.model.parameters()).dtype).replace("torch.", ""),
+            "number_format": summarizer.number_format,  # int8 included, and why auto chose what it did
             "decoder": "srsum.decoding.generate",
         },
         "processes": 1 if group is None else group.num_processes,
         "seconds": round(elapsed, 3),
+        "articles_per_minute": round(len(predictions) * 60 / elapsed, 2) if elapsed > 0 else None,
         "srsum_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -12,27 +12,51 @@ from torch import nn
 from conftest import tiny_model
 from srsum.decoding import SharedStateDecoder, generate
 from srsum.engine import convert
+from srsum.engine.models import set_encoder_block
 from srsum.errors import UsageError
-from srsum.quantization import quantize_for_decoding, step_linears
+from srsum.quantization import encoder_linears, quantize_for_decoding, step_linears
 
 
 def srformer(family):
     return convert(tiny_model(family), "srformer", seg_size=4, schedule_length=12)
 
 
-def test_the_step_linears_are_quantised_and_the_memory_builders_are_not(family):
+def _quantized(model) -> set[str]:
+    return {name for name, module in model.named_modules() if type(module).__name__ == "Linear"
+            and type(module) is not nn.Linear}
+
+
+def test_the_step_and_encoder_linears_are_quantised_and_the_memory_builders_are_not(family):
     model = srformer(family)
     names = step_linears(model)
     layers = model.config.num_decoder_layers if family == "t5" else model.config.decoder_layers
     assert len(names) == layers * 8 + 1  # self q k v o, cross q o, two feed-forward, and the LM head
+    encoder_names = encoder_linears(model)
+    layers = model.config.num_layers if family == "t5" else model.config.encoder_layers
+    assert len(encoder_names) == layers * 6  # q k v o and two feed-forward
+    decoder_only = quantize_for_decoding(copy.deepcopy(model), encoder=False)
+    assert _quantized(decoder_only) == set(names)
     quantize_for_decoding(model)
+    assert _quantized(model) == set(names) | set(encoder_names)
     modules = dict(model.named_modules())
-    quantized = {name for name, module in modules.items() if type(module).__name__ == "Linear"
-                 and type(module) is not nn.Linear}
-    assert quantized == set(names)
     assert all(type(modules[name]) is nn.Linear for name in modules if name.endswith("recurrent_w"))
-    encoder = model.get_encoder()
-    assert all(type(module) is nn.Linear for module in encoder.modules() if "Linear" in type(module).__name__)
+    cross_kv = [name for name in modules if name.endswith(("EncDecAttention.k", "EncDecAttention.v",
+                                                           "encoder_attn.k_proj", "encoder_attn.v_proj"))]
+    assert cross_kv and all(type(modules[name]) is nn.Linear for name in cross_kv)
+
+
+def test_an_int8_encoder_stays_close_to_float32_and_keeps_the_blocked_path(family):
+    model = srformer(family)
+    set_encoder_block(model, 8)  # 30 tokens: blocks of 8 queries
+    quantized = quantize_for_decoding(copy.deepcopy(model))
+    ids = torch.randint(3, 100, (2, 30), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    with torch.no_grad():
+        exact = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        approx = quantized.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert not torch.equal(approx, exact)
+    assert (approx - exact)[mask.bool()].abs().max() < 0.1 * exact[mask.bool()].std()
 
 
 def test_int8_decoding_runs_on_the_scheduled_state_and_stays_close_to_float32(family):

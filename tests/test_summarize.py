@@ -12,6 +12,7 @@ from srsum.errors import SrsumError
 from srsum.metrics import split_sentences
 from srsum.evaluation import evaluate, parse_baseline
 from srsum.reporting import Reporter
+from srsum import precision
 from srsum.summarize import (SummarizeSettings, load_summarizer, summarize_examples, summarize_texts,
                              write_jsonl)
 
@@ -78,7 +79,10 @@ def test_evaluate_with_a_checkpoint_records_every_setting(trained_t5, cnn_sample
     assert generation["do_sample"] is False  # not sampling: the sampling values do not apply
     assert [generation[key] for key in ("temperature", "top_k", "top_p", "seed")] == [None] * 4
     assert generation["max_source_length"] == 64  # what the checkpoint was trained with
-    assert generation["device"] == "cpu" and generation["dtype"] == "float32"
+    auto = precision.resolve_dtype("auto", "cpu")  # no dtype given: auto, bfloat16 on a CPU that has it
+    assert generation["device"] == "cpu" and generation["dtype"] == str(auto).removeprefix("torch.")
+    assert generation["number_format"] == precision.why("auto", auto, "cpu")
+    assert metrics["articles_per_minute"] == round(3 * 60 / metrics["seconds"], 2) or metrics["seconds"] < 0.01
     assert metrics["model"] == str(best) and metrics["model_type"] == "srformer_t5"
     assert metrics["srformer"]["srformer_attention"] == "srformer" and metrics["srformer"]["srformer_seg_size"] == 16
     assert metrics["n_examples"] == 3 and set(metrics["rouge"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
