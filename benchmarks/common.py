@@ -33,7 +33,12 @@ def random_model(shape: str = "t5-small", seed: int = 0, dtype=torch.float32, de
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The machine line of every benchmark: the CPU by name with what decides the number formats (AMX,
+    AVX512-BF16, VNNI: srsum.precision), cores, torch, threads, and the GPU if any."""
+    from srsum.precision import cpu_features
+
+    features = cpu_features()
+    cpu = f"{features.name or platform.machine()} ({features.describe()})"
     text = f"{platform.system()} {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
