@@ -55,7 +55,8 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
              generation: SummarizeSettings | None = None, device: str | None = None, dtype: str | None = None,
              output_dir: str | Path | None = None, models_root: str | Path = MODELS_DIR,
              reporter: Reporter | None = None, summarizer: Summarizer | None = None,
-             aggregation: str = "bootstrap", encoder_block: int | None | str = "default") -> dict[str, Any]:
+             aggregation: str = "bootstrap", encoder_block: int | None | str = "default",
+             threads: int | None = None) -> dict[str, Any]:
     """Score a model (or ``baseline="lead-3"``) on ``dataset`` with ROUGE-1/2/L/Lsum.
 
     Writes ``predictions.jsonl`` (id, prediction, reference, per-example ROUGE) and ``metrics.json``
@@ -77,7 +78,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     if output_dir is not None:
         output_dir = ensure_writable_dir(output_dir)
     if lead is None and summarizer is None:
-        summarizer = load_summarizer(model, device, dtype, models_root, reporter, encoder_block)
+        summarizer = load_summarizer(model, device, dtype, models_root, reporter, encoder_block, threads)
     if lead is None:  # the model's defaults filled, and a sampling seed drawn once (recorded in metrics.json)
         generation = _with_shared_seed(generation.for_model(summarizer.model), group)
     started = time.perf_counter()
@@ -141,6 +142,7 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
             "decoder": "srsum.decoding.generate",
         },
         "processes": 1 if group is None else group.num_processes,
+        "threads": _torch_threads(),
         "seconds": round(elapsed, 3),
         "articles_per_minute": round(len(predictions) * 60 / elapsed, 2) if elapsed > 0 else None,
         "srsum_version": __version__,
@@ -194,6 +196,12 @@ def _with_shared_seed(generation: SummarizeSettings, group) -> SummarizeSettings
     from srsum.training.distributed import on_main
 
     return replace(generation, seed=on_main(lambda: generation.with_seed().seed, group))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _sharded_summaries(summarizer: Summarizer, examples, generation: SummarizeSettings, reporter: Reporter,

@@ -221,12 +221,14 @@ def check_model_source(name: str) -> None:
 
 def load_summarizer(model: str | None = None, device: str | None = None, dtype: str | None = None,
                     models_root: str | Path = MODELS_DIR, reporter: Reporter | None = None,
-                    encoder_block: int | None | str = "default") -> Summarizer:
+                    encoder_block: int | None | str = "default", threads: int | None = None) -> Summarizer:
     """Load a model and its tokenizer for generation (``model=None``: newest checkpoint under models/).
     ``encoder_block``: queries per block of the encoder's self-attention (0/None: Hugging Face's
-    unblocked path; "default": the checkpoint's ``srformer_encoder_block``)."""
+    unblocked path; "default": the checkpoint's ``srformer_encoder_block``). ``dtype``: see
+    ``srsum.precision`` (None: auto). ``threads``: CPU threads (``srsum.threads``; None: one per core)."""
     from srsum import precision
     from srsum.engine import load_model
+    from srsum.threads import use_threads
     from srsum.tokenization import load_tokenizer
 
     reporter = reporter or Reporter()
@@ -239,6 +241,7 @@ def load_summarizer(model: str | None = None, device: str | None = None, dtype: 
             raise UsageError(f"--encoder-block must be a positive number of queries, or 0 for off; got "
                              f"{encoder_block}") from None
     torch_device = resolve_device(device)
+    use_threads(threads)
     torch_dtype = precision.resolve_dtype(dtype, torch_device)
     if wants_int8(dtype) and torch_device.type != "cpu":
         raise UsageError(f"--dtype int8 runs on CPU only (torch's dynamic quantisation), not on {torch_device}")

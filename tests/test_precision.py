@@ -128,3 +128,44 @@ def test_bfloat16_decoding_keeps_the_memory_in_float32_and_follows_float32(famil
     assert states and all(state.membrane.dtype == torch.float32 and state.recurrent.dtype == torch.float32
                           for state in states)
     assert decoder.encoder_states.dtype == torch.bfloat16
+
+
+def test_threads_default_to_the_cores_and_under_a_launcher_to_this_nodes_share(monkeypatch):
+    from srsum import threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        assert threads.default_threads() == before  # a lone process: torch's one thread per core
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        monkeypatch.setattr(threads, "usable_cores", lambda: 16)
+        assert threads.default_threads() == 8  # torchrun set OMP_NUM_THREADS=1; srsum shares the cores out
+        monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+        assert threads.default_threads() == 1
+        assert threads.use_threads(1) == 1 and torch.get_num_threads() == 1
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(UsageError, match="--threads must be a positive number"):
+                threads.use_threads(bad)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_summarize_and_evaluate_take_threads(tiny_t5_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from srsum.cli import app
+
+    before = torch.get_num_threads()
+    article = tmp_path / "article.txt"
+    article.write_text("The council met on Tuesday to discuss the budget for schools and roads. " * 4)
+    try:
+        done = CliRunner().invoke(app, ["summarize", str(article), "--model", str(tiny_t5_dir), "--max-length", "4",
+                                        "--threads", "1", "--dtype", "float32"])
+        assert done.exit_code == 0, done.output
+        assert torch.get_num_threads() == 1
+        refused = CliRunner().invoke(app, ["summarize", str(article), "--model", str(tiny_t5_dir), "--threads", "0"])
+        assert refused.exit_code == 2 and "--threads must be a positive number" in refused.output
+    finally:
+        torch.set_num_threads(before)

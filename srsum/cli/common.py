@@ -306,4 +306,7 @@ DtypeOption = typer.Option("auto", "--dtype", help="auto (bfloat16 on a CPU with
                            "GPU with bfloat16, else float32; the closing note says which), float32, bfloat16, "
                            "float16 (not for T5), or int8: float32 with the decode step's linear layers quantised "
                            "to int8 (CPU only).")
+ThreadsOption = typer.Option(None, "--threads", help="CPU threads for the matrix products (default: one per "
+                             "core; under torchrun/accelerate launch, this node's cores shared among its processes).",
+                             show_default=False)
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars or notes (warnings and errors still show).")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from srsum.cli.common import (BatchSize, DeviceOption, DoSample, DtypeOption, EncoderBlockOption, LengthPenalty,
                               MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams, QuietOption,
-                              RichReporter, Seed, StepOption, Temperature, TopK, TopP, app, emit_json,
+                              RichReporter, Seed, StepOption, Temperature, ThreadsOption, TopK, TopP, app, emit_json,
                               generation_settings, handled)
 
 EVALUATE_EPILOG = """[bold]Examples[/bold]
@@ -69,6 +69,7 @@ def evaluate(
     encoder_block: Optional[int] = EncoderBlockOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where predictions.jsonl and metrics.json go "
                                               "(default: evaluations/<model>-<dataset>-<split>/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics JSON instead of a table."),
@@ -90,7 +91,7 @@ def evaluate(
         target = output_dir or default_eval_dir(model, baseline, dataset, split)
         metrics = run_evaluation(dataset, model=model, baseline=baseline, split=split, text_column=text_column,
                                  summary_column=summary_column, limit=limit, generation=settings, device=device,
-                                 dtype=dtype, output_dir=target, reporter=reporter,
+                                 dtype=dtype, threads=threads, output_dir=target, reporter=reporter,
                                  encoder_block="default" if encoder_block is None else encoder_block)
         if not is_main_process():
             return  # under a launcher the first process reports for all

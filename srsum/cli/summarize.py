@@ -11,7 +11,7 @@ import typer
 
 from srsum.cli.common import (EXIT_BAD_INPUT, BatchSize, DeviceOption, DoSample, DtypeOption, EncoderBlockOption,
                               LengthPenalty, MaxLength, MaxSource, MinLength, ModelOption, NoRepeat, NumBeams,
-                              QuietOption, RichReporter, Seed, StepOption, Temperature, TopK, TopP, app,
+                              QuietOption, RichReporter, Seed, StepOption, Temperature, ThreadsOption, TopK, TopP, app,
                               generation_settings, handled, print_error)
 from srsum.errors import SrsumError, UsageError
 
@@ -52,6 +52,7 @@ def summarize(
     encoder_block: Optional[int] = EncoderBlockOption,
     device: Optional[str] = DeviceOption,
     dtype: str = DtypeOption,
+    threads: Optional[int] = ThreadsOption,
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Article column of .jsonl/.json/.csv/"
                                               ".parquet inputs (default: article/document/text/...)."),
     skip_done: bool = typer.Option(False, "--skip-done", help="Keep the summaries already in --output (and in the "
@@ -92,7 +93,7 @@ def summarize(
                 reporter.info(f"{len(examples) - len(todo)} of {len(examples)} articles already have a summary in "
                               f"{output}: skipped")
             if todo:
-                summarizer = load_summarizer(model, device, dtype, reporter=reporter,
+                summarizer = load_summarizer(model, device, dtype, reporter=reporter, threads=threads,
                                              encoder_block="default" if encoder_block is None else encoder_block)
                 printer = _Printer(as_json, headers=len(todo) > 1)
                 results = InOrder(todo, (lambda rows: None) if target is not None else printer.print)
