@@ -42,7 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BART_BASE, T5_SMALL, machine, markdown_table, random_model  # noqa: E402
 
-SYSTEMS = ("hf", "full", "srformer", "ctranslate2")
+SYSTEMS = ("hf", "full", "srformer", "ctranslate2", "ctranslate2-int8")
+CT2_COMPUTE = {"ctranslate2": "float32", "ctranslate2-int8": "int8"}
 
 
 def parse_list(text: str, cast=int) -> list:
@@ -93,7 +94,7 @@ def run_ct2_cell(cell: dict) -> list[dict]:
     n, tokens = cell["n"], cell["max_new_tokens"]
     ids = torch.randint(3, 1000, (1, n), generator=gen)
     with ct2_peer.converted(random_model(cell["model"])) as (folder, vocabulary):
-        model = ct2_peer.translator(folder, "cpu", "float32", cell.get("threads"))
+        model = ct2_peer.translator(folder, "cpu", CT2_COMPUTE[cell["system"]], cell.get("threads"))
         source = vocabulary.tokens(ids)
         ct2_peer.decode(model, [source[0][:520]], max(cell["beams"]), 2)  # warm up (short: not the encoder's n^2)
         baseline = rss_bytes()
@@ -113,7 +114,7 @@ def run_ct2_cell(cell: dict) -> list[dict]:
 
 def run_cell(cell: dict) -> list[dict]:
     """One (model, n, system) in this process: the encoder once, then one decode per beam count."""
-    if cell["system"] == "ctranslate2":
+    if cell["system"] in CT2_COMPUTE:
         return run_ct2_cell(cell)
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -174,6 +175,17 @@ def measure(cell: dict, timeout: int) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def system_formats(systems: list[str], formats: list[str]) -> list[tuple[str, str]]:
+    """(system, number format) cells: each srsum system once per format, the peers in their own."""
+    pairs = []
+    for system in systems:
+        if system == "hf" or system in CT2_COMPUTE:
+            pairs.append((system, CT2_COMPUTE.get(system, "float32")))
+        else:
+            pairs += [(system, name) for name in formats]
+    return pairs
+
+
 def ctranslate2_note() -> str | None:
     """Why the ctranslate2 system is skipped, or None when it runs."""
     import ct2_peer
@@ -181,21 +193,35 @@ def ctranslate2_note() -> str | None:
     return None if ct2_peer.available() else ct2_peer.NOT_INSTALLED
 
 
+def label(cell: dict) -> str:
+    """The system as the table names it: srsum's with its number format."""
+    if cell["system"] == "hf" or cell["system"] in CT2_COMPUTE:
+        return cell["system"]
+    return f"{cell['system']} {cell.get('dtype', 'float32')}"
+
+
 def report(cells: list[dict]) -> str:
+    """One row per cell; speeds as ratios of the same (model, n, beams) cell's total of Hugging Face float32
+    and of CTranslate2 int8, and peak memory as a ratio of Hugging Face's, all from this run."""
+    key = ("model", "n", "beams")
+
+    def peer(cell, system):
+        return next((c for c in cells if c["system"] == system and "total_s" in c and all(c[k] == cell[k] for k in key)),
+                    None)
+
     rows = []
     for cell in cells:
-        key = ("model", "n", "beams")
         if "skipped" in cell:
-            rows.append([cell["model"], cell["n"], cell["beams"], cell["system"], cell["skipped"], "", "", "", "", ""])
+            rows.append([cell["model"], cell["n"], cell["beams"], label(cell), cell["skipped"]] + [""] * 7)
             continue
-        hf = next((c for c in cells if c["system"] == "hf" and "total_s" in c and all(c[k] == cell[k] for k in key)),
-                  None)
-        speed = f"{hf['total_s'] / cell['total_s']:.2f}x" if hf else "-"
-        rows.append([cell["model"], cell["n"], cell["beams"], cell["system"], f"{cell['encoder_s']:.1f}",
-                     f"{cell['decode_s']:.1f}", f"{cell['total_s']:.1f}", f"{cell['peak_mb']:.0f}", speed,
-                     f"{cell['load']:.1f}"])
-    headers = ["model", "n", "beams", "system", "encoder s", "decode s", "total s", "peak RSS MB", "total vs hf",
-               "load avg"]
+        hf, ct2 = peer(cell, "hf"), peer(cell, "ctranslate2-int8")
+        ratio = (lambda other, field, mine: f"{other[field] / mine:.2f}x" if other else "-")
+        memory = f"{cell['peak_mb'] / hf['peak_mb']:.2f}" if hf else "-"
+        rows.append([cell["model"], cell["n"], cell["beams"], label(cell), f"{cell['encoder_s']:.1f}",
+                     f"{cell['decode_s']:.1f}", f"{cell['total_s']:.1f}", f"{cell['peak_mb']:.0f}", memory,
+                     ratio(hf, "total_s", cell["total_s"]), ratio(ct2, "total_s", cell["total_s"]), f"{cell['load']:.1f}"])
+    headers = ["model", "n", "beams", "system", "encoder s", "decode s", "total s", "peak RSS MB", "peak / hf",
+               "speed vs hf", "speed vs ct2 int8", "load avg"]
     return markdown_table(headers, rows)
 
 
@@ -212,8 +238,8 @@ def main() -> None:
                         help="skip Hugging Face where its encoder's n x n tensors would exceed this")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dtype", default="float32",
-                        help="srsum systems' number format: float32, bfloat16, int8 or auto (srsum.precision); "
-                             "hf always runs float32")
+                        help="srsum systems' number formats, comma separated: float32, bfloat16, int8, auto "
+                             "(srsum.precision); hf runs float32, ctranslate2 float32, ctranslate2-int8 int8")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per (model, n, system) process")
     parser.add_argument("--json", type=Path, help="write all figures here (with the command line)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print JSON
@@ -227,12 +253,11 @@ def main() -> None:
     beams = parse_list(args.beams)
     for model_name in parse_list(args.families, str):
         for n in parse_list(args.lengths):
-            for system in parse_list(args.systems, str):
+            for system, dtype in system_formats(parse_list(args.systems, str), parse_list(args.dtype, str)):
                 cell = dict(model=model_name, n=n, system=system, beams=beams, max_new_tokens=args.max_new_tokens,
                             seg_size=args.seg_size, encoder_block=None if system == "hf" else args.encoder_block or None,
-                            threads=args.threads, load=os.getloadavg()[0],
-                            dtype="float32" if system in ("hf", "ctranslate2") else args.dtype)
-                if system == "ctranslate2" and ctranslate2_note():
+                            threads=args.threads, load=os.getloadavg()[0], dtype=dtype)
+                if system in CT2_COMPUTE and ctranslate2_note():
                     rows = [dict(cell, beams=b, skipped=ctranslate2_note()) for b in beams]
                 elif system == "hf" and hf_square_bytes(model_name, n) > args.hf_limit_gb * 1e9:
                     need = hf_square_bytes(model_name, n) / 1e9
