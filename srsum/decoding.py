@@ -54,6 +54,8 @@ class GenerationSettings:
     top_k: int = 50  # sampling only: keep the k best tokens per row (0: off); generate's default
     top_p: float = 1.0  # sampling only: keep the fewest best tokens holding this much probability (1: off)
     seed: int | None = None  # sampling only: the draws' generator seed (None: a random one)
+    repetition_penalty: float = 1.0  # scores of tokens already in the row: / penalty (> 0), * penalty (< 0)
+    num_return_sequences: int = 1  # per example: the best finished beams, or (sampling) independent draws
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -69,7 +71,25 @@ class GenerationSettings:
         if self.step not in STEP_MODES:
             raise UsageError(f"step: must be one of {', '.join(STEP_MODES)}, got {self.step!r}")
         check_sampling(self.do_sample, self.temperature, self.top_k, self.top_p, self.seed)
+        if isinstance(self.repetition_penalty, bool) or not isinstance(self.repetition_penalty, (int, float)) \
+                or not self.repetition_penalty > 0:
+            raise UsageError(f"repetition_penalty: must be a number > 0, got {self.repetition_penalty!r}")
+        self._check_return_sequences()
         return self
+
+    def _check_return_sequences(self) -> None:
+        count = self.num_return_sequences
+        if not isinstance(count, int) or count < 1:
+            raise UsageError(f"num_return_sequences: must be an integer >= 1, got {count!r}")
+        if self.num_beams > 1 and count > self.num_beams:
+            raise UsageError(f"num_return_sequences ({count}) is above num_beams ({self.num_beams})")
+        if self.num_beams == 1 and not self.do_sample and count > 1:
+            raise UsageError(f"num_return_sequences ({count}) needs beams or sampling: greedy has one answer")
+
+    @property
+    def rows_per_example(self) -> int:
+        """Query rows the decoder runs per example: the beams, or the independent draws."""
+        return self.num_beams if self.num_beams > 1 else self.num_return_sequences
 
 
 SEED_LIMIT = 2 ** 64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
@@ -97,18 +117,25 @@ class SpecialTokens:
     eos: tuple[int, ...]
     pad: int
     forced_bos: int | None
-    forced_eos: int | None
+    forced_eos: int | tuple[int, ...] | None
 
     @classmethod
-    def of(cls, model) -> "SpecialTokens":
-        gen, config = model.generation_config, model.config
+    def of(cls, model, generation_config=None) -> "SpecialTokens":
+        """The model's tokens, or those of ``generation_config`` (a merged one, as generate uses) where set.
+        The start token falls back to the BOS token, the padding to the first EOS token, as generate's do."""
+        gen, config = generation_config or model.generation_config, model.config
         eos = gen.eos_token_id if gen.eos_token_id is not None else config.eos_token_id
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
         pad = gen.pad_token_id if gen.pad_token_id is not None else config.pad_token_id
-        start = gen.decoder_start_token_id
-        start = config.decoder_start_token_id if start is None else start
+        start = _first_set(gen.decoder_start_token_id, config.decoder_start_token_id, gen.bos_token_id)
+        forced_eos = getattr(gen, "forced_eos_token_id", None)
+        forced_eos = tuple(forced_eos) if isinstance(forced_eos, (list, tuple)) else forced_eos
         return cls(int(start), eos, int(pad if pad is not None else (eos[0] if eos else 0)),
-                   getattr(gen, "forced_bos_token_id", None), getattr(gen, "forced_eos_token_id", None))
+                   getattr(gen, "forced_bos_token_id", None), forced_eos)
+
+
+def _first_set(*values):
+    return next((value for value in values if value is not None), None)
 
 
 # --------------------------------------------------------------------------- one decoder step
@@ -302,6 +329,8 @@ def process_scores(scores: torch.Tensor, sequences: torch.Tensor, settings: Gene
     """Ban/force tokens like generate's processors. scores (rows, V); sequences (rows, length) with start."""
     length = sequences.shape[1]
     generated = length - 1
+    if settings.repetition_penalty != 1.0:
+        scores = penalize_repeats(scores, sequences, settings.repetition_penalty)
     if settings.no_repeat_ngram_size and length + 1 >= settings.no_repeat_ngram_size:
         scores = ban_repeated_ngrams(scores, sequences, settings.no_repeat_ngram_size)
     if generated < settings.min_new_tokens and special.eos:
@@ -313,10 +342,16 @@ def process_scores(scores: torch.Tensor, sequences: torch.Tensor, settings: Gene
     return scores
 
 
-def _force(scores: torch.Tensor, token: int) -> torch.Tensor:
+def _force(scores: torch.Tensor, token: int | tuple[int, ...]) -> torch.Tensor:
     forced = torch.full_like(scores, NEG_INF)
-    forced[:, token] = 0
+    forced[:, list(token) if isinstance(token, tuple) else token] = 0
     return forced
+
+
+def penalize_repeats(scores: torch.Tensor, sequences: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Every token already in the row (the start token too): its score / penalty if positive, else * penalty."""
+    seen = scores.gather(1, sequences)
+    return scores.scatter(1, sequences, torch.where(seen < 0, seen * penalty, seen / penalty))
 
 
 def ban_repeated_ngrams(scores: torch.Tensor, sequences: torch.Tensor, size: int) -> torch.Tensor:
@@ -342,13 +377,12 @@ def warp_scores(scores: torch.Tensor, settings: GenerationSettings, min_keep: in
         k = min(max(settings.top_k, min_keep), vocab)
         kth_best = torch.topk(scores, k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth_best, NEG_INF)  # ties with the k-th best stay
-    if settings.top_p < 1.0:
-        ranked, order = torch.sort(scores, dim=-1, descending=True)
-        probs = torch.softmax(ranked, dim=-1)
-        above = torch.cumsum(probs, dim=-1) - probs  # the probability of the better-ranked tokens
-        drop = above >= settings.top_p  # the tokens before this one already hold top_p
-        drop[:, :min_keep] = False
-        scores = scores.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), NEG_INF)
+    if settings.top_p < 1.0:  # ranked worst first, as generate ranks them (the same rounding and ties)
+        ranked, order = torch.sort(scores, dim=-1)
+        mass_up_to = torch.softmax(ranked, dim=-1).cumsum(dim=-1)  # this token and every worse one
+        drop = mass_up_to <= 1 - settings.top_p  # the better tokens hold top_p without this one
+        drop[:, -min_keep:] = False
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), NEG_INF)
     return scores
 
 
@@ -370,14 +404,40 @@ def _min_keep(special: SpecialTokens, beams: int) -> int:
 
 
 # --------------------------------------------------------------------------- search
+@dataclass
+class SearchOutput:
+    """What a search returns: the sequences (rows, L), decoder start token first; with ``record``, per step the
+    processed scores (as generate's ``scores``) and the raw logits, each (rows searched, V); with beams also
+    each returned sequence's score and beam indices (generate's ``sequences_scores`` and ``beam_indices``)."""
+
+    sequences: torch.Tensor
+    scores: list[torch.Tensor] | None = None
+    logits: list[torch.Tensor] | None = None
+    sequences_scores: torch.Tensor | None = None
+    beam_indices: torch.Tensor | None = None
+
+    def step(self, logits: torch.Tensor, scores: torch.Tensor) -> None:
+        """Keep one step's raw logits and processed scores (when recording)."""
+        if self.scores is not None:
+            self.logits.append(logits)
+            self.scores.append(scores)
+
+
+def _new_output(record: bool) -> SearchOutput:
+    empty = torch.empty(0, dtype=torch.long)
+    return SearchOutput(empty, [], []) if record else SearchOutput(empty)
+
+
 @torch.no_grad()
 def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_new_tokens: int = 128,
              min_new_tokens: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              early_stopping: bool | None = None, step: str = "auto", do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, seed: int | None = None,
-             generator: torch.Generator | None = None, encoder_states: torch.Tensor | None = None,
-             **unsupported) -> torch.Tensor:
-    """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first.
+             repetition_penalty: float = 1.0, num_return_sequences: int = 1,
+             generator: torch.Generator | None = None,
+             encoder_states: torch.Tensor | None = None, streamer=None, **unsupported) -> torch.Tensor:
+    """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first
+    (``num_return_sequences`` > 1: B * that many rows, each example's together).
 
     Greedy when num_beams == 1, beam search otherwise, and with ``do_sample`` sampling / beam sampling
     (``temperature``, ``top_k``, ``top_p``, ``seed``: see ``GenerationSettings``; ``generator``, a
@@ -385,7 +445,8 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
     a caller's batches can continue one stream). SRformer models decode with shared state, other models
     fall back to ``model.generate`` (its draws then come from the global RNG, forked and seeded for the
     call and restored after it). ``encoder_states`` (B, n, D), if given, is used instead of running the
-    encoder (``input_ids`` may then be None). ``step``: see ``GenerationSettings``.
+    encoder (``input_ids`` may then be None). ``step``: see ``GenerationSettings``. ``streamer`` (greedy and
+    sampling): a Hugging Face streamer, given the start tokens, then each step's tokens, then ``end()``.
     """
     if unsupported:
         raise SrsumError(f"generate: unsupported option(s) {sorted(unsupported)}")
@@ -397,23 +458,42 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
     settings = GenerationSettings(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                   length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
                                   early_stopping=early_stopping, step=step, do_sample=do_sample,
-                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).validate()
+                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                  repetition_penalty=repetition_penalty,
+                                  num_return_sequences=num_return_sequences).validate()
     device = (encoder_states if encoder_states is not None else next(model.parameters())).device
     if settings.do_sample and generator is not None and generator.device.type != device.type:
         raise SrsumError(f"generate: the generator is on {generator.device}, the model on {device}")
-    if not any(isinstance(m, SRformerCrossAttention) for m in model.modules()):
-        if encoder_states is not None:
-            raise SrsumError("generate: encoder_states needs an SRformer model (srsum.engine.convert)")
+    if not has_srformer_layers(model):
+        if encoder_states is not None or streamer is not None:
+            raise SrsumError("generate: encoder_states and streamer need an SRformer model (srsum.engine.convert)")
         return _hf_generate(model, input_ids, attention_mask, settings, generator)
-    special = SpecialTokens.of(model)
-    decoder = SharedStateDecoder(model, input_ids, attention_mask, settings.num_beams, encoder_states,
-                                 max_steps=settings.max_new_tokens, step=settings.step)
     if settings.do_sample and generator is None:
-        generator = sampling_generator(decoder.encoder_states.device, settings.seed)
-    with fast_step_linears(model, batch * settings.num_beams):  # state building above uses no step linear
+        generator = sampling_generator(device, settings.seed)
+    return search(model, input_ids, attention_mask, settings, SpecialTokens.of(model), generator=generator,
+                  encoder_states=encoder_states, streamer=streamer).sequences
+
+
+def has_srformer_layers(model) -> bool:
+    return any(isinstance(m, SRformerCrossAttention) for m in model.modules())
+
+
+def search(model, input_ids, attention_mask, settings: GenerationSettings, special: SpecialTokens, *,
+           generator: torch.Generator | None = None, encoder_states: torch.Tensor | None = None, streamer=None,
+           record: bool = False) -> SearchOutput:
+    """Build the shared-state decoder for ``settings`` and run its search (greedy/sampling or beams).
+    With ``do_sample`` the draws come from ``generator``, or from torch's global RNG when it is None (as
+    generate draws). ``record``: keep each step's scores and logits (``SearchOutput``)."""
+    if streamer is not None and settings.num_beams > 1:
+        raise SrsumError("streamer: beam search cannot stream its tokens (generate neither); use num_beams=1")
+    rows = settings.rows_per_example
+    decoder = SharedStateDecoder(model, input_ids, attention_mask, rows, encoder_states,
+                                 max_steps=settings.max_new_tokens, step=settings.step)
+    batch = decoder.encoder_states.shape[0]
+    with fast_step_linears(model, batch * rows):  # state building above uses no step linear
         if settings.num_beams == 1:
-            return greedy_search(decoder, batch, settings, special, generator)
-        return beam_search(decoder, batch, settings, special, generator)
+            return greedy_search(decoder, batch * rows, settings, special, generator, streamer, record)
+        return beam_search(decoder, batch, settings, special, generator, record)
 
 
 def _hf_generate(model, input_ids, attention_mask, settings: GenerationSettings,
@@ -423,7 +503,9 @@ def _hf_generate(model, input_ids, attention_mask, settings: GenerationSettings,
     options = dict(input_ids=input_ids, attention_mask=attention_mask, num_beams=settings.num_beams,
                    max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens,
                    length_penalty=settings.length_penalty, no_repeat_ngram_size=settings.no_repeat_ngram_size,
-                   early_stopping=settings.early_stopping, do_sample=settings.do_sample)
+                   early_stopping=settings.early_stopping, do_sample=settings.do_sample,
+                   repetition_penalty=settings.repetition_penalty,
+                   num_return_sequences=settings.num_return_sequences)
     if not settings.do_sample:
         return model.generate(**options)
     device = input_ids.device
@@ -437,67 +519,91 @@ def _hf_generate(model, input_ids, attention_mask, settings: GenerationSettings,
                               top_p=settings.top_p)
 
 
-def _pick(scores: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None,
-          min_keep: int) -> torch.Tensor:
-    """The next token per row: the best, or with ``do_sample`` one drawn from the warped scores."""
+def _pick(scores: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token per row: the best, or with ``do_sample`` one drawn from the (warped) scores."""
     if not settings.do_sample:
         return scores.argmax(-1)
-    probs = torch.softmax(warp_scores(scores, settings, min_keep), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator).squeeze(1)
 
 
-def greedy_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
-                  special: SpecialTokens, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One row per example: the best next token, or with ``do_sample`` a drawn one (from ``generator``)."""
+def greedy_search(decoder: SharedStateDecoder, rows: int, settings: GenerationSettings, special: SpecialTokens,
+                  generator: torch.Generator | None = None, streamer=None, record: bool = False) -> SearchOutput:
+    """One row per example (or ``num_return_sequences`` rows, sampling): the best next token, or with
+    ``do_sample`` a drawn one (from ``generator``; None: the global RNG). ``streamer`` gets the start tokens,
+    each step's tokens and ``end()``, as generate gives them."""
     device = decoder.encoder_states.device
-    sequences = torch.full((batch, 1), special.start, dtype=torch.long, device=device)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    sequences = torch.full((rows, 1), special.start, dtype=torch.long, device=device)
+    unfinished = torch.ones(rows, dtype=torch.bool, device=device)
     eos = torch.tensor(special.eos, device=device, dtype=torch.long)
+    output = _new_output(record)
+    _stream(streamer, sequences)
     for _ in range(settings.max_new_tokens):
-        scores = process_scores(decoder.logits(sequences[:, -1:]), sequences, settings, special)
-        tokens = _pick(scores, settings, generator, min_keep=1)
-        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, special.pad))
+        logits = decoder.logits(sequences[:, -1:])
+        scores = process_scores(logits.clone() if record else logits, sequences, settings, special)
+        if settings.do_sample:
+            scores = warp_scores(scores, settings)
+        output.step(logits, scores)
+        tokens = torch.where(unfinished, _pick(scores, settings, generator), special.pad)
         sequences = torch.cat([sequences, tokens[:, None]], dim=1)
+        _stream(streamer, tokens)
         if len(eos):
             unfinished &= ~torch.isin(tokens, eos)
         if not bool(unfinished.any()):
             break
-    return sequences
+    if streamer is not None:
+        streamer.end()
+    output.sequences = sequences
+    return output
+
+
+def _stream(streamer, tokens: torch.Tensor) -> None:
+    if streamer is not None:
+        streamer.put(tokens.cpu())
+
+
+def _gather_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor (B, beams, L), index (B, k) -> (B, k, L): each example's rows in ``index`` order."""
+    return tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[2]))
 
 
 def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
-                special: SpecialTokens, generator: torch.Generator | None = None) -> torch.Tensor:
+                special: SpecialTokens, generator: torch.Generator | None = None,
+                record: bool = False) -> SearchOutput:
     """Beam search with generate's bookkeeping: keep the best ``beams`` open hypotheses and the best
-    ``beams`` finished ones (scored by log-prob / length ** length_penalty) per example.
+    ``beams`` finished ones (scored by log-prob / length ** length_penalty) per example; the best
+    ``num_return_sequences`` of these are returned, with their scores and beam indices.
 
     With ``do_sample`` (beam sampling, as generate does it): the warped log-probs are added to the running
     scores and the step's candidates are drawn without replacement from the softmax over all of an
-    example's beams x vocabulary (from ``generator``), then ranked by score, instead of the top ones taken.
-    The beams still share their example's one SRformer state: only the self-attention cache is reordered.
+    example's beams x vocabulary (from ``generator``; None: the global RNG), then ranked by score, instead
+    of the top ones taken. The beams still share their example's one SRformer state: only the
+    self-attention cache is reordered.
     """
     beams, device = settings.num_beams, decoder.encoder_states.device
     max_length = settings.max_new_tokens + 1
     keep = max(2, 1 + len(special.eos)) * beams  # candidates per step, enough to leave `beams` open
-    fill = special.pad if special.pad else (special.eos[0] if special.eos else -1)  # as generate pads beams
+    fill = (special.pad or special.eos[0]) if special.eos else -1  # as generate pads beams
     running = torch.full((batch, beams, max_length), fill, dtype=torch.long, device=device)
     running[:, :, 0] = special.start
+    origins = torch.full((batch, beams, max_length - 1), -1, dtype=torch.int32, device=device)  # beam indices
     running_scores = torch.zeros(batch, beams, device=device)
     running_scores[:, 1:] = DEAD  # all beams start identical: only the first may expand
-    finished = running.clone()
+    finished, finished_origins = running.clone(), origins.clone()
     finished_scores = torch.full((batch, beams), DEAD, device=device)
     finished_done = torch.zeros(batch, beams, dtype=torch.bool, device=device)
-    finished_lengths = torch.zeros(batch, beams, dtype=torch.long, device=device)
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
     eos = torch.tensor(special.eos, device=device, dtype=torch.long)
     example_offset = torch.arange(batch, device=device)[:, None] * beams
     top_beams = torch.arange(keep, device=device) < beams
+    output = _new_output(record)
     length = 1
     while True:
         flat = running[:, :, :length].reshape(batch * beams, length)
-        log_probs = torch.log_softmax(decoder.logits(flat[:, -1:]), dim=-1)
-        log_probs = process_scores(log_probs, flat, settings, special)
+        logits = decoder.logits(flat[:, -1:])
+        log_probs = process_scores(torch.log_softmax(logits, dim=-1), flat, settings, special)
         if settings.do_sample:
             log_probs = warp_scores(log_probs, settings, _min_keep(special, beams))
+        output.step(logits, log_probs)
         vocab = log_probs.shape[-1]
         totals = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).view(batch, -1)
         if settings.do_sample:  # draw the candidates, then rank them as topk would have
@@ -507,15 +613,17 @@ def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSet
         else:
             cand_scores, cand_index = torch.topk(totals, keep)  # (B, keep)
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab
-        candidates = running.gather(1, cand_beam[:, :, None].expand(-1, -1, max_length)).clone()
+        candidates = _gather_beams(running, cand_beam).clone()
         candidates[:, :, length] = cand_token
+        cand_origins = _gather_beams(origins, cand_beam).clone()
+        cand_origins[:, :, length - 1] = (cand_beam + example_offset).to(cand_origins.dtype)
         hits = torch.isin(cand_token, eos) if len(eos) else torch.zeros_like(cand_token, dtype=torch.bool)
         if length + 1 >= max_length:
             hits = torch.ones_like(hits)
         # open beams for the next step: the best `beams` candidates that did not stop
         open_scores = cand_scores + hits.float() * DEAD
         next_index = torch.topk(open_scores, beams).indices
-        running = candidates.gather(1, next_index[:, :, None].expand(-1, -1, max_length))
+        running, origins = _gather_beams(candidates, next_index), _gather_beams(cand_origins, next_index)
         running_scores = open_scores.gather(1, next_index)
         source_beam = cand_beam.gather(1, next_index)
         # finished hypotheses: merge the ones that just stopped among the top `beams` candidates
@@ -525,11 +633,10 @@ def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSet
         normalised = normalised + full.float() * DEAD + (~improvable).float() * DEAD + (~stopped).float() * DEAD
         merged_scores = torch.cat([finished_scores, normalised], dim=1)
         best = torch.topk(merged_scores, beams).indices
-        finished = torch.cat([finished, candidates], 1).gather(1, best[:, :, None].expand(-1, -1, max_length))
+        finished = _gather_beams(torch.cat([finished, candidates], 1), best)
+        finished_origins = _gather_beams(torch.cat([finished_origins, cand_origins], 1), best)
         finished_scores = merged_scores.gather(1, best)
         finished_done = torch.cat([finished_done, stopped], 1).gather(1, best)
-        cand_lengths = torch.full_like(cand_token, length + 1)
-        finished_lengths = torch.cat([finished_lengths, cand_lengths], 1).gather(1, best)
         decoder.reorder((source_beam + example_offset).flatten())
         length += 1
         improvable = _still_improvable(improvable, running_scores, finished_scores, finished_done, length,
@@ -538,8 +645,17 @@ def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSet
         closed = bool(finished_done.all()) and settings.early_stopping is True
         if not bool(improvable.any()) or closed or all_stopped:
             break
-    best_length = int(finished_lengths[:, 0].max())
-    return finished[:, 0, :best_length]
+    return _best_finished(output, finished, finished_scores, finished_origins, settings.num_return_sequences)
+
+
+def _best_finished(output: SearchOutput, finished, finished_scores, finished_origins, count: int) -> SearchOutput:
+    """The best ``count`` finished hypotheses per example, (B * count, L) cut to the longest one."""
+    origins = finished_origins[:, :count].flatten(0, 1)
+    generated = int((origins >= 0).sum(-1).max())
+    output.sequences = finished[:, :count].flatten(0, 1)[:, :1 + generated]
+    output.sequences_scores = finished_scores[:, :count].flatten()
+    output.beam_indices = origins[:, :generated]
+    return output
 
 
 def _still_improvable(improvable, running_scores, finished_scores, finished_done, length, max_length,

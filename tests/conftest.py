@@ -27,6 +27,14 @@ def tiny_bart_config(vocab_size=120, **overrides):
     return BartConfig(**fields)
 
 
+def hf_generate(model, **kwargs):
+    """Hugging Face's own generate loop, also on srsum's SRformer classes (whose ``generate`` runs srsum's
+    decoder): the reference the decoder is compared with."""
+    from transformers import GenerationMixin
+
+    return GenerationMixin.generate(model, **kwargs)
+
+
 def tiny_model(family: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     if family == "t5":

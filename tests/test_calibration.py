@@ -8,7 +8,7 @@ from srsum.engine import VARIANTS, SRformerCrossAttention, convert, load_model, 
 from srsum.engine.calibration import CLAMP_SATURATED, calibrate, dead_layers, memory_report
 from srsum.errors import SrsumError
 
-from conftest import padded_batch, tiny_model
+from conftest import hf_generate, padded_batch, tiny_model
 
 VOCAB = 120
 
@@ -195,8 +195,8 @@ def test_every_variant_runs_in_every_dtype(family, variant, dtype):
     decoder_ids = torch.randint(3, VOCAB, (2, 12))
     logits = teacher_logits(model, {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids})
     assert logits.dtype == dtype and torch.isfinite(logits).all()
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                         num_beams=2)
+    out = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                      num_beams=2)
     assert out.shape[1] >= 7
     if dtype == torch.float64 and variant != "full":  # float64 is not rounded through float32 anywhere
         reference = convert(tiny_model(family), variant, seg_size=8, schedule_length=12).eval()

@@ -8,7 +8,7 @@ from srsum.engine import convert
 from srsum.engine.attention import STATE_ATTRIBUTE, SRformerCrossAttention
 from srsum.errors import SrsumError
 
-from conftest import padded_batch, tiny_model
+from conftest import hf_generate, padded_batch, tiny_model
 from test_engine import excite
 
 SETTINGS = [
@@ -25,7 +25,7 @@ SETTINGS = [
 def test_equals_generate(family, variant, kwargs):
     model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=12))
     ids, mask = padded_batch(family, lengths=(40, 29, 17))
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False, **kwargs)
     assert torch.equal(generate(model, ids, mask, max_new_tokens=14, **kwargs), expected)
 
 
@@ -68,7 +68,7 @@ def test_compiled_step_equals_generate(family, variant, kwargs, compile_count):
     """The step traced whole (fullgraph) once, then replayed for every later step, gives generate's tokens."""
     model = excite(convert(tiny_model(family), variant, seg_size=8, schedule_length=12))
     ids, mask = padded_batch(family, lengths=(40, 29, 17))
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False, **kwargs)
     assert expected.shape[1] > 3  # several compiled steps ran
     assert torch.equal(generate(model, ids, mask, max_new_tokens=14, step="compiled", **kwargs), expected)
     assert len(compile_count) == 1  # one static graph for every step and position
@@ -81,8 +81,8 @@ def test_compiled_step_does_not_recompile_for_a_new_input_length(compile_count, 
     model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
     for longest in (40, 57, 96):
         ids, mask = padded_batch("t5", lengths=(longest, *others))
-        expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
-                                  do_sample=False)
+        expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8,
+                               do_sample=False)
         assert torch.equal(generate(model, ids, mask, max_new_tokens=8, min_new_tokens=8, step="compiled"), expected)
     assert len(compile_count) == 1
 
@@ -97,7 +97,7 @@ def test_compiled_step_with_the_real_compiler():
     model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
     ids, mask = padded_batch("t5", lengths=(40, 29, 17))
     kwargs = dict(num_beams=2, max_new_tokens=10, min_new_tokens=10)
-    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
     assert torch.equal(generate(model, ids, mask, step="compiled", **kwargs), expected)
     torch._dynamo.reset()
 
@@ -112,7 +112,7 @@ def test_a_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(srsum.decoding, "compile_options", lambda device: {"fullgraph": True, "backend": failing_backend})
     model = excite(convert(tiny_model("bart"), "srformer", seg_size=8, schedule_length=12))
     ids, mask = padded_batch("bart", lengths=(40, 29))
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, do_sample=False)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=9, min_new_tokens=9, do_sample=False)
     with pytest.warns(RuntimeWarning, match="decoding eagerly"):
         got = generate(model, ids, mask, max_new_tokens=9, min_new_tokens=9, step="compiled")
     assert torch.equal(got, expected)
@@ -185,7 +185,7 @@ def test_graph_step_replays_from_the_third_step(family, kwargs, fake_graphs):
     position), every later step replayed from the fixed token buffer: generate's tokens."""
     model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12))
     ids, mask = padded_batch(family, lengths=(40, 29, 17))
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, **kwargs)
     got = generate(model, ids, mask, max_new_tokens=12, step="graph", **kwargs)
     assert torch.equal(got, expected)
     steps = expected.shape[1] - 1 if kwargs["num_beams"] == 1 else 12
@@ -198,7 +198,7 @@ def test_graph_step_that_fails_or_disagrees_falls_back_to_eager(failure, fake_gr
     model = excite(convert(tiny_model("t5"), "srformer", seg_size=8, schedule_length=12))
     ids, mask = padded_batch("t5", lengths=(40, 29))
     kwargs = dict(num_beams=2, max_new_tokens=10, min_new_tokens=10)
-    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
     message = "disagrees with the eager one" if failure == "corrupt" else "cannot be captured"
     with pytest.warns(RuntimeWarning, match=message):
         got = generate(model, ids, mask, step="graph", **kwargs)
@@ -215,7 +215,7 @@ def test_cuda_graph_step_equals_generate(family, num_beams, step, recwarn):
     model = excite(convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12)).cuda()
     ids, mask = (t.cuda() for t in padded_batch(family, lengths=(40, 29, 17)))
     kwargs = dict(num_beams=num_beams, max_new_tokens=12, min_new_tokens=12)
-    expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, do_sample=False, **kwargs)
     for _ in range(2):  # the second decoding replays again (a new capture, or the recorded compiled graph)
         assert torch.equal(generate(model, ids, mask, step=step, **kwargs), expected)
     assert not [w for w in recwarn if "decoding eagerly" in str(w.message)]  # no silent fallback
@@ -356,8 +356,8 @@ def _long_decode(family, seg_size, num_beams, steps=128, lengths=(1000, 613)):
     mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
     kwargs = dict(num_beams=num_beams, max_new_tokens=steps, min_new_tokens=steps)
     with torch.no_grad():
-        expected = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder), attention_mask=mask,
-                                  do_sample=False, **kwargs)
+        expected = hf_generate(model, encoder_outputs=BaseModelOutput(last_hidden_state=encoder), attention_mask=mask,
+                               do_sample=False, **kwargs)
     return model, encoder, mask, kwargs, expected
 
 

@@ -16,7 +16,7 @@ from srsum.engine.attention import (ENCODER_ROWS, STATE_ATTRIBUTE, DecodeState, 
 from srsum.engine.reference import raf_scan_loop, reference_cross_attention
 from srsum.errors import SrsumError
 
-from conftest import padded_batch, tiny_model
+from conftest import hf_generate, padded_batch, tiny_model
 
 VOCAB = 120
 
@@ -38,8 +38,8 @@ def excite(model, threshold=0.05, std=0.5, seed=3):
 
 
 def greedy_logits(model, ids, mask, steps):
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-                         do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True)
+    out = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+                      do_sample=False, num_beams=1, output_logits=True, return_dict_in_generate=True)
     return out.sequences, torch.stack(out.logits, dim=1)
 
 
@@ -167,8 +167,8 @@ def test_oracle6_every_beam_sees_the_same_recurrent_sequence(family, monkeypatch
             seen.append(self.recurrent.clone())
 
     monkeypatch.setattr(DecodeState, "enter", spy)
-    model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, num_beams=3,
-                   do_sample=False)
+    hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=10, min_new_tokens=10, num_beams=3,
+                do_sample=False)
     assert len(seen) == 10
     for recurrent in seen:  # rows are example-major: rows 0-2 are example 0's beams
         per_example = recurrent.view(2, 3, *recurrent.shape[1:])
@@ -220,7 +220,7 @@ def test_every_variant_trains_and_generates(family, variant):
                 assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     model.eval()
     for kwargs in (dict(num_beams=1), dict(num_beams=3, length_penalty=1.2), dict(do_sample=True, top_k=5)):
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, **kwargs)
+        out = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=8, **kwargs)
         assert out.shape[0] == 2 and out.shape[1] >= 2
 
 

@@ -15,7 +15,7 @@ from srsum.engine.attention import STATE_ATTRIBUTE, held_tensors
 from srsum.errors import UsageError
 from srsum.summarize import SummarizeSettings
 
-from conftest import CNN_SAMPLE, padded_batch, tiny_model
+from conftest import CNN_SAMPLE, hf_generate, padded_batch, tiny_model
 from test_engine import excite
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -45,7 +45,7 @@ def test_sampling_draws_what_generate_draws_from_the_same_seed(models, family, k
     RNG where it was."""
     model, ids, mask = models[family]
     torch.manual_seed(11)
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=True, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=True, **kwargs)
     before = torch.get_rng_state()
     got = generate(model, ids, mask, max_new_tokens=14, do_sample=True, seed=11, **kwargs)
     assert torch.equal(torch.get_rng_state(), before)  # the global RNG was neither read nor moved
@@ -133,7 +133,7 @@ def test_models_that_are_not_srformer_sample_with_generate_seeded(family):
     ids, mask = padded_batch(family, lengths=(20, 13))
     options = dict(max_new_tokens=10, num_beams=2, do_sample=True, temperature=2.0)
     torch.manual_seed(4)
-    expected = model.generate(input_ids=ids, attention_mask=mask, **options)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, **options)
     before = torch.get_rng_state()
     assert torch.equal(generate(model, ids, mask, seed=4, **options), expected)
     assert torch.equal(torch.get_rng_state(), before)

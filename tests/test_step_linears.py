@@ -11,7 +11,7 @@ from srsum.engine import convert
 from srsum.errors import SrsumError
 from srsum.quantization import step_linears as step_linear_names
 
-from conftest import padded_batch, tiny_model
+from conftest import hf_generate, padded_batch, tiny_model
 from test_engine import excite
 
 needs_packing = pytest.mark.skipif(not step_linears.packing_available(),
@@ -32,8 +32,8 @@ def _swapped(model) -> dict:
 def test_decoding_with_the_copies_equals_generate(family, batch, beams, monkeypatch):
     model = _model(family)
     ids, mask = padded_batch(family, lengths=(40, 29, 17)[:batch])
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
-                              num_beams=beams)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
+                           num_beams=beams)
     seen = []
     real = step_linears.step_plan
     monkeypatch.setattr(step_linears, "step_plan", lambda *a: seen.append(a[1:]) or real(*a))
@@ -81,7 +81,7 @@ def test_a_copy_follows_the_weight_and_cross_keys_values_keep_nn_linear(family):
     first = getattr(head.weight, step_linears.COPY_ATTRIBUTE)[1]
     with torch.no_grad():
         head.weight.mul_(-1.5)  # as an optimizer step would: same tensor, new values
-    expected = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, max_new_tokens=9, do_sample=False)
     assert torch.equal(generate(model, ids, mask, max_new_tokens=9), expected)
     assert torch.equal(getattr(head.weight, step_linears.COPY_ATTRIBUTE)[1], head.weight.t())
     assert not torch.equal(getattr(head.weight, step_linears.COPY_ATTRIBUTE)[1], first)
@@ -140,14 +140,14 @@ def test_a_compiled_step_reads_the_packed_copies_through_the_operator(monkeypatc
     ids, mask = padded_batch("t5", lengths=(40, 29))  # 2 rows
     kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
     for _ in range(2):
-        expected = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        expected = hf_generate(model, input_ids=ids, attention_mask=mask, **kwargs)
         assert torch.equal(generate(model, ids, mask, step="compiled", **kwargs), expected)
     assert operators == [len(names)]  # one graph, every step linear through the operator
     assert len(packs) == len(names)  # packed once, at the first decoding
     head = model.get_output_embeddings()
     with torch.no_grad():
         head.weight.mul_(-1.5)
-    expected = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    expected = hf_generate(model, input_ids=ids, attention_mask=mask, **kwargs)
     assert torch.equal(generate(model, ids, mask, step="compiled", **kwargs), expected)
     assert len(packs) == len(names) + 1  # the head again
     torch._dynamo.reset()

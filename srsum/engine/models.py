@@ -81,6 +81,13 @@ class _SRformerMixin:
             module.reset_srformer_parameters(hf_init)
         super()._init_weights(module)
 
+    def generate(self, *args, **kwargs):
+        """Hugging Face's ``generate``, run by srsum's shared-state decoder where it supports the request
+        (greedy, beams, sampling, ...: ``srsum.generate_dropin``), else by Hugging Face's loop with a warning."""
+        from ..generate_dropin import generate
+
+        return generate(self, super().generate, *args, **kwargs)
+
 
 class SRformerT5ForConditionalGeneration(_SRformerMixin, T5ForConditionalGeneration):
     config_class = SRformerT5Config
