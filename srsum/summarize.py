@@ -277,12 +277,13 @@ TRUNCATION_WARNINGS = 3  # more truncated articles than this: one warning with t
 
 def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], settings: SummarizeSettings,
                        reporter: Reporter | None = None, warn_each: bool = True,
-                       on_summary: Callable[[int, str], None] | None = None) -> list[str]:
+                       on_summary: Callable[[int, str], None] | None = None, streamer=None) -> list[str]:
     """Summaries of ``examples`` in order; over-long articles are truncated with a warning naming both lengths.
 
     A few truncated articles are named one by one; more than :data:`TRUNCATION_WARNINGS` (or any number
     with ``warn_each=False``) give one warning with the count. ``on_summary(index, summary)`` is called as
     each summary is finished (batches run longest first), so a caller can write results as they come.
+    ``streamer`` (one article, num_beams 1; e.g. :func:`text_streamer`) gets the tokens as they are decoded.
     Ends with a note of the tokens read and written per second.
     """
     from srsum.tokenization import clip_chars, encode_examples, resolve_max_source_length
@@ -290,6 +291,8 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     reporter = reporter or Reporter()
     model, tokenizer = summarizer.model, summarizer.tokenizer
     settings = settings.validate().for_model(model).with_seed()
+    if streamer is not None:
+        check_streaming(len(examples), settings.num_beams)
     if settings.do_sample:
         reporter.info(f"sampling with seed {settings.seed} (temperature {settings.temperature}, top-k "
                       f"{settings.top_k}, top-p {settings.top_p}); the same seed and --batch-size repeat it")
@@ -313,7 +316,7 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
                       f"tokens (longest {max(length for _, length in cut)}) and were truncated to {max_source} tokens")
     stats = GenerationStats(number_format=summarizer.number_format)
     summaries = generate_summaries(model, tokenizer, [row.input_ids for row in encoded], settings, reporter,
-                                   on_summary=on_summary, stats=stats)
+                                   on_summary=on_summary, stats=stats, streamer=streamer)
     reporter.info(stats.describe())
     return summaries
 
@@ -340,7 +343,7 @@ class GenerationStats:
 def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], settings: SummarizeSettings,
                        reporter: Reporter | None = None, description: str = "generating",
                        on_summary: Callable[[int, str], None] | None = None,
-                       stats: GenerationStats | None = None) -> list[str]:
+                       stats: GenerationStats | None = None, streamer=None) -> list[str]:
     """Decode summaries for tokenized sources, longest first in batches, returned in input order.
 
     ``on_summary(index, summary)`` is called for each finished summary; ``stats`` (if given) is filled in.
@@ -367,7 +370,7 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
                 batch = order[start:start + settings.batch_size]
                 ids, mask = pad_batch([sources[i] for i in batch], tokenizer.pad_token_id)
                 output = generate(model, ids.to(device), mask.to(device), **asdict(decoder_settings),
-                                  generator=generator)
+                                  generator=generator, streamer=streamer)
                 texts = tokenizer.batch_decode(output, skip_special_tokens=True, clean_up_tokenization_spaces=True)
                 stats.articles += len(batch)
                 stats.source_tokens += sum(len(sources[i]) for i in batch)
@@ -381,6 +384,21 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     finally:
         model.train(was_training)
     return summaries
+
+
+def check_streaming(articles: int, num_beams: int) -> None:
+    """Streaming shows one summary as it is written: one article, and no beams (a beam's tokens are not final)."""
+    if articles != 1:
+        raise UsageError(f"--stream prints one summary as it is written; got {articles} articles")
+    if num_beams != 1:
+        raise UsageError(f"--stream needs --num-beams 1 (beam search settles its tokens at the end), got {num_beams}")
+
+
+def text_streamer(tokenizer):
+    """Hugging Face's TextStreamer: a summary's text on stdout as its tokens come (start token left out)."""
+    from transformers import TextStreamer
+
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, clean_up_tokenization_spaces=True)
 
 
 def _new_tokens(output, tokenizer) -> int:

@@ -26,6 +26,8 @@ SUMMARIZE_EPILOG = """[bold]Examples[/bold]
   srsum summarize articles.jsonl --num-beams 4 --max-length 128 --json
 
   srsum summarize article.txt --do-sample --top-p 0.9 --temperature 0.8 --seed 7
+
+  srsum summarize article.txt --stream             [dim]# the summary as it is written[/dim]
 """
 
 
@@ -58,6 +60,8 @@ def summarize(
     skip_done: bool = typer.Option(False, "--skip-done", help="Keep the summaries already in --output (and in the "
                                    "journal a killed run left) and summarize only the other articles."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON Lines {id, summary} instead of plain text."),
+    stream: bool = typer.Option(False, "--stream", help="Print one article's summary token by token as it is "
+                                "written (greedy or sampling: --num-beams defaults to 1 here)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Summarize articles with a trained checkpoint or a pretrained T5/BART model.
@@ -65,10 +69,13 @@ def summarize(
     Articles longer than the max source length are truncated with a warning. Summaries are printed as they are finished, or appended to a journal beside --output (written in input order at the end); Ctrl-C, or even a kill, keeps the finished ones, and --skip-done continues. A file that cannot be read is named on stderr and the others are still summarized (the exit code is then 2).
     """
     from srsum.data import collect_articles
-    from srsum.summarize import InOrder, OutputFile, load_summarizer, summarize_examples
+    from srsum.summarize import InOrder, OutputFile, load_summarizer, summarize_examples, text_streamer
 
     reporter = RichReporter(quiet)
     with handled(reporter):
+        if stream and (output is not None or as_json):
+            raise UsageError("--stream prints plain text as it is written; it cannot go with --output or --json")
+        num_beams = 1 if stream and num_beams is None else num_beams
         settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
                                        batch_size, max_source_length, step,
                                        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -96,7 +103,8 @@ def summarize(
                 summarizer = load_summarizer(model, device, dtype, reporter=reporter, threads=threads,
                                              encoder_block="default" if encoder_block is None else encoder_block)
                 printer = _Printer(as_json, headers=len(todo) > 1)
-                results = InOrder(todo, (lambda rows: None) if target is not None else printer.print)
+                results = InOrder(todo, (lambda rows: None) if target is not None or stream else printer.print)
+                streamer = text_streamer(summarizer.tokenizer) if stream else None
 
                 def finished(index: int, summary: str) -> None:
                     results.add(index, summary)
@@ -104,7 +112,7 @@ def summarize(
                         target.add({"id": todo[index].id, "summary": summary})
 
                 try:
-                    summarize_examples(summarizer, todo, settings, reporter, on_summary=finished)
+                    summarize_examples(summarizer, todo, settings, reporter, on_summary=finished, streamer=streamer)
                 except KeyboardInterrupt:
                     if target is not None:
                         kept = target.finish(examples)
