@@ -134,6 +134,8 @@ def step_plan(model, rows: int, packed_ok: bool) -> list[tuple[nn.Module, object
         elif module is head and rows <= BY_COLUMNS_MAX_ROWS and dtype == torch.float32:
             bias = None if module.bias is None else module.bias.detach()
             plan.append((module, by_columns_forward(module, copy_of(module.weight, "by_columns", rows), bias)))
+        elif hasattr(module.weight, COPY_ATTRIBUTE):  # an earlier decoding's copy this one does not read:
+            delattr(module.weight, COPY_ATTRIBUTE)  # freed, not carried along as the weight's size in memory
     return plan
 
 

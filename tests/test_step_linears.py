@@ -168,3 +168,21 @@ def test_mixed_precision_steps_take_the_plain_linear():
         mixed = generate(model, ids, mask, max_new_tokens=5, num_beams=2)
     plain = generate(model, ids, mask, max_new_tokens=5, num_beams=2)
     assert mixed.shape == plain.shape
+
+
+@needs_packing
+def test_a_copy_that_a_decoding_does_not_read_is_freed():
+    """Packed copies made for 4 rows are dropped by a 1-row decoding that reads none of them (the head's is
+    replaced by its column copy), so memory holds one layout per weight at most, for the decoding at hand."""
+    model = _model("t5")
+    modules = dict(model.named_modules())
+    names = step_linear_names(model)
+    head = model.get_output_embeddings()
+    with step_linears.fast_step_linears(model, rows=4):
+        pass
+    assert all(hasattr(modules[name].weight, step_linears.COPY_ATTRIBUTE) for name in names)
+    with step_linears.fast_step_linears(model, rows=1):
+        pass
+    kept = [name for name in names if hasattr(modules[name].weight, step_linears.COPY_ATTRIBUTE)]
+    assert [modules[name] for name in kept] == [head]
+    assert getattr(head.weight, step_linears.COPY_ATTRIBUTE)[0][0] == "by_columns"
