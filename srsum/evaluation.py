@@ -70,7 +70,9 @@ def evaluate(dataset: str, *, model: str | None = None, baseline: str | None = N
     if baseline is not None and model is not None:
         raise UsageError("give either --model or --baseline, not both")
     lead = parse_baseline(baseline) if baseline is not None else None
-    group = _process_group(device)
+    from srsum.training.distributed import process_group
+
+    group = process_group(device)
     if group is not None:  # under torchrun / accelerate launch: each process summarizes its share
         device = str(group.device) if device in (None, "cuda") else device
         if not group.is_main_process:
@@ -175,15 +177,6 @@ def launched_processes() -> int:
 def is_main_process() -> bool:
     """False on every process but the first under a launcher (the one that writes and prints)."""
     return launched_processes() == 1 or int(os.environ.get("RANK", "0")) == 0
-
-
-def _process_group(device: str | None):
-    """accelerate's process state under a launcher (``None`` in a single process)."""
-    if launched_processes() == 1:
-        return None
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu")
 
 
 def _with_shared_seed(generation: SummarizeSettings, group) -> SummarizeSettings:

@@ -321,6 +321,24 @@ def summarize_examples(summarizer: Summarizer, examples: Sequence[Example], sett
     return summaries
 
 
+def summarize_shared(summarizer: Summarizer, examples: Sequence[Example], settings: SummarizeSettings,
+                     reporter: Reporter | None = None, group=None,
+                     on_summary: Callable[[int, str], None] | None = None) -> list[str]:
+    """:func:`summarize_examples` under a launcher: this process summarizes its contiguous share of ``examples``
+    (``on_summary(index into examples, summary)`` for each of its own) and every process gets all the summaries,
+    in order. ``group``: accelerate's process state (``srsum.training.distributed.process_group``); None: one
+    process does all."""
+    if group is None or group.num_processes == 1:
+        return summarize_examples(summarizer, examples, settings, reporter, on_summary=on_summary)
+    from srsum.training.distributed import gather_shards, shard_bounds
+
+    start, end = shard_bounds(len(examples), group.num_processes, group.process_index)
+    own = (None if on_summary is None else (lambda index, summary: on_summary(start + index, summary)))
+    mine = summarize_examples(summarizer, examples[start:end], settings, reporter, warn_each=False,
+                              on_summary=own) if end > start else []
+    return gather_shards(mine, group)
+
+
 @dataclass
 class GenerationStats:
     """What a generation job read and wrote, and how long its decoding took (encoder included)."""
@@ -452,36 +470,48 @@ class OutputFile:
     input order, and removes the journal. With ``skip_done`` the rows already in ``<output>`` and in a
     journal left by a killed run are kept and their ids are not summarized again.
 
-    One process at a time: ``<output>.lock`` is locked (:class:`srsum.locks.Lock`, the holder's pid in it) until
-    :meth:`close`. The journal is opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when it is new): a symbolic link
+    One job at a time: ``<output>.lock`` is locked (:class:`srsum.locks.Lock`, the holder's pid in it) until
+    :meth:`close`. Under a launcher the main process (``rank`` 0) holds the lock, reads what is done and writes
+    the output; process ``rank`` r > 0 only journals its own summaries, to ``<output>.partial.<r>``, which the
+    main process reads back with ``skip_done`` and removes when the output is written. The journal is opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when it is new): a symbolic link
     planted there is refused. ``<output>`` itself may be a link the user made: the file it points to is written
     (the journal and the lock sit beside that file). A write error is a RuntimeFailure naming the file."""
 
-    def __init__(self, path: str | Path, skip_done: bool = False):
+    def __init__(self, path: str | Path, skip_done: bool = False, rank: int = 0):
         from srsum.locks import Lock
 
         given = Path(path).expanduser()
         self.path = Path(os.path.realpath(given)) if given.is_symlink() else given
-        self.journal = self.path.with_name(self.path.name + ".partial")
+        self.journal = self.path.with_name(self.path.name + ".partial" + (f".{rank}" if rank else ""))
         self.done: dict[str, dict[str, Any]] = {}
         self._handle = None
         self.fresh = not skip_done  # the journal is new (O_EXCL), an older run's being removed
-        self.lock = Lock(self.path.with_name(self.path.name + ".lock"), f"--output {given}").acquire()
+        self.lock = None if rank else Lock(self.path.with_name(self.path.name + ".lock"), f"--output {given}").acquire()
         try:
-            self._start(skip_done)
+            self._start(skip_done, main=not rank)
         except BaseException:
-            self.lock.release()
+            self.close()
             raise
 
-    def _start(self, skip_done: bool) -> None:
+    def _other_journals(self) -> list[Path]:
+        """The journals of the other processes of a launched run (``<output>.partial.<rank>``)."""
+        return sorted(path for path in self.path.parent.glob(self.path.name + ".partial.*")
+                      if path.name.rsplit(".", 1)[-1].isdigit())
+
+    def _start(self, skip_done: bool, main: bool) -> None:
         from srsum.locks import planted_link_error
 
         if self.journal.is_symlink():
             raise planted_link_error(self.journal, "the journal of --output")
         if not skip_done:
             self.journal.unlink(missing_ok=True)  # an older run's: its rows are not this run's
+            for journal in self._other_journals() if main else []:
+                journal.unlink(missing_ok=True)
             return
-        for row in _readable_rows(self.path) + _readable_rows(self.journal, follow=False):
+        if not main:
+            return  # the main process reads what is done and shares out the rest
+        journals = [self.journal] + [path for path in self._other_journals() if not path.is_symlink()]
+        for row in _readable_rows(self.path) + [row for path in journals for row in _readable_rows(path, follow=False)]:
             self.done[row["id"]] = row
 
     def todo(self, examples: Sequence[Example]) -> list[Example]:
@@ -508,7 +538,8 @@ class OutputFile:
         order = {example.id: i for i, example in enumerate(examples)}
         rows = sorted(self.done.values(), key=lambda row: order.get(row["id"], len(order)))
         write_jsonl(self.path, rows)
-        self.journal.unlink(missing_ok=True)
+        for journal in [self.journal] + self._other_journals():
+            journal.unlink(missing_ok=True)
         return len(rows)
 
     def _close_journal(self) -> None:
@@ -522,7 +553,8 @@ class OutputFile:
     def close(self) -> None:
         """Close the journal and release the lock (the journal stays when :meth:`finish` was not reached)."""
         self._close_journal()
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _readable_rows(path: Path, follow: bool = True) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -70,11 +71,15 @@ def summarize(
     """
     from srsum.data import collect_articles
     from srsum.summarize import InOrder, OutputFile, load_summarizer, summarize_examples, text_streamer
+    from srsum.training.distributed import launched_processes, process_group
 
-    reporter = RichReporter(quiet)
+    main = launched_processes() == 1 or int(os.environ.get("RANK", "0")) == 0
+    reporter = RichReporter(quiet or not main)  # under a launcher the first process reports for all
     with handled(reporter):
         if stream and (output is not None or as_json):
             raise UsageError("--stream prints plain text as it is written; it cannot go with --output or --json")
+        if stream and launched_processes() > 1:
+            raise UsageError("--stream prints one article from one process; run it without torchrun/accelerate")
         num_beams = 1 if stream and num_beams is None else num_beams
         settings = generation_settings(num_beams, max_length, min_length, length_penalty, no_repeat_ngram_size,
                                        batch_size, max_source_length, step,
@@ -93,6 +98,16 @@ def summarize(
             print_error(failure.message)
         if not examples:
             raise typer.Exit(EXIT_BAD_INPUT)
+        group = process_group(device)
+        if group is not None:
+            _summarize_launched(group, examples, output, skip_done, as_json, reporter, settings,
+                                lambda: load_summarizer(model, str(group.device) if device in (None, "cuda") else device,
+                                                        dtype, reporter=reporter, threads=threads,
+                                                        encoder_block="default" if encoder_block is None
+                                                        else encoder_block))
+            if failures:
+                raise typer.Exit(EXIT_BAD_INPUT)
+            return
         target = OutputFile(output, skip_done) if output is not None else None
         try:
             todo = target.todo(examples) if target is not None else examples
@@ -129,6 +144,41 @@ def summarize(
         finally:
             if target is not None:
                 target.close()  # the lock released, a journal kept when the output was not written
+
+
+def _summarize_launched(group, examples, output, skip_done, as_json, reporter, settings, load) -> None:
+    """Under torchrun / accelerate launch: the main process locks --output and finds what is left to do, each
+    process summarizes its contiguous share (journaling its own summaries), and the main process writes the
+    output (or prints) in input order. The same summaries as one process, except when sampling."""
+    from srsum.summarize import OutputFile, summarize_shared
+    from srsum.training.distributed import agree, on_main
+
+    rank = group.process_index
+    target = agree(lambda: OutputFile(output, skip_done, rank) if output is not None else None, group)
+    try:
+        left = on_main(lambda: [example.id for example in (target.todo(examples) if target else examples)], group)
+        left = set(left)
+        todo = [example for example in examples if example.id in left]
+        if len(todo) < len(examples):
+            reporter.info(f"{len(examples) - len(todo)} of {len(examples)} articles already have a summary in "
+                          f"{output}: skipped")
+        summaries = []
+        if todo:
+            summarizer = agree(load, group)
+            journal = (lambda index, summary: target.add({"id": todo[index].id, "summary": summary})) if target else None
+            summaries = summarize_shared(summarizer, todo, settings, reporter, group, on_summary=journal)
+        if not group.is_main_process:
+            return
+        rows = [{"id": example.id, "summary": summary} for example, summary in zip(todo, summaries)]
+        if target is None:
+            _Printer(as_json, headers=len(rows) > 1).print(rows)
+            return
+        target.done.update({row["id"]: row for row in rows})
+        kept = target.finish(examples)
+        reporter.info(f"wrote {kept} summaries to {output} ({group.num_processes} processes)")
+    finally:
+        if target is not None:
+            target.close()
 
 
 class _Printer:

@@ -138,6 +138,16 @@ def launched_processes() -> int:
         return 1
 
 
+def process_group(device: str | None = None):
+    """accelerate's process state under a launcher (``None`` in a single process); ``device="cpu"`` keeps a GPU
+    machine's processes on the CPU."""
+    if launched_processes() == 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
 def reset_accelerate_state(partial: bool = False) -> None:
     """Clear accelerate's process-wide singletons, which refuse a second, different configuration (``train()`` may
     run several times in one process: tests, notebooks). ``partial`` also clears the process state (only
