@@ -14,6 +14,7 @@ warnings, which it emits with ``warnings.warn`` as :class:`srsum.data.DataWarnin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -64,7 +65,7 @@ class SummarizeSettings:
     min_length: int | None = None  # new tokens at least
     length_penalty: float | None = None
     no_repeat_ngram_size: int | None = None
-    batch_size: int = 8
+    batch_size: int | str = 8  # articles per batch, or "auto": as many as the memory left holds (srsum.batching)
     max_source_length: int | None = None  # None: what the model was trained with, else 1024
     step: str = "auto"  # decoder step: "eager", "graph" (CUDA graph), "compiled" (torch.compile), "auto"
     do_sample: bool | None = None  # sample (with beams: beam sampling) instead of the best tokens
@@ -74,9 +75,12 @@ class SummarizeSettings:
     seed: int | None = None  # sampling: the draws' seed (None: a random one, drawn and recorded by with_seed)
 
     def validate(self) -> SummarizeSettings:
+        from srsum.batching import parse_batch_size
+
+        parse_batch_size(self.batch_size)
         checks = [("--num-beams", self.num_beams, 1), ("--max-length", self.max_length, 1),
                   ("--min-length", self.min_length, 0), ("--no-repeat-ngram-size", self.no_repeat_ngram_size, 0),
-                  ("--batch-size", self.batch_size, 1), ("--max-source-length", self.max_source_length, 1)]
+                  ("--max-source-length", self.max_source_length, 1)]
         for name, value, low in checks:
             if value is not None and value < low:
                 raise UsageError(f"{name} must be at least {low}, got {value}")
@@ -378,14 +382,15 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     resolve_step(decoder_settings.step, device)  # a step the device cannot run fails before any work
     generator = sampling_generator(device, decoder_settings.seed) if decoder_settings.do_sample else None
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]), reverse=True)
+    sizes = plan_batches(model, [len(sources[i]) for i in order], settings, decoder_settings, reporter)
     summaries: list[str] = [""] * len(sources)
     was_training = model.training
     model.eval()
     started = time.perf_counter()
     try:
         with reporter.progress(description, len(sources)) as advance:
-            for start in range(0, len(order), settings.batch_size):
-                batch = order[start:start + settings.batch_size]
+            for start, size in zip(itertools.accumulate([0] + sizes), sizes):
+                batch = order[start:start + size]
                 ids, mask = pad_batch([sources[i] for i in batch], tokenizer.pad_token_id)
                 output = generate(model, ids.to(device), mask.to(device), **asdict(decoder_settings),
                                   generator=generator, streamer=streamer)
@@ -402,6 +407,27 @@ def generate_summaries(model, tokenizer, sources: Sequence[Sequence[int]], setti
     finally:
         model.train(was_training)
     return summaries
+
+
+def plan_batches(model, lengths: Sequence[int], settings: SummarizeSettings, decoder_settings,
+                 reporter: Reporter) -> list[int]:
+    """Batch sizes over sources sorted longest first: ``settings.batch_size`` each, or with "auto" as many as half
+    the memory left holds (``srsum.batching``; the note says the range)."""
+    from srsum.batching import AUTO, AUTO_SHARE, article_bytes, batch_sizes, memory_left, parse_batch_size
+
+    size = parse_batch_size(settings.batch_size)
+    if size != AUTO:
+        return batch_sizes(lengths, size)
+    parameter = next(model.parameters())
+    block = getattr(model.config, "srformer_encoder_block", None)
+    budget = int(AUTO_SHARE * memory_left(parameter.device))
+    cost = (lambda n: article_bytes(model.config, n, decoder_settings.num_beams, decoder_settings.max_new_tokens,
+                                    parameter.element_size(), block))
+    sizes = batch_sizes(lengths, AUTO, cost, budget)
+    if sizes:
+        reporter.info(f"batch size auto: {max(sizes)} to {min(sizes)} articles per batch ({budget / 2**30:.1f} GiB, "
+                      f"half the memory left)")
+    return sizes
 
 
 def check_streaming(articles: int, num_beams: int) -> None:

@@ -248,16 +248,17 @@ GENERATION_HELP = "Generation"
 
 
 def generation_settings(num_beams: Optional[int], max_length: Optional[int], min_length: Optional[int],
-                        length_penalty: Optional[float], no_repeat_ngram_size: Optional[int], batch_size: int,
+                        length_penalty: Optional[float], no_repeat_ngram_size: Optional[int], batch_size: int | str,
                         max_source_length: Optional[int], step: str = "auto", *, do_sample: Optional[bool] = None,
                         temperature: Optional[float] = None, top_k: Optional[int] = None,
                         top_p: Optional[float] = None, seed: Optional[int] = None):
     """The generation options as SummarizeSettings; those not given stay None and take the model's defaults."""
+    from srsum.batching import parse_batch_size
     from srsum.summarize import SummarizeSettings
 
     return SummarizeSettings(num_beams=num_beams, max_length=max_length, min_length=min_length,
                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
-                             batch_size=batch_size, max_source_length=max_source_length, step=step,
+                             batch_size=parse_batch_size(batch_size), max_source_length=max_source_length, step=step,
                              do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                              seed=seed).validate()
 
@@ -290,7 +291,9 @@ TopP = typer.Option(None, "--top-p", help="Sampling: draw only from the fewest m
 Seed = typer.Option(None, "--seed", help="Sampling: the seed of the draws; the same seed, inputs and "
                     "--batch-size give the same summaries. Needs --do-sample. Default: a random seed, "
                     "reported (and recorded by evaluate).", rich_help_panel=GENERATION_HELP, show_default=False)
-BatchSize = typer.Option(8, "--batch-size", help="Articles generated together.", rich_help_panel=GENERATION_HELP)
+BatchSize = typer.Option("8", "--batch-size", help="Articles generated together, or auto: as many as half the memory "
+                         "left holds at each batch's length (batches run longest first).",
+                         rich_help_panel=GENERATION_HELP)
 MaxSource = typer.Option(None, "--max-source-length", help="Truncate articles to this many tokens (default: what "
                          "the checkpoint was trained with, else 1024).", rich_help_panel=GENERATION_HELP)
 StepOption = typer.Option("auto", "--step", help="How each decoder step runs: eager; graph (captured once per "

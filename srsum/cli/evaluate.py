@@ -63,7 +63,7 @@ def evaluate(
     top_k: Optional[int] = TopK,
     top_p: Optional[float] = TopP,
     seed: Optional[int] = Seed,
-    batch_size: int = BatchSize,
+    batch_size: str = BatchSize,
     max_source_length: Optional[int] = MaxSource,
     step: str = StepOption,
     encoder_block: Optional[int] = EncoderBlockOption,
