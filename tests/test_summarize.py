@@ -147,7 +147,7 @@ def test_paths_that_are_not_models(tmp_path):
     ("num_beams", 0, "--num-beams must be at least 1"),
     ("max_length", 0, "--max-length must be at least 1"),
     ("min_length", 200, "--min-length 200 is larger than --max-length 128"),
-    ("batch_size", 0, "--batch-size must be at least 1"),
+    ("batch_size", 0, "--batch-size must be a positive number of articles or auto"),
     ("no_repeat_ngram_size", -1, "--no-repeat-ngram-size must be at least 0"),
     ("step", "graphs", "--step must be one of auto, eager, graph, compiled"),
 ])
