@@ -15,6 +15,10 @@ picks how srsum's decoder runs a step (eager; graph: captured in a CUDA graph pe
 timed; compiled: torch.compile, whose compiling is not timed: a compiled cell first decodes once in
 full untimed).
 
+``generate`` (by name, issue 30): ``model.generate`` on the SRformer model (what a user of the Hugging Face API
+runs; srsum routes it to its own decoder with the step ``auto``), timed like ``srformer``; a last table gives
+its whole decode per token against srsum's ``generate`` on the same setting (target: within 5%).
+
 ``srformer-int8`` (likewise ``segmented-int8``, ``full-int8``; CPU, by name): srsum's decoder with the decode
 step's linear layers quantised to int8 (``srsum.quantization``; ``srsum summarize --dtype int8``).
 
@@ -84,6 +88,12 @@ from common import machine, markdown_table, random_model, sync  # noqa: E402
 SYSTEMS = ("peer", "full", "segmented", "srformer")  # the default --systems
 CT2_SYSTEMS = ("ctranslate2", "ctranslate2-int8")  # the second peer (issue 13): asked for by name
 INT8_SYSTEMS = tuple(f"{system}-int8" for system in SYSTEMS[1:])  # srsum with int8 step linears (CPU, by name)
+GENERATE_SYSTEM = "generate"  # model.generate on the srformer model (issue 30): by name
+
+
+def variant_of(system: str) -> str:
+    """The cross-attention variant an srsum system's model is converted to."""
+    return "srformer" if system == GENERATE_SYSTEM else system.removesuffix("-int8")
 
 
 def parse_list(text: str, cast=int) -> list:
@@ -151,8 +161,8 @@ def build_model(cell: dict):
 
     model = random_model(cell["model"], dtype=getattr(torch, cell["dtype"]), device=cell["device"])
     if cell["system"] != "peer":
-        variant = cell["system"].removesuffix("-int8")
-        model = convert(model, variant, seg_size=cell["seg_size"], schedule_length=cell["new_tokens"]).eval()
+        model = convert(model, variant_of(cell["system"]), seg_size=cell["seg_size"],
+                        schedule_length=cell["new_tokens"]).eval()
     if cell["system"] in INT8_SYSTEMS:
         from srsum.quantization import quantize_for_decoding
 
@@ -162,7 +172,8 @@ def build_model(cell: dict):
 
 def decoding(model, cell: dict):
     """The cell's decode as a call: ``--new-tokens`` tokens, exactly, from a random encoder output of length n
-    (seed 0), by ``generate`` (the peer) or srsum's decoder with the cell's step."""
+    (seed 0), by ``generate`` (the peer, and the ``generate`` system on the converted model) or srsum's decoder
+    with the cell's step."""
     from transformers.modeling_outputs import BaseModelOutput
 
     from srsum.decoding import generate
@@ -173,7 +184,7 @@ def decoding(model, cell: dict):
     encoder = encoder.to(getattr(torch, cell["dtype"]))
     mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=device)
     options = dict(num_beams=cell["beams"], max_new_tokens=cell["new_tokens"], min_new_tokens=cell["new_tokens"])
-    if cell["system"] == "peer":
+    if cell["system"] in ("peer", GENERATE_SYSTEM):
         return functools.partial(model.generate, encoder_outputs=BaseModelOutput(last_hidden_state=encoder),
                                  attention_mask=mask, do_sample=False, **options)
     return functools.partial(generate, model, None, mask, encoder_states=encoder, step=cell["step"], **options)
@@ -341,7 +352,7 @@ def bytes_per_step(model, cell: dict) -> float:
     head_dim = config.d_model // heads
     rows = cell["batch"] * cell["beams"]
     readers = rows if peer else cell["batch"]
-    variant = "full" if peer else cell["system"].removesuffix("-int8")
+    variant = "full" if peer else variant_of(cell["system"])
     shape = CostShape(n=cell["n"], m=cell["new_tokens"], seg_size=cell["seg_size"], head_dim=head_dim)
     cross = decode_values_read(variant, shape) * heads * layers * readers
     self_cache = rows * layers * 2 * (cell["new_tokens"] / 2) * config.d_model
@@ -371,7 +382,8 @@ def main() -> None:
     parser.add_argument("--n", default="1024,4096,16384")
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--beams", default="1,4")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of: " + ", ".join(SYSTEMS + INT8_SYSTEMS + CT2_SYSTEMS)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="of: " + ", ".join(SYSTEMS + INT8_SYSTEMS
+                        + (GENERATE_SYSTEM,) + CT2_SYSTEMS)
                         + " (the CTranslate2 peer, issue 13: pip install -e .[bench])")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--seg-size", default="64", help="segment size(s) s of srsum's variants (a list runs each)")
@@ -472,10 +484,10 @@ def runs(systems: list[str], steps: list[str], device: str, seg_sizes: list[int]
         if system in CT2_SYSTEMS:  # its step is CTranslate2's (the compute type fills it in)
             triples.append((system, "ct2", seg_sizes[0]))
             continue
-        if system not in SYSTEMS + INT8_SYSTEMS:
+        if system not in SYSTEMS + INT8_SYSTEMS + (GENERATE_SYSTEM,):
             raise SystemExit(f"--systems: unknown {system!r}; allowed: "
-                             f"{', '.join(SYSTEMS + INT8_SYSTEMS + CT2_SYSTEMS)}")
-        for step in steps:
+                             f"{', '.join(SYSTEMS + INT8_SYSTEMS + (GENERATE_SYSTEM,) + CT2_SYSTEMS)}")
+        for step in (["auto"] if system == GENERATE_SYSTEM else steps):  # generate picks its step as summarize
             for seg_size in (seg_sizes[:1] if system == "full" else seg_sizes):
                 try:
                     triple = (system, resolve_step(step, torch.device(device)), seg_size)
@@ -742,12 +754,40 @@ def report(results: dict) -> str:
                                     f"{c['one_step_ms']:.0f}", f"{c['whole_ms']:.0f}", c.get("ct2_version")]
                                    for c in ct2]))
         text += "\n\n" + against_ct2(cells)
+    dropin = against_srsum(cells)
+    if dropin:
+        text += "\n\n" + dropin
     flat = flat_in_n(cells)
     if flat:
         text += "\n\n" + flat
     if results.get("lockstep"):
         text += "\n\n" + lockstep_table(results["lockstep"])
     return text
+
+
+def against_srsum(cells: list[dict]) -> str:
+    """Each ``generate`` cell against srsum's ``srformer`` cell of the same setting and step (issue 30: within
+    5%): the whole decode per token and the steady step, and their ratios. Empty without generate cells."""
+    keys = ("model", "n", "batch", "beams", "seg_size", "step")
+    rows = []
+    for cell in cells:
+        if cell["system"] != GENERATE_SYSTEM or not cell.get("decode_ms_per_token"):
+            continue
+        ours = next((c for c in cells if c["system"] == "srformer" and c.get("decode_ms_per_token")
+                     and all(c[k] == cell[k] for k in keys)), None)
+        if ours is None:
+            continue
+        rows.append([cell[k] for k in keys] + [
+            f"{ours['decode_ms_per_token']:.2f}", f"{cell['decode_ms_per_token']:.2f}",
+            f"{cell['decode_ms_per_token'] / ours['decode_ms_per_token']:.3f}",
+            f"{ours['ms_per_step']:.2f}", f"{cell['ms_per_step']:.2f}",
+            f"{cell['ms_per_step'] / ours['ms_per_step']:.3f}"])
+    if not rows:
+        return ""
+    return ("model.generate against srsum's generate (srformer, same setting and step): whole decode ms/token and "
+            "steady ms/step, ratio generate / srsum:\n"
+            + markdown_table(list(keys) + ["srsum ms/token", "generate ms/token", "ratio", "srsum ms/step",
+                                           "generate ms/step", "step ratio"], rows))
 
 
 def flat_in_n(cells: list[dict]) -> str:

@@ -139,3 +139,16 @@ def test_turnstile_lets_one_decoding_run_at_a_time_in_turns_and_times_each_step(
     assert log == [(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2), (2, 2)]  # 1 left after its step: 0 and 2 go on
     assert [len(steps) for steps in turnstile.steps] == [3, 1, 3]
     assert turnstile.active == [] and turnstile.turn is None
+
+
+def test_the_generate_system_times_model_generate_against_srsums_generate():
+    """``generate`` (issue 30): model.generate on the srformer model, step auto only, compared with srformer."""
+    assert decode_bench.runs(["srformer", "generate"], ["eager", "compiled"], "cpu", [8, 64]) == [
+        ("srformer", "eager", 8), ("srformer", "eager", 64), ("srformer", "compiled", 8),
+        ("srformer", "compiled", 64), ("generate", "eager", 8), ("generate", "eager", 64)]
+    cells = [decode_bench.run_cell(_cell(64, system, batch=1, beams=2), {}) for system in ("srformer", "generate")]
+    for cell in cells:
+        assert cell["decode_ms_per_token"] > 0 and cell["ms_per_step"] > 0
+    table = decode_bench.report({"cells": cells, "encoder": []})
+    assert "model.generate against srsum's generate" in table
+    assert "| t5-small | 64 | 1 | 2 | 8 | eager |" in table.split("model.generate against")[1]
