@@ -60,7 +60,9 @@ class Request:
         lengths = tuple(extra.get(name) is None and (given is None or getattr(given, name) is None)
                         and getattr(model.generation_config, name) is None for name in ("max_length", "min_length"))
         inputs = {name: model_kwargs.get(name) for name in MODEL_INPUTS}
-        if arguments.get("inputs") is not None and inputs["input_ids"] is None:
+        if arguments.get("inputs") is not None:
+            if inputs["input_ids"] is not None:
+                raise ValueError("generate: pass either `inputs` or `input_ids`, not both")  # as generate does
             inputs["input_ids"] = arguments["inputs"]
         return cls(arguments, config, model_kwargs, lengths, inputs)
 
@@ -163,9 +165,9 @@ def run(model, request: Request):
     """The request through srsum's decoder; generate's return value (tensor or output object)."""
     max_new, min_new = lengths(model, request)
     settings = settings_for(request.config, max_new, min_new)
-    inputs = request.inputs
+    inputs = {name: _on(model.device, value) for name, value in request.inputs.items()}  # as generate moves them
     encoder_outputs = inputs["encoder_outputs"]
-    encoder_states = None if encoder_outputs is None else encoder_outputs[0]
+    encoder_states = None if encoder_outputs is None else _on(model.device, encoder_outputs[0])
     source = inputs["input_ids"] if encoder_states is None else encoder_states
     model._prepare_special_tokens(request.config, inputs["attention_mask"] is not None, device=source.device,
                                   batch_size=source.shape[0])  # generate's checks and fallbacks
@@ -173,6 +175,10 @@ def run(model, request: Request):
                     SpecialTokens.of(model, request.config), encoder_states=encoder_states,
                     streamer=request.streamer, record=bool(request.config.return_dict_in_generate))
     return hf_output(output, request.config)
+
+
+def _on(device, value):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def hf_output(output, config: GenerationConfig):

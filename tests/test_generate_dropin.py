@@ -196,6 +196,8 @@ def test_generates_own_errors_come_through(models):
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, num_return_sequences=2)
     with pytest.raises(ValueError, match="max_length"):
         model.generate(input_ids=ids, attention_mask=mask, max_length=1)
+    with pytest.raises(ValueError, match="input_ids"):  # generate refuses both too
+        model.generate(ids, input_ids=ids, attention_mask=mask, max_new_tokens=4)
 
 
 def test_the_support_check_lists_everything_unsupported_at_once(models):

@@ -274,9 +274,11 @@ def teacher_forced_run(model, inputs: ProfileInputs) -> Callable[[], Any]:
 
 def decode_run(model, inputs: ProfileInputs, steps: int, beams: int,
                max_time: float | None = None) -> Callable[[], Any]:
-    """``steps`` incremental decode steps with ``generate`` (exactly that many: EOS suppressed), or fewer
-    when ``max_time`` seconds run out first; the run returns the tokens (start token + one per step)."""
-    from transformers import GenerationConfig
+    """``steps`` incremental decode steps with Hugging Face's ``generate`` loop (exactly that many: EOS
+    suppressed), or fewer when ``max_time`` seconds run out first; the run returns the tokens (start token +
+    one per step). Called as ``GenerationMixin.generate``: srsum's classes route ``model.generate`` to srsum's
+    decoder, which has no ``max_time`` (issue 30 item 4 moves the profiler onto it)."""
+    from transformers import GenerationConfig, GenerationMixin
     from transformers.modeling_outputs import BaseModelOutput
 
     config = model.config
@@ -293,7 +295,8 @@ def decode_run(model, inputs: ProfileInputs, steps: int, beams: int,
     )
 
     def run():
-        return model.generate(
+        return GenerationMixin.generate(
+            model,
             encoder_outputs=BaseModelOutput(last_hidden_state=inputs.encoder_states),
             attention_mask=inputs.attention_mask,
             generation_config=generation,
