@@ -184,9 +184,10 @@ def decoding(model, cell: dict):
     encoder = encoder.to(getattr(torch, cell["dtype"]))
     mask = torch.ones(cell["batch"], cell["n"], dtype=torch.long, device=device)
     options = dict(num_beams=cell["beams"], max_new_tokens=cell["new_tokens"], min_new_tokens=cell["new_tokens"])
-    if cell["system"] in ("peer", GENERATE_SYSTEM):
-        return functools.partial(model.generate, encoder_outputs=BaseModelOutput(last_hidden_state=encoder),
-                                 attention_mask=mask, do_sample=False, **options)
+    if cell["system"] in ("peer", GENERATE_SYSTEM):  # a new BaseModelOutput per call: Hugging Face's loop
+        return lambda: model.generate(  # expands the one it is given in place (beams), which the next call reads
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoder), attention_mask=mask, do_sample=False,
+            **options)
     return functools.partial(generate, model, None, mask, encoder_states=encoder, step=cell["step"], **options)
 
 
@@ -222,7 +223,7 @@ def run_cell(cell: dict, models: dict | None = None) -> dict:
             end = time.perf_counter()
             seconds = end - start
         peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()) - before
-    assert out.shape[1] == tokens + 1, out.shape
+    assert out.shape == (cell["batch"], tokens + 1), out.shape
     if device.type != "cuda" and not fresh_peak:
         peak = None  # the high-water mark could not be reset: model building and compiling would count
     return dict(cell, decode_s=seconds, ms_per_step=clock.steady_ms(), decode_ms_per_token=seconds / tokens * 1000,
