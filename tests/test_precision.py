@@ -169,3 +169,13 @@ def test_summarize_and_evaluate_take_threads(tiny_t5_dir, tmp_path):
         assert refused.exit_code == 2 and "--threads must be a positive number" in refused.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_load_model_takes_a_dtype_name(tiny_t5_dir, fake_cpu):
+    from srsum.engine import load_model
+
+    fake_cpu(AMX)
+    assert next(load_model(str(tiny_t5_dir), dtype="auto").parameters()).dtype == torch.bfloat16
+    fake_cpu(PLAIN)
+    assert next(load_model(str(tiny_t5_dir), dtype="auto").parameters()).dtype == torch.float32
+    assert next(load_model(str(tiny_t5_dir), dtype="bf16").parameters()).dtype == torch.bfloat16

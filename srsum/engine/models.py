@@ -208,7 +208,13 @@ def load_model(path_or_name: str, attention: str | None = None, seg_size: int | 
     """Load an srsum checkpoint (as saved) or a plain T5/BART (converted to ``attention``, default full, with
     ``settings`` passed to :func:`convert`: schedule_length, w_init, memory_ratio, calibration_batch, ...).
     ``encoder_block`` (int, or 0/None: off) replaces the checkpoint's ``srformer_encoder_block``, or sets a
-    converted model's; "default" keeps the saved value (a plain model: ``DEFAULT_ENCODER_BLOCK``)."""
+    converted model's; "default" keeps the saved value (a plain model: ``DEFAULT_ENCODER_BLOCK``). ``dtype``: a
+    torch dtype, or a name as ``--dtype`` takes it ("auto": bfloat16 where the device computes it fast,
+    ``srsum.precision``)."""
+    if isinstance(dtype, str):
+        from ..precision import resolve_dtype
+
+        dtype = resolve_dtype(dtype, device or "cpu")
     config = load_config(str(path_or_name))
     family = family_of(config)
     _check_dtype(family, dtype)
