@@ -2,13 +2,15 @@
 
     python benchmarks/step_linears.py                      # t5-small and bart-base, 1 thread
     python benchmarks/step_linears.py --rows 1,4,8,32 --threads 2
+    python benchmarks/step_linears.py --dtype float32,bfloat16   # both formats side by side
 
 For each model shape: the decoder linears a step runs (t5-small: per layer q, k, v, o of self-attention, q and
 o of cross-attention, the two feed-forward matrices; bart-base likewise) taken one after the other, as a step
 does (so each weight comes from memory, not from cache), and the LM head, at ``rows`` rows (batch x beams),
 three ways: ``F.linear`` (nn.Linear), ``x @ copy`` with an (in, out) copy, and oneDNN's packed copy for that
-many rows. ``srsum.step_linears`` picks from what this prints; the figures are the best of ``--repeats``
-rounds, in one run, and the ratios are what counts.
+many rows, in each of ``--dtype`` (bfloat16 weights and inputs: what ``--dtype bfloat16``/``auto`` decodes
+with; its ratios are to float32's nn.Linear). ``srsum.step_linears`` picks from what this prints; the figures
+are the best of ``--repeats`` rounds, in one run, and the ratios are what counts.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def best_ms(run, repeats: int) -> float:
 
 def three_ways(weights: list[torch.Tensor], rows: int, repeats: int) -> tuple[float, float, float | None]:
     """ms to multiply ``rows`` rows by every weight in turn: nn.Linear, an (in, out) copy, a packed copy."""
-    inputs = {w.shape[1]: torch.randn(rows, 1, w.shape[1]) for w in weights}
+    inputs = {w.shape[1]: torch.randn(rows, 1, w.shape[1], dtype=w.dtype) for w in weights}
     columns = [w.t().contiguous() for w in weights]
     linear = best_ms(lambda: [F.linear(inputs[w.shape[1]], w) for w in weights], repeats)
     by_columns = best_ms(lambda: [inputs[c.shape[0]] @ c for c in columns], repeats)
@@ -57,8 +59,9 @@ def three_ways(weights: list[torch.Tensor], rows: int, repeats: int) -> tuple[fl
                         for w, p in zip(weights, packs)])
         for w, p in zip(weights[:1], packs[:1]):  # same product
             x = inputs[w.shape[1]]
-            assert torch.allclose(torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], ""), F.linear(x, w),
-                                  rtol=1e-4, atol=1e-3)
+            tolerance = 1e-3 if w.dtype == torch.float32 else 0.5  # bfloat16: 8 bits of mantissa, sums of 512+
+            assert torch.allclose(torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "").float(),
+                                  F.linear(x, w).float(), rtol=1e-2, atol=tolerance)
         packed = best_ms(run, repeats)
     return linear, by_columns, packed
 
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--rows", default="1,2,4,8,32", help="rows per product (batch x beams)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", help="weight formats, comma separated: float32, bfloat16")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}\n")
@@ -76,13 +80,17 @@ def main() -> None:
         decoder_shapes, head_shape = shapes(config)
         parts = {"decoder linears": [torch.randn(*s) for s in decoder_shapes], "LM head": [torch.randn(*head_shape)]}
         for part, weights in parts.items():
-            megabytes = sum(w.numel() for w in weights) * 4 / 1e6
             for rows in (int(r) for r in args.rows.split(",")):
-                linear, columns, packed = three_ways(weights, rows, args.repeats)
-                table.append([name, part, f"{megabytes:.0f}", rows, f"{linear:.2f}",
-                              f"{columns:.2f} ({linear / columns:.2f}x)",
-                              "-" if packed is None else f"{packed:.2f} ({linear / packed:.2f}x)"])
-    print(markdown_table(["model", "weights", "MB", "rows", "nn.Linear ms", "(in, out) copy ms",
+                reference = None  # float32's nn.Linear: every ratio of this row group is to it
+                for dtype in args.dtype.split(","):
+                    cast = [w.to(getattr(torch, dtype)) for w in weights]
+                    linear, columns, packed = three_ways(cast, rows, args.repeats)
+                    reference = reference or linear
+                    megabytes = sum(w.numel() * w.element_size() for w in cast) / 1e6
+                    table.append([name, part, dtype, f"{megabytes:.0f}", rows, f"{linear:.2f} ({reference / linear:.2f}x)",
+                                  f"{columns:.2f} ({reference / columns:.2f}x)",
+                                  "-" if packed is None else f"{packed:.2f} ({reference / packed:.2f}x)"])
+    print(markdown_table(["model", "weights", "format", "MB", "rows", "nn.Linear ms", "(in, out) copy ms",
                           "oneDNN packed ms"], table))
 
 
