@@ -18,6 +18,7 @@ seed gives the same tokens again, and the global RNG is neither read nor moved.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -56,6 +57,8 @@ class GenerationSettings:
     seed: int | None = None  # sampling only: the draws' generator seed (None: a random one)
     repetition_penalty: float = 1.0  # scores of tokens already in the row: / penalty (> 0), * penalty (< 0)
     num_return_sequences: int = 1  # per example: the best finished beams, or (sampling) independent draws
+    max_time: float | None = None  # seconds from the search's start after which the step under way is the
+    #                                last one (generate's max_time: greedy stops, beams finish as they are)
 
     def validate(self) -> "GenerationSettings":
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -75,6 +78,8 @@ class GenerationSettings:
                 or not self.repetition_penalty > 0:
             raise UsageError(f"repetition_penalty: must be a number > 0, got {self.repetition_penalty!r}")
         self._check_return_sequences()
+        if self.max_time is not None and (isinstance(self.max_time, bool) or not self.max_time > 0):
+            raise UsageError(f"max_time: must be a number of seconds > 0, got {self.max_time!r}")
         return self
 
     def _check_return_sequences(self) -> None:
@@ -486,14 +491,20 @@ def search(model, input_ids, attention_mask, settings: GenerationSettings, speci
     generate draws). ``record``: keep each step's scores and logits (``SearchOutput``)."""
     if streamer is not None and settings.num_beams > 1:
         raise SrsumError("streamer: beam search cannot stream its tokens (generate neither); use num_beams=1")
+    deadline = None if settings.max_time is None else time.perf_counter() + settings.max_time
     rows = settings.rows_per_example
     decoder = SharedStateDecoder(model, input_ids, attention_mask, rows, encoder_states,
                                  max_steps=settings.max_new_tokens, step=settings.step)
     batch = decoder.encoder_states.shape[0]
     with fast_step_linears(model, batch * rows):  # state building above uses no step linear
         if settings.num_beams == 1:
-            return greedy_search(decoder, batch * rows, settings, special, generator, streamer, record)
-        return beam_search(decoder, batch, settings, special, generator, record)
+            return greedy_search(decoder, batch * rows, settings, special, generator, streamer, record, deadline)
+        return beam_search(decoder, batch, settings, special, generator, record, deadline)
+
+
+def out_of_time(deadline: float | None) -> bool:
+    """Has ``deadline`` (a ``time.perf_counter()`` value; None: none) passed?"""
+    return deadline is not None and time.perf_counter() > deadline
 
 
 def _hf_generate(model, input_ids, attention_mask, settings: GenerationSettings,
@@ -527,10 +538,11 @@ def _pick(scores: torch.Tensor, settings: GenerationSettings, generator: torch.G
 
 
 def greedy_search(decoder: SharedStateDecoder, rows: int, settings: GenerationSettings, special: SpecialTokens,
-                  generator: torch.Generator | None = None, streamer=None, record: bool = False) -> SearchOutput:
+                  generator: torch.Generator | None = None, streamer=None, record: bool = False,
+                  deadline: float | None = None) -> SearchOutput:
     """One row per example (or ``num_return_sequences`` rows, sampling): the best next token, or with
     ``do_sample`` a drawn one (from ``generator``; None: the global RNG). ``streamer`` gets the start tokens,
-    each step's tokens and ``end()``, as generate gives them."""
+    each step's tokens and ``end()``, as generate gives them. Past ``deadline`` no further step starts."""
     device = decoder.encoder_states.device
     sequences = torch.full((rows, 1), special.start, dtype=torch.long, device=device)
     unfinished = torch.ones(rows, dtype=torch.bool, device=device)
@@ -548,7 +560,7 @@ def greedy_search(decoder: SharedStateDecoder, rows: int, settings: GenerationSe
         _stream(streamer, tokens)
         if len(eos):
             unfinished &= ~torch.isin(tokens, eos)
-        if not bool(unfinished.any()):
+        if not bool(unfinished.any()) or out_of_time(deadline):
             break
     if streamer is not None:
         streamer.end()
@@ -568,7 +580,7 @@ def _gather_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSettings,
                 special: SpecialTokens, generator: torch.Generator | None = None,
-                record: bool = False) -> SearchOutput:
+                record: bool = False, deadline: float | None = None) -> SearchOutput:
     """Beam search with generate's bookkeeping: keep the best ``beams`` open hypotheses and the best
     ``beams`` finished ones (scored by log-prob / length ** length_penalty) per example; the best
     ``num_return_sequences`` of these are returned, with their scores and beam indices.
@@ -577,7 +589,8 @@ def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSet
     scores and the step's candidates are drawn without replacement from the softmax over all of an
     example's beams x vocabulary (from ``generator``; None: the global RNG), then ranked by score, instead
     of the top ones taken. The beams still share their example's one SRformer state: only the
-    self-attention cache is reordered.
+    self-attention cache is reordered. Past ``deadline`` the step under way is the last: every candidate
+    finishes, as at the maximum length (generate's max_time).
     """
     beams, device = settings.num_beams, decoder.encoder_states.device
     max_length = settings.max_new_tokens + 1
@@ -618,7 +631,7 @@ def beam_search(decoder: SharedStateDecoder, batch: int, settings: GenerationSet
         cand_origins = _gather_beams(origins, cand_beam).clone()
         cand_origins[:, :, length - 1] = (cand_beam + example_offset).to(cand_origins.dtype)
         hits = torch.isin(cand_token, eos) if len(eos) else torch.zeros_like(cand_token, dtype=torch.bool)
-        if length + 1 >= max_length:
+        if length + 1 >= max_length or out_of_time(deadline):
             hits = torch.ones_like(hits)
         # open beams for the next step: the best `beams` candidates that did not stop
         open_scores = cand_scores + hits.float() * DEAD

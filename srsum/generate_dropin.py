@@ -33,7 +33,7 @@ FOLLOWED_FIELDS = frozenset({
     "temperature", "top_k", "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
     "forced_bos_token_id", "forced_eos_token_id", "num_return_sequences", "output_scores", "output_logits",
     "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id",
-    "use_cache", "transformers_version",
+    "use_cache", "transformers_version", "max_time",
 })
 MODEL_INPUTS = ("input_ids", "attention_mask", "encoder_outputs")  # what the decoder reads from the call
 DECODER_VARIANTS = VARIANTS  # every cross-attention variant has a DecodeState (tests/test_decoding.py)
@@ -89,7 +89,7 @@ def unsupported_options(model, request: Request) -> list[str]:
     negative prompts, custom_generate, synced_gpus=True, ...); model inputs other than input_ids /
     attention_mask / encoder_outputs (decoder_input_ids, inputs_embeds, a cache, ...); any GenerationConfig
     field outside ``FOLLOWED_FIELDS`` that is not at its default (constraints, output_attentions,
-    output_hidden_states, typical_p, bad_words_ids, max_time, ...); use_cache=False; a streamer with beams;
+    output_hidden_states, typical_p, bad_words_ids, ...); use_cache=False; a streamer with beams;
     values srsum's settings refuse; a model in training mode or without SRformer cross-attention."""
     found = [name for name, value in request.arguments.items() if name not in PLAIN_ARGUMENTS and _is_set(value)]
     found += [name for name, value in request.model_kwargs.items()
@@ -143,7 +143,7 @@ def settings_for(config: GenerationConfig, max_new_tokens: int | None = None, mi
         do_sample=sampling, temperature=_or(config.temperature, 1.0) if sampling else 1.0,
         top_k=_or(config.top_k, 0) if sampling else 0, top_p=_or(config.top_p, 1.0) if sampling else 1.0,
         repetition_penalty=_or(config.repetition_penalty, 1.0),
-        num_return_sequences=config.num_return_sequences or 1).validate()
+        num_return_sequences=config.num_return_sequences or 1, max_time=config.max_time).validate()
 
 
 def _or(value, default):

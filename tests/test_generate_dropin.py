@@ -103,6 +103,19 @@ def test_generate_runs_srsums_decoder_with_generates_tokens_and_scores(models, f
         assert torch.equal(plain, expected.sequences)  # the plain tensor return
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_max_time_ends_the_decoding_where_generate_ends_it(models, beams, decoders):
+    """A time already up: the first step is the last (greedy stops, beams finish as they are), on both loops;
+    a generous one changes nothing."""
+    model, ids, mask = models["t5"]
+    options = dict(input_ids=ids, attention_mask=mask, max_new_tokens=14, min_new_tokens=14, num_beams=beams)
+    expected, got, _, _ = both(model, max_time=1e-9, **options)
+    assert got.shape == expected.shape == (len(LENGTHS), 2) and torch.equal(got, expected)
+    _, generous, _, _ = both(model, max_time=600.0, **options)
+    assert generous.shape[1] == 15 and torch.equal(generous, model.generate(**options))
+    assert len(decoders) == 3  # every call ran srsum's decoder
+
+
 def test_generation_config_and_kwargs_merge_as_in_generate(models, family, decoders):
     model, ids, mask = models[family]
     config = GenerationConfig(num_beams=3, max_length=11, no_repeat_ngram_size=2, length_penalty=1.5,
