@@ -148,8 +148,10 @@ def _whole(result, report, decode=False):
     shape = report.shape
     if not decode:
         return sum(result.products.values()) * shape.head_layers
-    return (sum(result.decode_products.values()) * shape.decode_rows
-            + sum(result.shared_decode_products.values()) * shape.batch * shape.beams)
+    per_row = sum(v for name, v in result.decode_products.items() if name in profiling.ROW_DECODE_PRODUCTS)
+    per_example = sum(result.decode_products.values()) - per_row  # the state the beams share
+    return (per_row * shape.decode_rows + per_example * shape.head_layers
+            + sum(result.shared_decode_products.values()) * shape.batch)
 
 
 def test_counted_products_equal_analytic(tiny_report):
@@ -186,6 +188,34 @@ def test_measured_figures_are_present_and_say_what_ran(tiny_report):
         assert 1 <= measured.steps_timed <= tiny_report.shape.m and 1 <= measured.peak_steps <= tiny_report.shape.m
         assert measured.seconds < 60
     assert "n 64, m 16" in tiny_report.measuring and "of the 60 s budget" in tiny_report.measuring
+
+
+def test_measured_decode_is_srsums_decoder_and_names_its_step(tmp_path, monkeypatch):
+    """--measure times srsum's decoder (one state per example, shared by the beams), as srsum summarize
+    runs it, and the measured rows say which step mode ran."""
+    from srsum import decoding
+
+    built = []
+    real = decoding.SharedStateDecoder
+    monkeypatch.setattr(decoding, "SharedStateDecoder", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    report = profiling.profile(model=write_config(tmp_path, TINY_T5), n=32, m=4, seg_size=8, batch=2, beams=3,
+                               bandwidth="100", count=False, measure=True, time_budget=30, variants=("srformer",))
+    measured = report.variants["srformer"].measured
+    assert measured.decoder_step == "eager" and measured.repeats >= 1
+    assert built and all(d.encoder_states.shape[0] == 2 for d in built)  # 2 states for 2 x 3 rows
+    labels = [row.label for row in report.rows()]
+    assert "measured time / step, whole decoder (srsum decoder, eager step)" in labels
+    assert "shared by its beams, eager step" in report.measuring
+
+
+def test_beams_add_only_their_query_rows_to_the_decode_count(tmp_path):
+    config = write_config(tmp_path, TINY_T5)
+    one, four = (profiling.profile(model=config, n=64, m=8, seg_size=8, beams=beams, bandwidth="100",
+                                   variants=("srformer",)).variants["srformer"] for beams in (1, 4))
+    rows = sum(v for name, v in one.decode_products.items() if name in profiling.ROW_DECODE_PRODUCTS)
+    assert rows and len(one.decode_products) > 3  # the state's products: P, P·Wᵀ, the RAF inputs
+    assert four.counted_decode.products - one.counted_decode.products == 3 * rows * 4 * 2  # x heads x layers
+    assert four.counted_decode.products < 4 * one.counted_decode.products
 
 
 def test_bart_counts_match_analytic(tmp_path):
@@ -457,7 +487,7 @@ def test_cli_measure_reports_steps_and_repeats(tmp_path):
                     "20", "--no-count", "--bandwidth", "100")
     assert result.exit_code == 0, result.output
     assert "measured on cpu" in result.stdout and re.search(r"decode timed over \d of 8 steps", result.stdout)
-    assert "measured time / step, cross-attention" in result.stdout
+    assert "measured time / step, cross-attention (srsum decoder, eager step)" in result.stdout
 
 
 def test_a_busy_cpu_is_named_in_the_notes(monkeypatch):

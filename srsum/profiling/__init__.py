@@ -13,8 +13,9 @@ Three kinds of figures, side by side for each variant:
   paper's units (multiply-accumulates for computation, stored values for memory). The terms the
   paper's table leaves out are kept apart: ``q·R`` = m d² and ``RAF + W`` = M d³ + M d².
   Whole-decoder figures multiply by heads x layers x batch. Per decode step a head-layer reads
-  2 n d values (full), 2 s d (segmented) or 2 s d + d² + d (srformer); times heads, layers, batch,
-  beams and bytes per value, divided by the memory bandwidth, that is the floor a step cannot beat.
+  2 n d values (full), 2 s d (segmented) or 2 s d + d² + d (srformer); times heads, layers, batch
+  (an example's beams read its one state together) and bytes per value, divided by the memory
+  bandwidth, that is the floor a step cannot beat.
 * **Counted** — FLOPs of the real cross-attention modules of a model, counted by
   ``torch.utils.flop_counter.FlopCounterMode`` over one teacher-forced pass and over m decode
   steps, split into the attention's matrix products, its other work and the host model's q/k/v/o
@@ -22,8 +23,10 @@ Three kinds of figures, side by side for each variant:
   scaled exactly to the requested n, m, layers, batch and beams (``scaling.py`` says why that is
   exact, and two further probes are checked each time), so counting takes about a second at any
   length; at the paper's settings the counted products equal the analytic ones to the digit. The
-  whole-model count (``count_cross_attention_flops`` over ``generate``) stays as the yardstick the
-  tests hold the scaled one to. FlopCounterMode only knows matrix
+  whole-model count (``count_cross_attention_flops`` over a teacher-forced pass and over m decode steps
+  of batch x beams rows on one state per example) stays as the yardstick the tests hold the scaled one
+  to. Decode steps are counted as srsum's decoder runs them: the state is built and stepped once per
+  example and shared by its beams; only the query rows' products (q·Kᵀ, A·V, q·R) grow with the beams. FlopCounterMode only knows matrix
   products, convolutions and CUDA attention kernels; :data:`ELEMENTWISE_FLOPS` lists what we add:
 
   ====================================================================  ==============================
@@ -44,8 +47,10 @@ Three kinds of figures, side by side for each variant:
 
   Data movement (copy, cat, index, gather, view, expand) counts zero.
 * **Measured** (opt-in) — time per decode step (whole model, and inside the cross-attention modules)
-  and peak memory above the model's own weights, on the chosen device, within a time budget: decode
-  runs stop when their share of it runs out (the report says how many steps and repeats ran), and a
+  and peak memory above the model's own weights, on the chosen device, within a time budget. The decode
+  runs are srsum's decoder (``srsum.decoding.search``: one state per example shared by its beams, in the
+  step mode ``srsum summarize`` picks for the device, which the measured rows name); they stop when their
+  share of the budget runs out (the report says how many steps and repeats ran), and a
   variant whose first step or memory would not fit is skipped with a note. On CUDA the peak comes
   from the caching allocator; elsewhere from :class:`LiveBytesTracker`, which adds up the storages
   that operators create while they are alive.
@@ -60,7 +65,7 @@ its output), because only the decoder's cross-attention differs between the vari
 
 from srsum.profiling.analytic import (  # noqa: F401
     CostShape, DEFAULT_ENCODER_BLOCK, DTYPE_NAMES, ENCODER_KINDS, EncoderShape, LIMITS, MAX_LENGTH,
-    PROFILED_VARIANTS, analytic_computation, analytic_memory, analytic_product_flops,
+    PROFILED_VARIANTS, ROW_DECODE_PRODUCTS, analytic_computation, analytic_memory, analytic_product_flops,
     analytic_shared_decode_flops, bytes_per_value, decode_values_read, encoder_computation, encoder_memory,
     encoder_peak_scores, encoder_product_flops, left_out_terms, raf_steps, reduction, require_positive_int,
     resolve_dtype_name, schedule_groups, validate_lengths, whole_decoder_products,
@@ -81,7 +86,7 @@ from srsum.profiling.measured import (  # noqa: F401
 )
 from srsum.profiling.models import (  # noqa: F401
     DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHAPES, PROBE_SIZES, ProfileInputs, ShapesConfig, attention_shape,
-    build_host_model, config_encoder_block, decode_run, engine_available, host_model_type, load_profile_config,
+    build_host_model, config_encoder_block, decode_run, decoder_step, engine_available, host_model_type, load_profile_config,
     make_inputs, make_variant_model, probe_host_model, teacher_forced_run,
 )
 from srsum.profiling.report import (  # noqa: F401

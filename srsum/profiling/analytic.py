@@ -251,9 +251,14 @@ def analytic_product_flops(variant: str, shape: CostShape, schedule_length: int 
     return products
 
 
+# Decode products each query row computes (a beam of its own); srsum's decoder computes every other decode
+# product once per example, into the state the example's beams share.
+ROW_DECODE_PRODUCTS = frozenset({"q·Kᵀ", "A·V", "q·R"})
+
+
 def analytic_shared_decode_flops(variant: str, shape: CostShape) -> dict[str, int]:
-    """Products a decoder computes once per example (decoded row) for all heads and layers: srformer's
-    Gram matrix [E 1]ᵀ[E 1] of the encoder rows, 2 n' D² (n' = M s zero-padded rows, D = d_model)."""
+    """Products a decoder computes once per example for all heads and layers: srformer's Gram matrix
+    [E 1]ᵀ[E 1] of the encoder rows, 2 n' D² (n' = M s zero-padded rows, D = d_model)."""
     _check_variant(variant)
     if variant != "srformer":
         return {}
@@ -264,13 +269,16 @@ def analytic_shared_decode_flops(variant: str, shape: CostShape) -> dict[str, in
 def whole_decoder_products(variant: str, shape: CostShape, schedule_length: int | None = None, *,
                            clamp: bool = False, decode: bool = False) -> int:
     """Matrix-product FLOPs of the whole decoder's cross-attention: a teacher-forced pass (x heads x
-    layers x batch), or m decode steps (x heads x layers x batch x beams, plus the shared products once
-    per decoded row; ``generate`` decodes every beam as its own row)."""
-    per_head_layer = sum(analytic_product_flops(variant, shape, schedule_length, clamp=clamp, decode=decode).values())
+    layers x batch), or m decode steps as srsum's decoder runs them: the query rows' products
+    (:data:`ROW_DECODE_PRODUCTS`) x heads x layers x batch x beams, the state's x heads x layers x batch
+    (one state per example, shared by its beams), and the shared products once per example."""
+    products = analytic_product_flops(variant, shape, schedule_length, clamp=clamp, decode=decode)
     if not decode:
-        return per_head_layer * shape.head_layers
+        return sum(products.values()) * shape.head_layers
+    per_row = sum(v for name, v in products.items() if name in ROW_DECODE_PRODUCTS)
+    per_example = sum(products.values()) - per_row
     shared = sum(analytic_shared_decode_flops(variant, shape).values())
-    return per_head_layer * shape.decode_rows + shared * shape.batch * shape.beams
+    return per_row * shape.decode_rows + per_example * shape.head_layers + shared * shape.batch
 
 
 def reduction(value: float | None, baseline: float | None) -> float | None:

@@ -8,8 +8,13 @@ with n, m and the layers. :func:`count_scaled` (what ``srsum profile`` uses) cal
 cross-attention modules of a two-decoder-layer copy of the model on tiny probe lengths, one example,
 and scales the counts exactly: to the requested lengths by ``scaling.py``'s features, to all layers as
 layer 0 (which builds what the layers share, e.g. the encoder rows' Gram matrix) plus (layers - 1) x
-layer 1, and to batch x beams rows (``generate`` decodes every beam as its own row). It takes about a
-second at any n and m. One known gap: in bfloat16/float16 the engine sums Kᵀ·V over chunks of 4096 keys,
+layer 1, and to batch x beams rows as srsum's decoder runs them: one state per example, built and stepped
+once and shared by the example's beams (a probe with two query rows per example gives what each further
+beam adds). It takes about a second at any n and m. The probes step each layer's ``DecodeState`` one
+position at a time (``DecodeState.enter``); srsum's decoder lays the segment schedule out at the start
+instead (``DecodeState.use_schedule``), which reads the same segments and runs the same RAF steps but
+takes P from the projected segments rather than the Gram matrix where every segment is scheduled
+(M <= G + 1), and keeps R ⊘ ν in a ring: those differences are not counted. One known gap: in bfloat16/float16 the engine sums Kᵀ·V over chunks of 4096 keys,
 so past n = 4096 a real run adds d² "other" FLOPs per chunk that the small probes never show (the
 matrix products are the same).
 """
@@ -145,6 +150,10 @@ class FlopCount:
         return FlopCount(self.products + other.products, self.other + other.other,
                          self.projections + other.projections)
 
+    def __sub__(self, other: "FlopCount") -> "FlopCount":
+        return FlopCount(self.products - other.products, self.other - other.other,
+                         self.projections - other.projections)
+
     def times(self, factor: int) -> "FlopCount":
         return FlopCount(self.products * factor, self.other * factor, self.projections * factor)
 
@@ -239,7 +248,9 @@ def _side_for(by_module: dict[str, int], model_name: str, qualified: str) -> int
 # Scaled counts: the real modules on probe lengths (see the module docstring)
 # --------------------------------------------------------------------------------------------------
 
-PASSES = ("teacher", "decode")
+# teacher-forced; decoding one query row per example; decoding two rows per example that share its state
+# (beams): the difference is what each further row costs, the rest is built or stepped once per example
+PASSES = ("teacher", "decode", "decode_two_rows")
 BUCKETS = ("products", "other", "projections")
 
 
@@ -302,10 +313,11 @@ class ProbeCounter:
 
     The probe model is a copy of the host with at most two decoder layers, one encoder layer and tiny
     feed-forward and vocabulary sizes (none of which cross-attention touches); each probe sets the
-    modules' segment size and schedule length and calls them directly, as the decoder does: once with
-    all positions (teacher-forced, no cache), then one position at a time on a shared cache (decoding;
-    the engine keeps its decoding states on the cache object). The decoder's masks are None for inputs
-    without padding, as here.
+    modules' segment size and schedule length and calls them directly: once with all positions
+    (teacher-forced, no cache), then one position at a time on a shared cache (decoding; the engine keeps
+    its decoding states on the cache object), with one query row per example and again with two rows
+    that share the example's one state, as the beams do in srsum's decoder. The decoder's masks are None
+    for inputs without padding, as here.
     """
 
     def __init__(self, host, variant: str, dtype: str = "float32", seed: int = 0) -> None:
@@ -349,20 +361,25 @@ class ProbeCounter:
 
         encoder = self._random(1, lengths.n, self.width)
         hidden = self._random(1, lengths.m, self.width)
-        steps = [self._random(1, 1, self.width) for _ in range(lengths.m)]
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the engine's "M > G" note is about the probe, not the user's lengths
             self._configure(lengths)
-            teacher = self.count_layers(lambda: self.stack(hidden, encoder, None))
-            cache = SimpleNamespace()
-
-            def decode() -> None:
-                for step in steps:
-                    self.stack(step, encoder, cache)
-
-            result = {"teacher": teacher, "decode": self.count_layers(decode)}
+            result = {"teacher": self.count_layers(lambda: self.stack(hidden, encoder, None)),
+                      "decode": self.count_layers(self._decoding(encoder, lengths.m, rows=1)),
+                      "decode_two_rows": self.count_layers(self._decoding(encoder, lengths.m, rows=2))}
         self._cache[lengths] = result
         return result
+
+    def _decoding(self, encoder, positions: int, rows: int) -> Callable[[], None]:
+        """``positions`` decode steps of ``rows`` query rows sharing one example's state (a fresh cache)."""
+        steps = [self._random(rows, 1, self.width) for _ in range(positions)]
+
+        def decode() -> None:
+            cache = SimpleNamespace()
+            for step in steps:
+                self.stack(step, encoder, cache)
+
+        return decode
 
 
 def probe_counters(config, variants, dtype: str = "float32", seed: int = 0) -> dict[str, ProbeCounter]:
@@ -390,6 +407,13 @@ def _per_layer_total(values: list[FlopCount], layers: int) -> FlopCount:
     if len(values) == 1:
         return values[0].times(layers)
     return values[0] + values[1].times(layers - 1)
+
+
+def shared_state_decode(one_row: FlopCount, per_row: FlopCount, batch: int, beams: int) -> FlopCount:
+    """Decode FLOPs of ``batch`` examples of ``beams`` rows each, from one example decoding one row
+    (``one_row``) and what each further row sharing its state adds (``per_row``): srsum's decoder builds
+    and steps one state per example, and only the query rows' work grows with the beams."""
+    return (one_row + per_row.times(beams - 1)).times(batch)
 
 
 def count_scaled(counter: ProbeCounter, shape: CostShape, schedule_length: int) -> ScaledCount:
@@ -423,6 +447,8 @@ def count_scaled(counter: ProbeCounter, shape: CostShape, schedule_length: int) 
                                       f"s {check.s}, G {check.G} is not predicted by the others")
     weights = solve_weights(probes, target, regime)
     teacher = _per_layer_total(scaled(weights, "teacher"), shape.layers).times(shape.batch)
-    decode = _per_layer_total(scaled(weights, "decode"), shape.layers).times(shape.batch * shape.beams)
+    one_row = _per_layer_total(scaled(weights, "decode"), shape.layers)
+    per_row = _per_layer_total(scaled(weights, "decode_two_rows"), shape.layers) - one_row
+    decode = shared_state_decode(one_row, per_row, shape.batch, shape.beams)
     largest = (max(p.n for p in probes + validation), max(p.m for p in probes + validation))
     return ScaledCount(teacher, decode, len(probes), len(validation), len(counter.layers), largest)

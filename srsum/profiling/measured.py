@@ -329,7 +329,7 @@ def measure_plan(shape, width: int, variant: str, bytes_per_value: int, cross_pr
                  ffn: int = 0, vocab: int = 0) -> MeasurePlan:
     """``cross_products``: the variant's teacher-forced cross-attention products; ``ffn``, ``vocab``: the
     decoder's feed-forward width and vocabulary (for the rest of a teacher-forced pass)."""
-    rows = shape.batch * shape.beams
+    rows = shape.batch  # srsum's decoder builds and keeps one state per example, shared by its beams
     kv = shape.heads * shape.head_dim
     if variant == "full":
         start = 4 * shape.n * width * kv * shape.layers * rows            # K and V of every layer
@@ -357,17 +357,18 @@ def measure_variant(model, inputs, shape, device, budget: Budget, share: float,
                     teacher_seconds: float = 0.0):
     """Time and peak memory of one variant's ``model``, within ``share`` seconds (and the budget).
 
-    Decode runs use ``generate``'s ``max_time``, so they stop early rather than overrun; the timed run is
+    Decode runs are srsum's decoder (``models.decode_run``; ``decoder_step`` records its step mode) with a
+    ``max_time``, so they stop early rather than overrun; the timed run is
     repeated (best of up to ``max_repeats``) while time is left, and the teacher-forced pass runs only
     when it fits: ``teacher_seconds`` (its FLOPs at the device's rate) plus, for the dispatch overhead, a
     few decode steps, times the peak tracker's slowdown. Returns a ``Measured`` (``skipped`` lists what
     did not fit)."""
     from srsum.profiling.counted import cross_attention_modules
-    from srsum.profiling.models import decode_run, teacher_forced_run
+    from srsum.profiling.models import decode_run, decoder_step, teacher_forced_run
     from srsum.profiling.report import Measured
 
     started = time.perf_counter()
-    measured = Measured()
+    measured = Measured(decoder_step=decoder_step(device))
 
     def left() -> float:
         return min(budget.left(), share - (time.perf_counter() - started))

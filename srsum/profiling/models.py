@@ -1,6 +1,7 @@
 """The models the counted and measured figures run: a randomly initialised T5/BART with the shapes of
 ``--model`` (t5-small's by default), its cross-attention converted by ``srsum.engine.convert``, and random
-encoder states standing in for the encoder. torch and transformers are imported inside functions.
+encoder states standing in for the encoder; decode runs go through srsum's decoder. torch and transformers
+are imported inside functions.
 """
 
 from __future__ import annotations
@@ -274,32 +275,27 @@ def teacher_forced_run(model, inputs: ProfileInputs) -> Callable[[], Any]:
 
 def decode_run(model, inputs: ProfileInputs, steps: int, beams: int,
                max_time: float | None = None) -> Callable[[], Any]:
-    """``steps`` incremental decode steps with Hugging Face's ``generate`` loop (exactly that many: EOS
-    suppressed), or fewer when ``max_time`` seconds run out first; the run returns the tokens (start token +
-    one per step). Called as ``GenerationMixin.generate``: srsum's classes route ``model.generate`` to srsum's
-    decoder, which has no ``max_time`` (issue 30 item 4 moves the profiler onto it)."""
-    from transformers import GenerationConfig, GenerationMixin
-    from transformers.modeling_outputs import BaseModelOutput
+    """``steps`` decode steps of srsum's decoder (``srsum.decoding.search``: what ``srsum summarize`` and
+    ``model.generate`` run, one SRformer state per example shared by its beams, the step mode ``auto``
+    picks for the device), exactly that many (EOS suppressed), or fewer when ``max_time`` seconds run out
+    first; the run returns the tokens (start token + one per step). ``decoder_step`` names the step mode."""
+    from srsum.decoding import GenerationSettings, SpecialTokens, has_srformer_layers, search
 
-    config = model.config
-    generation = GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id,
-        bos_token_id=getattr(config, "bos_token_id", None),
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-        max_new_tokens=steps,
-        min_new_tokens=steps,
-        num_beams=beams,
-        do_sample=False,
-        max_time=max_time,
-    )
+    if not has_srformer_layers(model):
+        raise SrsumError("the measured decode runs srsum's decoder, which needs srsum.engine's cross-attention")
+    settings = GenerationSettings(num_beams=beams, max_new_tokens=steps, min_new_tokens=steps,
+                                  step=decoder_step(inputs.encoder_states.device), max_time=max_time).validate()
+    special = SpecialTokens.of(model)
 
     def run():
-        return GenerationMixin.generate(
-            model,
-            encoder_outputs=BaseModelOutput(last_hidden_state=inputs.encoder_states),
-            attention_mask=inputs.attention_mask,
-            generation_config=generation,
-        )
+        return search(model, None, inputs.attention_mask, settings, special,
+                      encoder_states=inputs.encoder_states).sequences
 
     return run
+
+
+def decoder_step(device) -> str:
+    """The decoder's step mode on ``device``, as ``srsum summarize`` picks it (``auto``)."""
+    from srsum.decoding import resolve_step
+
+    return resolve_step("auto", device)

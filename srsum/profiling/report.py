@@ -29,6 +29,7 @@ class Measured:
     repeats: int = 0
     peak_steps: int = 0
     seconds: float = 0.0                           # wall time this variant's measurement took
+    decoder_step: str | None = None                # srsum's decoder's step mode the decode runs used
     skipped: list[str] = field(default_factory=list)
 
 
@@ -41,7 +42,7 @@ class VariantProfile:
     values_read_per_step: int        # per head-layer
     products: dict[str, int]         # analytic FLOPs of each matrix product, per head-layer, teacher-forced
     decode_products: dict[str, int]  # over m decode steps, per head-layer
-    shared_decode_products: dict[str, int] = field(default_factory=dict)  # once per decoded row (Gram matrix)
+    shared_decode_products: dict[str, int] = field(default_factory=dict)  # once per example (Gram matrix)
     teacher_products_total: int = 0  # whole decoder, teacher-forced (analytic)
     decode_products_total: int = 0   # whole decoder, m decode steps (analytic)
     counted_teacher_forced: FlopCount | None = None
@@ -199,17 +200,25 @@ def _measured(profile: VariantProfile, part: str) -> float | None:
     return None if profile.measured is None else getattr(profile.measured, part)
 
 
+def _decoder_ran(report: ProfileReport) -> str:
+    """' (srsum decoder, <mode> step)' for the measured rows' labels, '' when nothing was measured."""
+    modes = sorted({p.measured.decoder_step for p in report.variants.values()
+                    if p.measured is not None and p.measured.decoder_step})
+    return f" (srsum decoder, {'/'.join(modes)} step)" if modes else ""
+
+
 def _decode_rows(report: ProfileReport) -> list[ReportRow]:
     shape, size = report.shape, report.bytes_per_value
     section = f"decode step ({report.device})"
-    bytes_per_step = lambda p: p.values_read_per_step * shape.decode_rows * size  # noqa: E731
+    bytes_per_step = lambda p: p.values_read_per_step * shape.head_layers * size  # noqa: E731  (beams share it)
     floor = lambda p: bytes_per_step(p) / (report.bandwidth_gbps * 1e9)  # noqa: E731
+    ran = _decoder_ran(report)
     return [
         ReportRow(section, "bytes read / step", "bytes", _per_variant(report, bytes_per_step)),
         ReportRow(section, f"bandwidth floor / step @ {report.bandwidth_gbps:,.0f} GB/s", "s", _per_variant(report, floor)),
-        ReportRow(section, "measured time / step, cross-attention", "s",
+        ReportRow(section, f"measured time / step, cross-attention{ran}", "s",
                   _per_variant(report, lambda p: _measured(p, "cross_attention_step_s"))),
-        ReportRow(section, "measured time / step, whole decoder", "s",
+        ReportRow(section, f"measured time / step, whole decoder{ran}", "s",
                   _per_variant(report, lambda p: _measured(p, "decode_step_s"))),
         ReportRow(section, "measured peak memory, decode steps", "bytes",
                   _per_variant(report, lambda p: _measured(p, "decode_peak_bytes"))),
@@ -252,7 +261,7 @@ class SweepReport:
             "analytic_product_flops": lambda r, p: p.teacher_products_total,
             "counted_product_flops": lambda r, p: _counted(p.counted_teacher_forced, "products"),
             "counted_attention_flops": lambda r, p: _counted(p.counted_teacher_forced, "attention"),
-            "bandwidth_floor_s": lambda r, p: p.values_read_per_step * r.shape.decode_rows * r.bytes_per_value
+            "bandwidth_floor_s": lambda r, p: p.values_read_per_step * r.shape.head_layers * r.bytes_per_value
             / (r.bandwidth_gbps * 1e9),
             "measured_cross_attention_step_s": lambda r, p: _measured(p, "cross_attention_step_s"),
             "measured_decode_step_s": lambda r, p: _measured(p, "decode_step_s"),

@@ -216,8 +216,10 @@ def _measure(report: ProfileReport, setup: ProfileSetup, seed: int, seconds: flo
     used = time.perf_counter() - budget.started
     timed_steps = sorted({r.steps_timed for r in runs})
     repeats = sorted({r.repeats for r in runs})
+    steps = "/".join(sorted({r.decoder_step for r in runs if r.decoder_step})) or "no"
     report.measuring = (f"measured on {device}: the whole decoder ({shape.layers} layers, random weights, random "
-                        f"encoder states: the encoder is not run), n {shape.n}, m {shape.m}, batch {shape.batch}, "
+                        f"encoder states: the encoder is not run) as srsum's decoder runs it (one state per "
+                        f"example shared by its beams, {steps} step), n {shape.n}, m {shape.m}, batch {shape.batch}, "
                         f"beams {shape.beams}; per variant a warm-up, decode timed over "
                         f"{'/'.join(map(str, timed_steps)) or 0} of {shape.m} steps (best of "
                         f"{'/'.join(map(str, repeats)) or 0} runs), peak memory of the decode steps and of one "
