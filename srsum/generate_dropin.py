@@ -36,6 +36,9 @@ FOLLOWED_FIELDS = frozenset({
     "use_cache", "transformers_version", "max_time",
 })
 MODEL_INPUTS = ("input_ids", "attention_mask", "encoder_outputs")  # what the decoder reads from the call
+# model inputs generate takes and never forwards to the model while decoding (Seq2SeqTrainer's prediction
+# passes the batch's labels): ignored here too
+IGNORED_INPUTS = ("labels",)
 DECODER_VARIANTS = VARIANTS  # every cross-attention variant has a DecodeState (tests/test_decoding.py)
 PLAIN_ARGUMENTS = ("self", "inputs", "generation_config", "streamer", "kwargs")  # generate's own, followed
 
@@ -87,13 +90,14 @@ def unsupported_options(model, request: Request) -> list[str]:
     """What in this call srsum's decoder does not follow (empty: it follows all of it). The list:
     generate's extra arguments (logits_processor, stopping_criteria, prefix_allowed_tokens_fn, assistant_model,
     negative prompts, custom_generate, synced_gpus=True, ...); model inputs other than input_ids /
-    attention_mask / encoder_outputs (decoder_input_ids, inputs_embeds, a cache, ...); any GenerationConfig
+    attention_mask / encoder_outputs (decoder_input_ids, inputs_embeds, a cache, ...; ``labels`` is ignored, as
+    generate ignores it); any GenerationConfig
     field outside ``FOLLOWED_FIELDS`` that is not at its default (constraints, output_attentions,
     output_hidden_states, typical_p, bad_words_ids, ...); use_cache=False; a streamer with beams;
     values srsum's settings refuse; a model in training mode or without SRformer cross-attention."""
     found = [name for name, value in request.arguments.items() if name not in PLAIN_ARGUMENTS and _is_set(value)]
     found += [name for name, value in request.model_kwargs.items()
-              if name not in MODEL_INPUTS and not hasattr(request.config, name) and _is_set(value)]
+              if name not in MODEL_INPUTS + IGNORED_INPUTS and not hasattr(request.config, name) and _is_set(value)]
     found += changed_fields(request.config)
     if request.config.use_cache is False:
         found.append("use_cache=False")

@@ -116,6 +116,14 @@ def test_max_time_ends_the_decoding_where_generate_ends_it(models, beams, decode
     assert len(decoders) == 3  # every call ran srsum's decoder
 
 
+def test_labels_are_ignored_as_generate_ignores_them(models, decoders):
+    """Seq2SeqTrainer's prediction step passes the batch's labels to generate, which never forwards them."""
+    model, ids, mask = models["bart"]
+    labels = torch.full((len(LENGTHS), 5), 7)
+    expected, got, _, _ = both(model, input_ids=ids, attention_mask=mask, labels=labels, max_new_tokens=6, num_beams=2)
+    assert torch.equal(got, expected) and len(decoders) == 1
+
+
 def test_generation_config_and_kwargs_merge_as_in_generate(models, family, decoders):
     model, ids, mask = models[family]
     config = GenerationConfig(num_beams=3, max_length=11, no_repeat_ngram_size=2, length_penalty=1.5,
