@@ -149,9 +149,7 @@ class DecodeState:
         if settings.attention == "full":
             self.keys, self.values = keys.contiguous(), values.contiguous()  # (B, H, n, d)
             self.key_valid = (torch.ones(keys.shape[0], keys.shape[2], dtype=torch.bool, device=keys.device)
-                              if key_valid is None else key_valid)[:, None, None, :]
-            if bool((~self.key_valid).all(-1).any()):
-                raise ValueError("encoder input is empty after masking (n = 0)")
+                              if key_valid is None else ops.every_key_if_none_real(key_valid))[:, None, None, :]
             return
         self.segments = segments or ProjectedSegments(keys, values, key_valid, settings)
         seg = self.segments.seg
@@ -464,9 +462,8 @@ def parallel_attention(query, keys, values, key_valid, settings: SRformerSetting
     in the compute dtype (float32, or float64 for float64 inputs).
     """
     if settings.attention == "full":
-        valid = torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None else key_valid
-        if bool((~valid).all(-1).any()):
-            raise ValueError("encoder input is empty after masking (n = 0)")
+        valid = (torch.ones_like(keys[:, 0, :, 0], dtype=torch.bool) if key_valid is None
+                 else ops.every_key_if_none_real(key_valid))
         return ops.softmax_attention(query, keys, values, valid[:, None, None, :], dropout, training)
     terms = parallel_terms(query, keys, values, key_valid, settings, layer, dropout, training)
     out = terms.local if terms.rec is None else terms.rec if terms.local is None else terms.local + terms.rec

@@ -179,7 +179,9 @@ def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_len
     With ``w_init="calibrated"`` (the default) W is then scaled per layer so that the recurrent term is
     ``memory_ratio`` times the local term on ``calibration_batch`` (a mapping with input_ids, attention_mask
     and decoder_input_ids or labels), or on a fallback batch of random tokens when none is given
-    (``srsum.engine.calibration``); ``w_init="paper"`` keeps the paper's init. ``encoder_block``: the encoder's
+    (``srsum.engine.calibration``); ``w_init="paper"`` keeps the paper's init. A model on the meta device
+    (``with torch.device("meta")``) is converted without calibration (:func:`on_meta_device`); once it has
+    weights, ``srsum.engine.calibration.calibrate(model, batch)`` calibrates it. ``encoder_block``: the encoder's
     self-attention runs in blocks of that many queries for longer inputs (exact, O(n · block) memory;
     ``srsum.engine.encoder``), 0/None keeps Hugging Face's. The model is changed in place and returned.
     """
@@ -197,9 +199,15 @@ def convert(model, attention: str = "srformer", seg_size: int = 64, schedule_len
     model.config = config
     install_cross_attention(model, family)
     install_encoder_attention(model, family)
-    if needs_calibration(model):
+    if needs_calibration(model) and not on_meta_device(model):
         calibrate(model, calibration_batch)
     return model
+
+
+def on_meta_device(model) -> bool:
+    """Is the model built on the meta device (shapes, no values)? Calibration has nothing to run on there:
+    W keeps its init and the settings' ``calibration`` stays None (not calibrated)."""
+    return any(p.is_meta for p in model.parameters())
 
 
 def load_model(path_or_name: str, attention: str | None = None, seg_size: int | None = None,

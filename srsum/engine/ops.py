@@ -47,21 +47,26 @@ class SegmentedKeys:
         return x.view(b, h, self.max_segments, self.seg_len, d)
 
 
+def every_key_if_none_real(key_valid: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool 'is a real key', with a row that has none (an all-zero attention mask) read as all real:
+    attention over no key is undefined, so that example attends to every position it was given and its
+    outputs stay finite (Hugging Face's additive mask gives such a row finite outputs too). No host sync."""
+    return key_valid | ~key_valid.any(-1, keepdim=True)
+
+
 def segment_keys(keys: torch.Tensor, values: torch.Tensor, key_valid: torch.Tensor | None,
                  seg_size: int) -> SegmentedKeys:
     """Move each example's real keys to the front (left padding allowed) and pad to whole segments.
 
     keys, values: (B, H, n, d); key_valid: (B, n) bool or None (all real). Pass ``values=keys`` to
     segment one tensor (say encoder rows, H = 1): it is then copied once and returned as both.
-    Raises ValueError when an example has no real key: attention over nothing is undefined.
+    An example with no real key reads all its positions (:func:`every_key_if_none_real`).
     """
     batch, _, n_keys, _ = keys.shape
     if key_valid is None:
         key_valid = torch.ones(batch, n_keys, dtype=torch.bool, device=keys.device)
+    key_valid = every_key_if_none_real(key_valid)
     lengths = key_valid.sum(-1)
-    if bool((lengths == 0).any()):
-        empty = (lengths == 0).nonzero().flatten().tolist()
-        raise ValueError(f"encoder input is empty after masking (n = 0) for batch row(s) {empty}")
     positions = torch.arange(n_keys, device=keys.device)
     prefix = positions[None, :] < lengths[:, None]
     order = None
