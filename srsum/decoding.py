@@ -438,7 +438,7 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
              min_new_tokens: int = 0, length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
              early_stopping: bool | None = None, step: str = "auto", do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, seed: int | None = None,
-             repetition_penalty: float = 1.0, num_return_sequences: int = 1,
+             repetition_penalty: float = 1.0, num_return_sequences: int = 1, max_time: float | None = None,
              generator: torch.Generator | None = None,
              encoder_states: torch.Tensor | None = None, streamer=None, **unsupported) -> torch.Tensor:
     """Summaries for a padded batch: (B, n) input ids -> (B, L) output ids, decoder start token first
@@ -465,7 +465,7 @@ def generate(model, input_ids, attention_mask=None, *, num_beams: int = 1, max_n
                                   early_stopping=early_stopping, step=step, do_sample=do_sample,
                                   temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                   repetition_penalty=repetition_penalty,
-                                  num_return_sequences=num_return_sequences).validate()
+                                  num_return_sequences=num_return_sequences, max_time=max_time).validate()
     device = (encoder_states if encoder_states is not None else next(model.parameters())).device
     if settings.do_sample and generator is not None and generator.device.type != device.type:
         raise SrsumError(f"generate: the generator is on {generator.device}, the model on {device}")
