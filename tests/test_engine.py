@@ -425,14 +425,6 @@ def test_float16_t5_is_refused_with_bfloat16_hint(tmp_path):
         model.half()(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3])
 
 
-def test_empty_encoder_input_is_a_clear_error(family):
-    model = convert(tiny_model(family), "srformer", seg_size=8)
-    ids, mask = padded_batch(family, lengths=(10, 10))
-    mask[1] = 0
-    with pytest.raises(SrsumError, match="empty"):
-        teacher_logits(model, ids, mask, ids[:, :3])
-
-
 def test_paper_aliases_and_settings_are_saved():
     model = convert(tiny_model("bart"), "ablation-iii", seg_size=16, schedule_length=64)
     config = model.config
