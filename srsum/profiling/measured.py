@@ -189,7 +189,14 @@ class LiveBytesTracker:
     def _storage_ids(items: list) -> set[int]:
         import torch
 
-        return {id(item.untyped_storage()) for item in items if isinstance(item, torch.Tensor)}
+        found = set()
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                try:
+                    found.add(id(item.untyped_storage()))
+                except NotImplementedError:  # an opaque tensor (a oneDNN-packed weight copy): no storage to name
+                    pass
+        return found
 
     def _note(self, item: Any, input_storages: set[int]) -> None:
         """Count ``item``'s storage if the operator made it (not a view or in-place result of an input)."""
