@@ -20,7 +20,7 @@ import json
 
 import torch
 
-import srsum.engine.attention as attention
+import srsum.engine.parallel as parallel
 import srsum.engine.calibration as calibration
 from srsum.engine import ops
 
@@ -36,19 +36,19 @@ def centred(seg: ops.SegmentedKeys) -> ops.SegmentedKeys:
 
 def centred_parallel_terms(query, keys, values, key_valid, settings, layer, dropout=0.0, training=False,
                            local_reference=False):
-    """attention.parallel_terms with the recurrent term read from centred keys and values."""
+    """parallel.parallel_terms with the recurrent term read from centred keys and values."""
     seg = ops.segment_keys(keys, values, key_valid, settings.seg_size)
     positions = torch.arange(query.shape[2], device=query.device)
     groups = ops.group_steps(ops.segment_of_step(positions, seg.n_segments, settings.schedule_length))
-    terms = attention.ParallelTerms(groups, ops.to_groups(query, groups))
+    terms = parallel.ParallelTerms(groups, ops.to_groups(query, groups))
     if settings.has_local or local_reference:
         variant = settings.attention if settings.has_local else "segmented"
         keys_g, values_g, valid_g = ops.segment_context(seg, variant, groups.segment_of_group)
         terms.local = ops.softmax_attention(terms.grouped_query, keys_g, values_g, valid_g, dropout, training)
     if settings.has_recurrent:
         memory = centred(seg)
-        terms.raf_inputs = attention.recurrent_inputs(memory, groups.segment_of_group, settings, layer)
-        terms.recurrent = attention.recurrent_from_inputs(*terms.raf_inputs, settings, layer)
+        terms.raf_inputs = parallel.recurrent_inputs(memory, groups.segment_of_group, settings, layer)
+        terms.recurrent = parallel.recurrent_from_inputs(*terms.raf_inputs, settings, layer)
         terms.norm = None if settings.attention == "no_norm" else ops.key_norm(memory.keys)[:, :, None, None, :]
         terms.rec = ops.recurrent_output(terms.grouped_query, terms.recurrent, terms.norm)
     return terms
@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if not args.plain:
-        attention.parallel_terms = calibration.parallel_terms = centred_parallel_terms
+        parallel.parallel_terms = calibration.parallel_terms = centred_parallel_terms
     from srsum.quality.study import Job, StudyConfig, run_finetune
 
     config = StudyConfig(families=(args.family,), finetune_steps=args.finetune_steps,

@@ -137,7 +137,7 @@ def estimate_gb(cell: dict, d_model: int, layers: int, head_dim: int = 64) -> fl
         return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder + scores) / 1e9
     if cell["system"] in ("peer", "full"):
         return (layers * 2 * rows * cell["n"] * d_model * bytes_per + encoder) / 1e9
-    from srsum.engine.attention import RAF_WINDOW
+    from srsum.engine.state import RAF_WINDOW
 
     groups = cell["new_tokens"] + 1  # the compiled step's fixed table size (eager: min(M, G + 1))
     table_rows = groups * cell["seg_size"]  # the local contexts; R: a ring of RAF_WINDOW + 1 per head

@@ -24,7 +24,7 @@ def cb(phase, info):
 gc.callbacks.append(cb)
 marks = []
 import collections
-from srsum.engine import attention as att
+from srsum.engine import layer, segments, state
 import srsum.engine.ops as ops
 acc = collections.defaultdict(float)
 def timed(owner, name, label=None):
@@ -32,8 +32,8 @@ def timed(owner, name, label=None):
     def run(*a, **k):
         t = time.perf_counter(); r = orig(*a, **k); acc[label or name] += time.perf_counter() - t; return r
     setattr(owner, name, run)
-timed(att.SRformerCrossAttention, "start_decoding"); timed(att.DecodeState, "use_schedule")
-timed(att.EncoderSegments, "products"); timed(att.EncoderSegments, "context"); timed(att.EncoderRows, "__init__", "rows")
+timed(layer.SRformerCrossAttention, "start_decoding"); timed(state.DecodeState, "use_schedule")
+timed(segments.EncoderSegments, "products"); timed(segments.EncoderSegments, "context"); timed(segments.EncoderRows, "__init__", "rows")
 timed(ops, "row_gram")
 orig_init, orig_logits = sd.SharedStateDecoder.__init__, sd.SharedStateDecoder.logits
 import os, resource

@@ -26,7 +26,8 @@ import torch
 import torch._dynamo.exc
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 
-from .engine.attention import SRformerCrossAttention, decoding_states, held_tensors, prepare_states
+from .engine.layer import SRformerCrossAttention
+from .engine.state import decoding_states, held_tensors, prepare_states
 from .errors import SrsumError, UsageError
 from .step_linears import fast_step_linears
 

@@ -23,7 +23,7 @@ from transformers import GenerationConfig, GenerationMixin
 from transformers.generation.utils import GenerateBeamEncoderDecoderOutput, GenerateEncoderDecoderOutput
 
 from .decoding import GenerationSettings, SpecialTokens, has_srformer_layers, search
-from .engine.attention import SRformerCrossAttention
+from .engine.layer import SRformerCrossAttention
 from .engine.settings import VARIANTS
 from .errors import UsageError
 

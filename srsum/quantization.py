@@ -22,7 +22,7 @@ from .errors import UsageError
 def step_linears(model) -> list[str]:
     """Names (in ``model.named_modules()``) of the nn.Linear layers a decode step runs that are
     quantised: every decoder linear and the LM head, except cross-attention keys/values and W."""
-    from .engine.attention import SRformerCrossAttention
+    from .engine.layer import SRformerCrossAttention
 
     decoder = model.get_decoder()
     prefix = next(name for name, module in model.named_modules() if module is decoder) + "."

@@ -5,7 +5,8 @@ import torch
 
 from srsum.decoding import SharedStateDecoder, generate
 from srsum.engine import convert
-from srsum.engine.attention import STATE_ATTRIBUTE, SRformerCrossAttention
+from srsum.engine.layer import SRformerCrossAttention
+from srsum.engine.state import STATE_ATTRIBUTE
 from srsum.errors import SrsumError
 
 from conftest import hf_generate, padded_batch, tiny_model
@@ -266,7 +267,7 @@ def test_scheduled_state_equals_the_host_stepped_one(family, variant, schedule_l
 def test_preparing_every_layer_at_once_equals_each_layer_alone(family, variant):
     """``prepare_states`` over every layer of a decoding (one host plan; each layer with its own λ, θ, W)
     leaves, at every position, the ring and membrane that preparing each layer on its own leaves."""
-    from srsum.engine.attention import prepare_states
+    from srsum.engine.state import prepare_states
 
     model = excite(convert(tiny_model(family), variant, seg_size=4, schedule_length=12)).double()
     layers = [m for m in model.modules() if isinstance(m, SRformerCrossAttention)]

@@ -11,8 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import srsum
 from srsum.engine import VARIANTS, SRformerCrossAttention, convert, count_srformer_parameters, load_model
 from srsum.engine import ops
-from srsum.engine.attention import (ENCODER_ROWS, STATE_ATTRIBUTE, DecodeState, EncoderRows, EncoderSegments,
-                                    ProjectedSegments, held_tensors, parallel_attention)
+from srsum.engine.parallel import parallel_attention
+from srsum.engine.segments import EncoderRows, EncoderSegments, ProjectedSegments
+from srsum.engine.state import ENCODER_ROWS, STATE_ATTRIBUTE, DecodeState, held_tensors
 from srsum.engine.reference import raf_scan_loop, reference_cross_attention
 from srsum.errors import SrsumError
 

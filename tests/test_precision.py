@@ -109,7 +109,7 @@ def test_bfloat16_decoding_keeps_the_memory_in_float32_and_follows_float32(famil
     """A bfloat16 decode keeps its RAF membrane, R and P in float32 (SPEC section 5), and its first tokens agree
     with float32's on a model whose logits are far apart."""
     from srsum.decoding import SharedStateDecoder
-    from srsum.engine.attention import DecodeState, decoding_states
+    from srsum.engine.state import DecodeState, decoding_states
 
     model32 = convert(tiny_model(family), "srformer", seg_size=8, schedule_length=12).eval()
     with torch.no_grad():  # widen the logit gaps so bfloat16 rounding cannot flip the argmax

@@ -11,7 +11,7 @@ import srsum.decoding
 from srsum.cli import app
 from srsum.decoding import GenerationSettings, SharedStateDecoder, generate, warp_scores
 from srsum.engine import convert
-from srsum.engine.attention import STATE_ATTRIBUTE, held_tensors
+from srsum.engine.state import STATE_ATTRIBUTE, held_tensors
 from srsum.errors import UsageError
 from srsum.summarize import SummarizeSettings
 

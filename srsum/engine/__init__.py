@@ -3,12 +3,13 @@
 It never imports the CLI. See docs/ENGINE_API.md for the contract the rest of srsum uses.
 """
 
-from .attention import DecodeState, SRformerCrossAttention
+from .layer import SRformerCrossAttention
 from .models import (FAMILIES, SRformerBartConfig, SRformerBartForConditionalGeneration, SRformerT5Config,
                      SRformerT5ForConditionalGeneration, convert, count_srformer_parameters, family_of, load_config,
                      load_model, register_auto_classes, set_encoder_block)
 from .settings import (DEFAULT_ENCODER_BLOCK, VARIANTS, SRformerSettings, make_settings, normalize_variant,
                        settings_from_config)
+from .state import DecodeState
 
 register_auto_classes()
 

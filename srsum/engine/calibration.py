@@ -26,7 +26,8 @@ from dataclasses import replace
 import torch
 
 from . import ops
-from .attention import SRformerCrossAttention, parallel_terms, recurrent_from_inputs
+from .layer import SRformerCrossAttention
+from .parallel import parallel_terms, recurrent_from_inputs
 
 FALLBACK_SOURCE_LENGTH = 512  # tokens per example of the fallback batch (capped by the model's positions)
 FALLBACK_EXAMPLES = 2

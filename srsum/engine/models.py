@@ -17,7 +17,7 @@ from transformers import (AutoConfig, AutoModelForSeq2SeqLM, BartConfig, BartFor
 from transformers import initialization as hf_init
 
 from ..errors import SrsumError
-from .attention import SRformerCrossAttention
+from .layer import SRformerCrossAttention
 from .calibration import calibrate, needs_calibration
 from .encoder import BartBlockedSelfAttention, T5BlockedSelfAttention, install_blocked_encoder
 from .settings import (CONFIG_PREFIX, DEFAULT_ENCODER_BLOCK, DEFAULT_MEMORY_RATIO, SRformerSettings,

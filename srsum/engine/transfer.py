@@ -27,7 +27,8 @@ from itertools import cycle
 import torch
 
 from . import ops
-from .attention import SRformerCrossAttention, parallel_attention
+from .layer import SRformerCrossAttention
+from .parallel import parallel_attention
 from .calibration import observing, srformer_layers
 
 # Relative learning rate: each of W, λ, θ moves by about this share of its own size (RMS at the start) per

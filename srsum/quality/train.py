@@ -130,7 +130,7 @@ def generate_entities(model, task, *, batch_size: int, device: str, limit: int |
 def has_srsum_layers(model) -> bool:
     """Whether srsum's decoder can run the model (its cross-attention was converted, even to "full")."""
     try:
-        from srsum.engine.attention import SRformerCrossAttention
+        from srsum.engine.layer import SRformerCrossAttention
     except ImportError:
         return False
     return any(isinstance(m, SRformerCrossAttention) for m in model.modules())
