@@ -12,7 +12,7 @@ from torch import nn
 from conftest import tiny_model
 from srsum.decoding import SharedStateDecoder, generate
 from srsum.engine import convert
-from srsum.engine.models import set_encoder_block
+from srsum.engine.hf_models import set_encoder_block
 from srsum.errors import UsageError
 from srsum.quantization import encoder_linears, quantize_for_decoding, step_linears
 

@@ -132,12 +132,12 @@ def test_interrupted_run_resumes_to_the_same_step_count(tmp_path, tiny_t5_dir, m
     assert [p.name for p in run.iterdir()] == ["checkpoint-2"]  # the last complete one, intact
     load_model(str(run / "checkpoint-2"))
 
-    import srsum.engine.models
+    import srsum.engine.hf_models
 
     def no_recalibration(*args, **kwargs):
         raise AssertionError("a resumed run must not be calibrated again")
 
-    monkeypatch.setattr(srsum.engine.models, "calibrate", no_recalibration)
+    monkeypatch.setattr(srsum.engine.hf_models, "calibrate", no_recalibration)
     resumed = train(TrainingConfig(model="", dataset="", resume=True, output_dir=str(run)))
     assert resumed.resumed_from == run / "checkpoint-2"
     assert resumed.global_step == resumed.total_steps == 8

@@ -4,7 +4,7 @@ It never imports the CLI. See docs/ENGINE_API.md for the contract the rest of sr
 """
 
 from .layer import SRformerCrossAttention
-from .models import (FAMILIES, SRformerBartConfig, SRformerBartForConditionalGeneration, SRformerT5Config,
+from .hf_models import (FAMILIES, SRformerBartConfig, SRformerBartForConditionalGeneration, SRformerT5Config,
                      SRformerT5ForConditionalGeneration, convert, count_srformer_parameters, family_of, load_config,
                      load_model, register_auto_classes, set_encoder_block)
 from .settings import (DEFAULT_ENCODER_BLOCK, VARIANTS, SRformerSettings, make_settings, normalize_variant,

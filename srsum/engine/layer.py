@@ -1,9 +1,9 @@
 """The SRformer cross-attention layer that T5 and BART decoders call.
 
 ``SRformerCrossAttention`` is host-agnostic: it owns W, λ, θ and calls the parallel path
-(``parallel.py``) or a decoding state (``state.py``). The thin host adapters in ``models.py`` give it the
-host's q/k/v/o projections (under the host's own parameter names, so pretrained weights load unchanged)
-and the host's forward signature.
+(``parallel.py``) or a decoding state (``state.py``). The thin host adapters in ``hf_models.py`` give it
+the host's q/k/v/o projections (under the host's own parameter names, so pretrained weights load
+unchanged) and the host's forward signature.
 """
 
 from __future__ import annotations
