@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -71,10 +70,10 @@ def summarize(
     """
     from srsum.data import collect_articles
     from srsum.summarize import InOrder, OutputFile, load_summarizer, summarize_examples, text_streamer
+    from srsum.evaluation import is_main_process
     from srsum.training.distributed import launched_processes, process_group
 
-    main = launched_processes() == 1 or int(os.environ.get("RANK", "0")) == 0
-    reporter = RichReporter(quiet or not main)  # under a launcher the first process reports for all
+    reporter = RichReporter(quiet or not is_main_process())  # under a launcher the first process reports for all
     with handled(reporter):
         if stream and (output is not None or as_json):
             raise UsageError("--stream prints plain text as it is written; it cannot go with --output or --json")
